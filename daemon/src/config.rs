@@ -1,0 +1,177 @@
+//! Node configuration: every bound the daemon enforces, with its default.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use loomcache_wire::Limits;
+
+/// A node's configuration. Every queue, buffer and loop in the daemon takes
+/// its bound from here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Client listen address. Default `127.0.0.1:7070`.
+    pub listen_addr: SocketAddr,
+    /// Frame and field maxima for client connections (see [`Limits::DEFAULT`]).
+    pub limits: Limits,
+    /// Most client connections at once. Default 10 000.
+    pub connections_max: u32,
+    /// Most connections from one client IP. Default 1 000.
+    pub connections_per_ip_max: u32,
+    /// Most requests in flight on one connection. Default 1 024.
+    pub in_flight_per_connection_max: u32,
+    /// A connection idle this long is closed, in ms. Default 300 000.
+    pub idle_timeout_ms: u64,
+    /// A frame must arrive whole within this many ms of its first byte.
+    /// Default 10 000.
+    pub frame_deadline_ms: u64,
+    /// Memory for stored data; writes beyond it fail `OUT_OF_MEMORY`.
+    /// Default 1 GiB.
+    pub data_memory_max_bytes: u64,
+    /// Receive buffers in the pool; each holds one maximal frame. Default 256.
+    pub recv_buffers: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen_addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7070)),
+            limits: Limits::DEFAULT,
+            connections_max: 10_000,
+            connections_per_ip_max: 1_000,
+            in_flight_per_connection_max: 1_024,
+            idle_timeout_ms: 300_000,
+            frame_deadline_ms: 10_000,
+            data_memory_max_bytes: 1 << 30,
+            recv_buffers: 256,
+        }
+    }
+}
+
+/// A configuration value out of its allowed range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {field} = {value}: {reason}")]
+pub struct ConfigError {
+    /// The setting.
+    pub field: &'static str,
+    /// Its value.
+    pub value: u64,
+    /// What is allowed.
+    pub reason: &'static str,
+}
+
+impl Config {
+    /// Checks every value against its allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let checks: [(&'static str, u64, bool, &'static str); 11] = [
+            (
+                "limits.name_max_bytes",
+                u64::from(l.name_max_bytes),
+                (1..=255).contains(&l.name_max_bytes),
+                "1..=255",
+            ),
+            (
+                "limits.key_max_bytes",
+                u64::from(l.key_max_bytes),
+                (1..=u32::from(u16::MAX)).contains(&l.key_max_bytes),
+                "1..=65535",
+            ),
+            (
+                "limits.value_max_bytes",
+                u64::from(l.value_max_bytes),
+                l.value_max_bytes >= 1 && l.value_max_bytes < l.payload_max_bytes,
+                "at least 1 and below limits.payload_max_bytes",
+            ),
+            (
+                "limits.payload_max_bytes",
+                u64::from(l.payload_max_bytes),
+                l.payload_max_bytes <= 1 << 30,
+                "at most 1 GiB",
+            ),
+            (
+                "limits.items_max",
+                u64::from(l.items_max),
+                l.items_max >= 1,
+                "at least 1",
+            ),
+            (
+                "connections_max",
+                u64::from(self.connections_max),
+                self.connections_max >= 1,
+                "at least 1",
+            ),
+            (
+                "connections_per_ip_max",
+                u64::from(self.connections_per_ip_max),
+                (1..=self.connections_max).contains(&self.connections_per_ip_max),
+                "1..=connections_max",
+            ),
+            (
+                "in_flight_per_connection_max",
+                u64::from(self.in_flight_per_connection_max),
+                self.in_flight_per_connection_max >= 1,
+                "at least 1",
+            ),
+            (
+                "idle_timeout_ms",
+                self.idle_timeout_ms,
+                self.idle_timeout_ms >= 1,
+                "at least 1",
+            ),
+            (
+                "frame_deadline_ms",
+                self.frame_deadline_ms,
+                self.frame_deadline_ms >= 1,
+                "at least 1",
+            ),
+            (
+                "recv_buffers",
+                u64::from(self.recv_buffers),
+                self.recv_buffers >= 1,
+                "at least 1",
+            ),
+        ];
+        match checks.into_iter().find(|(_, _, ok, _)| !ok) {
+            Some((field, value, _, reason)) => Err(ConfigError { field, value, reason }),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_local() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert!(c.listen_addr.ip().is_loopback());
+    }
+
+    #[test]
+    fn each_bound_is_checked() {
+        type Edit = fn(&mut Config);
+        let cases: Vec<(&str, Edit)> = vec![
+            ("limits.name_max_bytes", |c| c.limits.name_max_bytes = 256),
+            ("limits.key_max_bytes", |c| c.limits.key_max_bytes = 0),
+            ("limits.value_max_bytes", |c| {
+                c.limits.value_max_bytes = c.limits.payload_max_bytes
+            }),
+            ("limits.payload_max_bytes", |c| c.limits.payload_max_bytes = u32::MAX),
+            ("limits.items_max", |c| c.limits.items_max = 0),
+            ("connections_max", |c| c.connections_max = 0),
+            ("connections_per_ip_max", |c| {
+                c.connections_per_ip_max = c.connections_max + 1
+            }),
+            ("in_flight_per_connection_max", |c| c.in_flight_per_connection_max = 0),
+            ("idle_timeout_ms", |c| c.idle_timeout_ms = 0),
+            ("frame_deadline_ms", |c| c.frame_deadline_ms = 0),
+            ("recv_buffers", |c| c.recv_buffers = 0),
+        ];
+        for (field, edit) in cases {
+            let mut c = Config::default();
+            edit(&mut c);
+            assert_eq!(c.validate().map_err(|e| e.field), Err(field));
+        }
+    }
+}
