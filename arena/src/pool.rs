@@ -91,9 +91,13 @@ impl BufPool {
         let popped = free.pop();
         if popped.is_some() {
             // Counted under the lock so in_use and high_water are exact.
+            // Both are written only under the lock, so a plain load and
+            // store keep them exact without a read-modify-write.
             let now = self.inner.count - free.len();
             self.inner.in_use.store(now, Ordering::Relaxed);
-            self.inner.high_water.fetch_max(now, Ordering::Relaxed);
+            if now > self.inner.high_water.load(Ordering::Relaxed) {
+                self.inner.high_water.store(now, Ordering::Relaxed);
+            }
         }
         drop(free);
         match popped {

@@ -1,7 +1,7 @@
 //! The LoomCache buffer pool beside the global allocator: taking a 4 KiB
 //! buffer and giving it back, against allocating and freeing a 4 KiB `Vec`.
-//! The allocator is the one this benchmark binary links, the system
-//! allocator.
+//! The allocator is mimalloc, the global allocator of every LoomCache
+//! binary, so the peer is the allocation the product would otherwise make.
 //!
 //! Run with `cargo bench -p loomcache-benches --bench pool`.
 
@@ -13,6 +13,9 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use loomcache_arena::{BufPool, PoolConfig};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const POOL_CONFIG: PoolConfig = PoolConfig {
     count: 1024,

@@ -12,6 +12,11 @@ use loomcache_benches::fixtures::{MapPutFixture, FRAME_BUF_BYTES};
 use loomcache_benches::resp::{self, RespLimits};
 use loomcache_wire::{encode_frame, parse_frame, FrameHeader, Limits, Parsed, Payload};
 
+/// The product's allocator, so the peers that allocate pay what they would
+/// in a LoomCache binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Knowing how long a request is. LoomCache validates its 32-byte header in
 /// place: magic, CRC32 of 28 bytes, version, reserved bits, opcode, and the
 /// payload length against the limit. The RESP peer reads the `*3\r\n` array

@@ -1,6 +1,6 @@
 //! Turning typed payloads into frames.
 
-use loomcache_wire::{encode_frame, frame_len, partition_of, HeaderFields, OpClass, Payload, Result, Sequence};
+use loomcache_wire::{encode_frame, frame_len, partition_of, HeaderFields, Payload, Result, Sequence};
 
 /// Encodes requests for one client identity: unique request ids per
 /// encoder, a strictly increasing sequence number on every write, and the
@@ -37,19 +37,15 @@ impl RequestEncoder {
 
     /// Bytes [`RequestEncoder::encode`] needs for `payload`.
     pub fn frame_len(&self, payload: &Payload<'_>) -> usize {
-        let seq = Self::is_write(payload).then(|| Sequence::new(self.client_id, 0));
+        let seq = payload.mutates().then(|| Sequence::new(self.client_id, 0));
         frame_len(seq.as_ref(), payload)
-    }
-
-    fn is_write(payload: &Payload<'_>) -> bool {
-        payload.opcode().class() == OpClass::Write
     }
 
     /// Encodes `payload` into `out`. Ids and sequence numbers are consumed
     /// only when encoding succeeds.
     pub fn encode(&mut self, out: &mut [u8], payload: &Payload<'_>) -> Result<Encoded> {
         let request_id = self.next_request_id;
-        let sequence = Self::is_write(payload).then_some(self.next_sequence);
+        let sequence = payload.mutates().then_some(self.next_sequence);
         let partition = payload.routing_key().map_or(0, partition_of);
         let fields = HeaderFields {
             partition,
@@ -125,6 +121,42 @@ mod tests {
         let mut buf = [0u8; 256];
         let e = enc.encode(&mut buf, &put).unwrap();
         assert_eq!((e.request_id, e.sequence), (1, Some(1)));
+    }
+
+    #[test]
+    fn batches_with_a_write_are_sequenced() {
+        use loomcache_wire::{Batch, BatchOp, Opcode, Seq};
+        let mut enc = RequestEncoder::new(9);
+        let mut buf = [0u8; 128];
+        let reads = [BatchOp {
+            opcode: Opcode::MapSize,
+            payload: &[1, b'm'],
+        }];
+        let mixed = [
+            reads[0],
+            BatchOp {
+                opcode: Opcode::MapClear,
+                payload: &[1, b'm'],
+            },
+        ];
+        let e = enc
+            .encode(
+                &mut buf,
+                &Payload::BatchExecute(Batch {
+                    ops: Seq::Items(&reads),
+                }),
+            )
+            .unwrap();
+        assert_eq!(e.sequence, None);
+        let e = enc
+            .encode(
+                &mut buf,
+                &Payload::BatchExecute(Batch {
+                    ops: Seq::Items(&mixed),
+                }),
+            )
+            .unwrap();
+        assert_eq!(e.sequence, Some(1));
     }
 
     #[test]

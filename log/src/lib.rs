@@ -1,7 +1,8 @@
 //! The LoomCache durable record log.
 //!
 //! One format serves as the Raft log and the write-ahead log: a sequence of
-//! CRC32-checked records `[length | crc32 | kind | term | index | payload]`
+//! CRC32-checked records `[length | crc32 | kind | term | index |
+//! leader timestamp | payload]` (a 40-byte header, then the payload)
 //! in preallocated, memory-mapped segment files, made durable by group
 //! commit. The payload of a normal entry is the client frame exactly as it
 //! was received. This crate stores and recovers records; it does not know

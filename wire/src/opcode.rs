@@ -108,9 +108,11 @@ opcodes! {
     /// One page of entries after a cursor.
     MapScan = 0x010D, "MAP_SCAN", Read;
 
-    /// Append an item.
+    /// Append an item; answers false when a bounded queue is full.
     QueueOffer = 0x0201, "QUEUE_OFFER", Write;
-    /// Remove the head item, optionally waiting for one.
+    /// Remove the head item, optionally waiting for one. The wait happens
+    /// at the leader before the removal is proposed, so the log never holds
+    /// a blocked operation.
     QueuePoll = 0x0202, "QUEUE_POLL", Write;
     /// Read the head item.
     QueuePeek = 0x0203, "QUEUE_PEEK", Read;
@@ -215,7 +217,8 @@ opcodes! {
     ResponseOk = 0xF001, "RESPONSE_OK", Response;
     /// Failure; the header's status holds the error code, the body a message.
     ResponseError = 0xF002, "RESPONSE_ERROR", Response;
-    /// Not the leader; the body names the leader if known.
+    /// Not the leader; the body names the leader (with no leader known the
+    /// answer is `RESPONSE_ERROR` with `NO_LEADER`).
     ResponseRedirect = 0xF003, "RESPONSE_REDIRECT", Response;
     /// Overloaded; retry after the suggested delay.
     ResponseServerBusy = 0xF004, "RESPONSE_SERVER_BUSY", Response;

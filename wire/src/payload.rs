@@ -109,7 +109,8 @@ body! {
 body! {
     /// `MAP_PUT`, `MAP_SET`, `MAP_PUT_IF_ABSENT`, `MAP_REPLACE`.
     pub struct MapWrite<'a> {
-        /// Time to live in milliseconds from the leader's apply time; 0 = none.
+        /// Time to live in milliseconds, counted from the leader timestamp of
+        /// the log entry that applies the write; 0 = none.
         pub ttl_ms: u64 = U64F,
         /// Map name.
         pub name: &'a str = Name,
@@ -669,6 +670,16 @@ impl<'a> Payload<'a> {
 }
 
 impl<'a> Payload<'a> {
+    /// True if applying this payload changes state, so it must go through
+    /// the log and be sequenced for exactly-once retries: a write opcode, or
+    /// a batch holding at least one.
+    pub fn mutates(&self) -> bool {
+        match self {
+            Payload::BatchExecute(batch) => batch.ops.iter().any(|op| op.opcode.class() == OpClass::Write),
+            other => other.opcode().class() == OpClass::Write,
+        }
+    }
+
     /// The bytes a request routes by: the key for keyed Map operations, the
     /// structure name for Queues, Sets, Topics and AtomicLongs (each lives
     /// whole in one partition). `None` for operations that span a Map's

@@ -66,6 +66,12 @@ impl<'a> BatchResult<'a> {
     /// Decodes the result of a batched operation with opcode `request`:
     /// `Response::Ok` with that opcode's OK body, or `Response::Error`.
     pub fn outcome(&self, request: Opcode, limits: &Limits) -> Result<Response<'a>> {
+        if !matches!(request.class(), OpClass::Read | OpClass::Write) {
+            return Err(Error::UnexpectedOpcode {
+                opcode: request.wire_name(),
+                reason: "only data operations are batched",
+            });
+        }
         if self.status == 0 {
             let shape = OkShape::of(request).ok_or(Error::UnexpectedOpcode {
                 opcode: request.wire_name(),
@@ -120,13 +126,33 @@ body! {
 impl<'a> Body<'a> for Redirect<'a> {
     fn decode(r: &mut Reader<'a>, limits: &Limits) -> Result<Self> {
         let w = RedirectWire::decode(r, limits)?;
-        if w.leader_id == 0 {
+        let redirect = Redirect {
+            group: w.group,
+            leader_id: w.leader_id,
+            leader_addr: w.leader_addr,
+        };
+        redirect.check()?;
+        Ok(redirect)
+    }
+    fn encoded_len(&self) -> usize {
+        self.wire().encoded_len()
+    }
+    fn encode(&self, w: &mut Writer<'_>) -> Result<()> {
+        self.check()?;
+        self.wire().encode(w)
+    }
+}
+
+impl<'a> Redirect<'a> {
+    /// A redirect names a leader: a nonzero id and an address.
+    fn check(&self) -> Result<()> {
+        if self.leader_id == 0 {
             return Err(Error::InvalidValue {
                 field: "Redirect.leader_id",
                 value: 0,
             });
         }
-        if w.leader_addr.is_empty() {
+        if self.leader_addr.is_empty() {
             return Err(Error::FieldLengthOutOfRange {
                 field: "Redirect.leader_addr",
                 len: 0,
@@ -134,21 +160,9 @@ impl<'a> Body<'a> for Redirect<'a> {
                 max: 255,
             });
         }
-        Ok(Redirect {
-            group: w.group,
-            leader_id: w.leader_id,
-            leader_addr: w.leader_addr,
-        })
+        Ok(())
     }
-    fn encoded_len(&self) -> usize {
-        self.wire().encoded_len()
-    }
-    fn encode(&self, w: &mut Writer<'_>) -> Result<()> {
-        self.wire().encode(w)
-    }
-}
 
-impl<'a> Redirect<'a> {
     fn wire(&self) -> RedirectWire<'a> {
         RedirectWire {
             group: self.group,

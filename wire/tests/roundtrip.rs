@@ -313,6 +313,35 @@ fn redirect_must_name_a_leader() {
 }
 
 #[test]
+fn redirect_without_a_leader_does_not_encode() {
+    let response = Response::Redirect(Redirect {
+        group: 0,
+        leader_id: 0,
+        leader_addr: "",
+    });
+    let mut out = [0u8; 64];
+    let fields = HeaderFields {
+        opcode: Opcode::ResponseRedirect,
+        flags: Flags::NONE,
+        status: ErrorCode::NotLeader.code(),
+        partition: 0,
+        request_id: 1,
+    };
+    assert!(matches!(
+        encode_frame(&mut out, &fields, None, &response),
+        Err(Error::InvalidValue { .. })
+    ));
+}
+
+#[test]
+fn batch_outcomes_are_only_for_data_operations() {
+    assert!(matches!(
+        BATCH_RESULTS[0].outcome(Opcode::Hello, &Limits::DEFAULT),
+        Err(Error::UnexpectedOpcode { opcode: "HELLO", .. })
+    ));
+}
+
+#[test]
 fn empty_names_do_not_encode() {
     let payload = Payload::MapSize(Named { name: "" });
     let mut out = [0u8; 64];
@@ -358,4 +387,17 @@ fn argument_checks() {
     })
     .check_arguments(&limits)
     .is_err());
+}
+
+/// The worked example in docs/design.md §1, byte for byte.
+#[test]
+fn design_doc_worked_example() {
+    let payload = Payload::MapSize(Named { name: "m" });
+    let bytes = request_frame(&payload, 1);
+    let expected: [u8; 34] = [
+        0x4c, 0x43, 0x01, 0x00, 0x00, 0x00, 0x09, 0x01, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, //
+        0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x26, 0xa4, 0xe9, 0x3d, //
+        0x01, 0x6d,
+    ];
+    assert_eq!(bytes, expected);
 }
