@@ -1,19 +1,37 @@
 //! The LoomCache durable record log.
 //!
-//! One format serves as the Raft log and the write-ahead log: a sequence of
-//! CRC32-checked records `[length | crc32 | kind | term | index |
-//! leader timestamp | payload]` (a 40-byte header, then the payload)
-//! in preallocated, memory-mapped segment files, made durable by group
-//! commit. The payload of a normal entry is the client frame exactly as it
-//! was received. This crate stores and recovers records; it does not know
-//! what an entry means and does not depend on the consensus crate (the
-//! daemon adapts it to the consensus `Storage` trait).
+//! One format serves as the Raft log and the write-ahead log: CRC32-checked
+//! records `[length | crc32 | kind | term | index | leader timestamp |
+//! payload]` (a 40-byte header, then the payload) in preallocated,
+//! memory-mapped segment files, made durable by group commit. The payload
+//! of a normal entry is the client frame exactly as it was received. Beside
+//! the log: the Raft hard state (two CRC'd slots written alternately) and
+//! snapshots (written to a temporary file, synced, renamed).
 //!
-//! Built so far: the record encoding and its integrity checks. Segments,
-//! group commit, snapshots and recovery build on it.
+//! This crate stores and recovers records; it does not know what an entry
+//! means and does not depend on the consensus crate (the daemon adapts it
+//! to the consensus `Storage` trait). Layouts and invariants are in
+//! `docs/design.md`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod commit;
+mod error;
+mod io;
+// Unsafe code is confined to the segment mapping and to the epoch-protected
+// segment list that readers borrow mappings through.
+#[allow(unsafe_code)]
+mod log;
 mod record;
+mod recovery;
+#[allow(unsafe_code)]
+mod segment;
+mod sync;
 
+pub use commit::{CommitError, FlushTicket, GroupCommit};
+pub use crossbeam_epoch::{pin, Guard};
+pub use error::{LogError, Result};
+pub use io::{LogIo, OsIo};
+pub use log::{Appended, Log, LogConfig, PersistMode};
 pub use record::{decode_record, encode_record, Record, RecordError, RecordHeader, RecordKind, RECORD_HEADER_LEN};
+pub use segment::SEGMENT_HEADER_LEN;

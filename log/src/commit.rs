@@ -1,0 +1,187 @@
+//! The group-commit handoff between appenders and the flush thread.
+//!
+//! Appenders publish records, then report the highest index appended. The
+//! flush thread waits for work, flushes everything published so far with
+//! one call, and reports the index that flush covered. An appender waiting
+//! for index `i` is released only once a completed flush covered `i`, or
+//! with an error once a flush failed (the log is then poisoned for good).
+//!
+//! Truncation bumps a generation: a flush that started before it may cover
+//! bytes that are no longer the log, so its completion is ignored.
+
+use crate::sync::{Condvar, Mutex, MutexGuard};
+
+/// Why a wait for durability ended without success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitError {
+    /// A flush failed; nothing appended since is known durable.
+    Poisoned,
+    /// The log is closing and the index will never be flushed.
+    Closed,
+}
+
+#[derive(Debug)]
+struct State {
+    appended: u64,
+    durable: u64,
+    generation: u64,
+    poisoned: bool,
+    closing: bool,
+    /// The flush thread has exited: nothing more will become durable.
+    stopped: bool,
+}
+
+/// A unit of work for the flush thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushTicket {
+    /// Highest index appended when the work was taken.
+    pub target: u64,
+    generation: u64,
+}
+
+/// The shared state of group commit.
+#[derive(Debug)]
+pub struct GroupCommit {
+    state: Mutex<State>,
+    /// Signalled when `durable`, `poisoned` or `closing` changes.
+    durable_changed: Condvar,
+    /// Signalled when `appended` or `closing` changes.
+    work_arrived: Condvar,
+}
+
+impl GroupCommit {
+    /// Starts with everything up to `durable` already durable.
+    pub fn new(durable: u64) -> GroupCommit {
+        GroupCommit {
+            state: Mutex::new(State {
+                appended: durable,
+                durable,
+                generation: 0,
+                poisoned: false,
+                closing: false,
+                stopped: false,
+            }),
+            durable_changed: Condvar::new(),
+            work_arrived: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that every index up to `index` has been published. Call
+    /// after the records' bytes are visible to the flush thread.
+    pub fn appended(&self, index: u64) {
+        let mut s = self.lock();
+        if index > s.appended {
+            s.appended = index;
+            drop(s);
+            self.work_arrived.notify_one();
+        }
+    }
+
+    /// Marks `index` durable without a flush (persistence off).
+    pub fn assume_durable(&self, index: u64) {
+        let mut s = self.lock();
+        s.appended = s.appended.max(index);
+        s.durable = s.durable.max(index);
+        drop(s);
+        self.durable_changed.notify_all();
+    }
+
+    /// Blocks until `index` is durable, or fails if it never will be.
+    pub fn wait_durable(&self, index: u64) -> Result<(), CommitError> {
+        let mut s = self.lock();
+        loop {
+            if s.poisoned {
+                return Err(CommitError::Poisoned);
+            }
+            if s.durable >= index {
+                return Ok(());
+            }
+            if s.stopped {
+                return Err(CommitError::Closed);
+            }
+            s = self.durable_changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The highest index known durable.
+    pub fn durable(&self) -> u64 {
+        self.lock().durable
+    }
+
+    /// True once a flush has failed.
+    pub fn is_poisoned(&self) -> bool {
+        self.lock().poisoned
+    }
+
+    /// For the flush thread: blocks until there is something to flush and
+    /// answers the ticket, or `None` once closing with nothing left (or
+    /// poisoned: a failed flush is never retried).
+    pub fn next_work(&self) -> Option<FlushTicket> {
+        let mut s = self.lock();
+        loop {
+            if s.poisoned {
+                return None;
+            }
+            if s.appended > s.durable {
+                return Some(FlushTicket {
+                    target: s.appended,
+                    generation: s.generation,
+                });
+            }
+            if s.closing {
+                return None;
+            }
+            s = self.work_arrived.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// True if more work is waiting (used to skip an idle-time flush).
+    pub fn has_work(&self) -> bool {
+        let s = self.lock();
+        s.appended > s.durable && !s.poisoned
+    }
+
+    /// For the flush thread: the flush for `ticket` finished. `Ok` makes its
+    /// target durable (unless a truncation intervened); `Err` poisons.
+    pub fn completed(&self, ticket: FlushTicket, ok: bool) {
+        let mut s = self.lock();
+        if !ok {
+            s.poisoned = true;
+        } else if ticket.generation == s.generation && ticket.target > s.durable {
+            s.durable = ticket.target;
+        }
+        drop(s);
+        self.durable_changed.notify_all();
+    }
+
+    /// The log was truncated to end at `index`: nothing above it is
+    /// appended or durable any more, and flushes in progress no longer count.
+    pub fn truncated(&self, index: u64) {
+        let mut s = self.lock();
+        s.generation += 1;
+        s.appended = index;
+        s.durable = s.durable.min(index);
+    }
+
+    /// Asks the flush thread to drain what was appended and exit.
+    pub fn close(&self) {
+        let mut s = self.lock();
+        s.closing = true;
+        drop(s);
+        self.work_arrived.notify_all();
+    }
+
+    /// The flush thread has exited (or there is none): waits that are not
+    /// satisfied now never will be, and fail `Closed`.
+    pub fn stopped(&self) {
+        let mut s = self.lock();
+        s.closing = true;
+        s.stopped = true;
+        drop(s);
+        self.durable_changed.notify_all();
+    }
+}

@@ -1,0 +1,657 @@
+//! The segmented log: appends, group commit, reads, truncation and
+//! compaction.
+//!
+//! Writers (appends, truncation, compaction, segment rotation) serialise on
+//! the writer lock. Readers never take it: they pin an epoch, load the
+//! current segment list, and read records in place. A list that is
+//! replaced is destroyed only after every pinned reader has moved on, and a
+//! segment's mapping and file go with the last list that holds it, so no
+//! reader ever touches an unmapped segment.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned};
+
+use crate::commit::{CommitError, GroupCommit};
+use crate::error::{LogError, Result};
+use crate::io::{LogIo, OsIo};
+use crate::record::{decode_record, encode_record, Record, RECORD_HEADER_LEN};
+use crate::segment::{Segment, SegmentMeta, SEGMENT_HEADER_LEN};
+
+/// Whether appends wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersistMode {
+    /// Records are written to the mapped files but never flushed; an
+    /// append is "durable" at once. For memory-only deployments and tests.
+    None,
+    /// A flush thread makes appends durable by group commit (msync); an
+    /// appender learns its records are durable only after a flush covering
+    /// them completed. The default.
+    Sync,
+}
+
+/// Log configuration.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Segment file size; a record never straddles segments, so this also
+    /// bounds the largest record. Default 64 MiB.
+    pub segment_bytes: usize,
+    /// Persistence. Default [`PersistMode::Sync`].
+    pub persist: PersistMode,
+    /// The file-system calls (replaced in fault tests).
+    pub io: Arc<dyn LogIo>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 64 << 20,
+            persist: PersistMode::Sync,
+            io: Arc::new(OsIo),
+        }
+    }
+}
+
+impl LogConfig {
+    fn validate(&self) -> Result<()> {
+        if self.segment_bytes < SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + 1 {
+            return Err(LogError::Config("segment_bytes cannot hold a record"));
+        }
+        if self.segment_bytes > (1 << 30) {
+            return Err(LogError::Config("segment_bytes is above 1 GiB"));
+        }
+        Ok(())
+    }
+}
+
+/// The indexes an append covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// First index written.
+    pub first: u64,
+    /// Last index written.
+    pub last: u64,
+}
+
+/// The current segments, oldest first. Replaced whole on every change.
+#[derive(Debug, Default)]
+pub(crate) struct Segments {
+    pub list: Vec<Arc<Segment>>,
+}
+
+impl Segments {
+    /// The segment holding `index`: the newest one that starts at or
+    /// before it (a later segment supersedes an earlier one's tail).
+    fn find(&self, index: u64) -> Option<&Segment> {
+        self.list
+            .iter()
+            .rev()
+            .find(|s| s.meta().first_index <= index)
+            .map(|s| &**s)
+    }
+}
+
+#[derive(Debug)]
+struct WriterState {
+    next_seq: u64,
+    last_term: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    dir: PathBuf,
+    /// Held for the log's life: one process per log directory.
+    _dir_lock: std::fs::File,
+    config: LogConfig,
+    writer: Mutex<WriterState>,
+    segments: Atomic<Segments>,
+    commit: GroupCommit,
+    first_index: AtomicU64,
+    last_index: AtomicU64,
+    /// Flush positions, touched only by the flush thread.
+    flush: Mutex<FlushState>,
+}
+
+#[derive(Debug, Default)]
+struct FlushState {
+    /// (segment seq, bytes flushed) for segments flushed before.
+    flushed: Vec<(u64, usize)>,
+    /// A segment whose header watermark changed since its last flush.
+    header_dirty: Option<Arc<Segment>>,
+}
+
+/// What recovery found, to build a [`Log`] from.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub segments: Vec<Arc<Segment>>,
+    pub first_index: u64,
+    pub last_index: u64,
+    pub last_term: u64,
+    pub next_seq: u64,
+}
+
+/// A durable, segmented record log. Cloning shares it; the flush thread
+/// stops (after flushing what was appended) when the last clone drops.
+#[derive(Debug, Clone)]
+pub struct Log {
+    shared: Arc<Shared>,
+    handle: Arc<FlusherHandle>,
+}
+
+#[derive(Debug)]
+struct FlusherHandle {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl FlusherHandle {
+    fn stop(&self) {
+        self.shared.commit.close();
+        let handle = lock(&self.thread).take();
+        match handle {
+            Some(h) => {
+                let _ = h.join();
+            }
+            None => self.shared.commit.stopped(),
+        }
+    }
+}
+
+impl Drop for FlusherHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Log {
+    /// Opens (recovering) or creates the log in `dir`.
+    ///
+    /// Recovery verifies every record. A torn tail after the last durable
+    /// record is cut off; damage inside the durable part is an error
+    /// naming the file, offset and index, and the log does not open.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<Log> {
+        Log::open_after(dir, config, 0)
+    }
+
+    /// Opens the log when a durable snapshot covers every index up to
+    /// `snapshot_index`: those entries may be missing (their segments were
+    /// compacted) and are dropped if present.
+    pub fn open_after(dir: &Path, config: LogConfig, snapshot_index: u64) -> Result<Log> {
+        config.validate()?;
+        std::fs::create_dir_all(dir).map_err(|e| LogError::io("create log directory", dir, e))?;
+        let dir_lock = lock_dir(dir)?;
+        let recovered = crate::recovery::recover(dir, &config, snapshot_index)?;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            _dir_lock: dir_lock,
+            writer: Mutex::new(WriterState {
+                next_seq: recovered.next_seq,
+                last_term: recovered.last_term,
+            }),
+            segments: Atomic::new(Segments {
+                list: recovered.segments,
+            }),
+            commit: GroupCommit::new(recovered.last_index),
+            first_index: AtomicU64::new(recovered.first_index),
+            last_index: AtomicU64::new(recovered.last_index),
+            flush: Mutex::new(FlushState::default()),
+            config,
+        });
+        {
+            // Everything recovered is on disk already.
+            let guard = epoch::pin();
+            let mut flush = lock(&shared.flush);
+            for seg in &shared.load(&guard).list {
+                flush.flushed.push((seg.meta().seq, seg.end()));
+            }
+        }
+        let flusher = match shared.config.persist {
+            PersistMode::Sync => {
+                let s = Arc::clone(&shared);
+                let handle = std::thread::Builder::new()
+                    .name("loomcache-log-flush".into())
+                    .spawn(move || s.flush_loop())
+                    .map_err(|e| LogError::io("spawn flush thread", dir, e))?;
+                Some(handle)
+            }
+            PersistMode::None => None,
+        };
+        let log = Log {
+            handle: Arc::new(FlusherHandle {
+                shared: Arc::clone(&shared),
+                thread: Mutex::new(flusher),
+            }),
+            shared,
+        };
+        if snapshot_index >= log.first_index() {
+            log.compact_through(snapshot_index)?;
+        }
+        Ok(log)
+    }
+
+    /// First index held (after compaction); `last_index() + 1` when empty.
+    pub fn first_index(&self) -> u64 {
+        self.shared.first_index.load(Ordering::Acquire)
+    }
+
+    /// Last index appended (published, not necessarily durable).
+    pub fn last_index(&self) -> u64 {
+        self.shared.last_index.load(Ordering::Acquire)
+    }
+
+    /// Highest index known durable.
+    pub fn durable_index(&self) -> u64 {
+        self.shared.commit.durable()
+    }
+
+    /// True once a flush failed; every later append fails.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.commit.is_poisoned()
+    }
+
+    /// Appends records whose indexes continue the log. Each payload is
+    /// copied once, into the mapping. Returns once the records are
+    /// published (readable); [`Log::wait_durable`] waits for the disk.
+    pub fn append(&self, records: &[Record<'_>]) -> Result<Appended> {
+        let mut writer = lock(&self.shared.writer);
+        let last = self.last_index();
+        let (Some(first), Some(_)) = (records.first(), records.last()) else {
+            return Ok(Appended { first: last + 1, last });
+        };
+        if first.index != last + 1 {
+            return Err(LogError::NotContiguous { last, got: first.index });
+        }
+        self.append_locked(&mut writer, records.iter().copied())
+    }
+
+    /// Appends payloads at the next indexes, all with `term`, `kind` and
+    /// `timestamp_ms`: the write-ahead-log form, where the log assigns
+    /// indexes. Safe to call from many threads.
+    pub fn append_payloads(
+        &self,
+        term: u64,
+        kind: crate::record::RecordKind,
+        timestamp_ms: u64,
+        payloads: &[&[u8]],
+    ) -> Result<Appended> {
+        let mut writer = lock(&self.shared.writer);
+        let next = self.last_index() + 1;
+        let records = payloads.iter().enumerate().map(|(i, payload)| Record {
+            kind,
+            term,
+            index: next + i as u64,
+            timestamp_ms,
+            payload,
+        });
+        self.append_locked(&mut writer, records)
+    }
+
+    fn append_locked<'a>(
+        &self,
+        writer: &mut MutexGuard<'_, WriterState>,
+        records: impl Iterator<Item = Record<'a>>,
+    ) -> Result<Appended> {
+        if self.shared.commit.is_poisoned() {
+            return Err(LogError::Poisoned);
+        }
+        let first = self.last_index() + 1;
+        let mut last = first - 1;
+        let max_record = self.shared.config.segment_bytes - SEGMENT_HEADER_LEN;
+        let guard = epoch::pin();
+        for record in records {
+            debug_assert_eq!(record.index, last + 1);
+            if record.term < writer.last_term {
+                return Err(LogError::TermRegressed {
+                    index: record.index,
+                    term: record.term,
+                    previous: writer.last_term,
+                });
+            }
+            let len = record.encoded_len();
+            if len > max_record {
+                return Err(LogError::RecordTooLarge {
+                    len: len as u64,
+                    max: max_record as u64,
+                });
+            }
+            let mut tail = self.shared.load(&guard).list.last().cloned();
+            if tail.as_ref().is_none_or(|t| t.free() < len) {
+                tail = Some(self.shared.add_segment(writer, record.index, None, &guard)?);
+            }
+            let tail = tail.expect("a tail segment exists after rotation");
+            tail.append(
+                record.index,
+                |dst| encode_record(dst, &record).expect("the destination was sized for the record"),
+                len,
+            );
+            writer.last_term = record.term;
+            last = record.index;
+            // Readers may see each record as soon as it is written.
+            self.shared.last_index.store(last, Ordering::Release);
+        }
+        match self.shared.config.persist {
+            PersistMode::Sync => self.shared.commit.appended(last),
+            PersistMode::None => self.shared.commit.assume_durable(last),
+        }
+        Ok(Appended { first, last })
+    }
+
+    /// Blocks until every index up to `index` is durable.
+    pub fn wait_durable(&self, index: u64) -> Result<()> {
+        self.shared.commit.wait_durable(index).map_err(|e| match e {
+            CommitError::Poisoned => LogError::Poisoned,
+            CommitError::Closed => LogError::Closed,
+        })
+    }
+
+    /// Reads the record at `index`, in place, valid while `guard` is held.
+    /// Its checksum is verified.
+    pub fn entry<'g>(&self, index: u64, guard: &'g Guard) -> Result<Record<'g>> {
+        let (first, last) = (self.first_index(), self.last_index());
+        if index < first || index > last {
+            return Err(LogError::OutOfRange { index, first, last });
+        }
+        let segments = self.shared.load(guard);
+        let seg = segments
+            .find(index)
+            .ok_or(LogError::OutOfRange { index, first, last })?;
+        let offset = seg
+            .offset_of(index)
+            .ok_or(LogError::OutOfRange { index, first, last })?;
+        let bytes = seg.bytes_from(offset, seg.end());
+        let record = decode_record(bytes).map_err(|source| LogError::Record {
+            path: seg.path().to_path_buf(),
+            offset: offset as u64,
+            source,
+        })?;
+        if record.index != index {
+            return Err(LogError::Corrupt {
+                path: seg.path().to_path_buf(),
+                offset: offset as u64,
+                index,
+                reason: format!("record holds index {}", record.index),
+            });
+        }
+        Ok(record)
+    }
+
+    /// Reads records `from..=to`, stopping early once `max_bytes` of
+    /// payload are collected (at least one record is always returned).
+    pub fn entries<'g>(&self, from: u64, to: u64, max_bytes: usize, guard: &'g Guard) -> Result<Vec<Record<'g>>> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for index in from..=to {
+            let record = self.entry(index, guard)?;
+            bytes += record.payload.len();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// The term of the record at `index`.
+    pub fn term(&self, index: u64) -> Result<u64> {
+        let guard = epoch::pin();
+        Ok(self.entry(index, &guard)?.term)
+    }
+
+    /// Removes every record after `index` (Raft conflict resolution). The
+    /// records are not overwritten in place: a new segment starting at
+    /// `index + 1` supersedes them, durably, before this returns, so readers
+    /// holding the old records keep valid bytes and a crash cannot revive
+    /// them.
+    pub fn truncate_after(&self, index: u64) -> Result<()> {
+        let mut writer = lock(&self.shared.writer);
+        if self.shared.commit.is_poisoned() {
+            return Err(LogError::Poisoned);
+        }
+        let (first, last) = (self.first_index(), self.last_index());
+        if index >= last {
+            return Ok(());
+        }
+        if index + 1 < first {
+            return Err(LogError::OutOfRange { index, first, last });
+        }
+        let guard = epoch::pin();
+        writer.last_term = if index >= first {
+            self.entry(index, &guard)?.term
+        } else {
+            0
+        };
+        let watermark = self.shared.commit.durable().min(index);
+        self.shared.commit.truncated(index);
+        self.shared
+            .add_segment(&mut writer, index + 1, Some(watermark), &guard)?;
+        self.shared.last_index.store(index, Ordering::Release);
+        Ok(())
+    }
+
+    /// Drops records up to and including `index`, once a snapshot covering
+    /// them is durable. Whole segments are deleted after every reader that
+    /// could see them has moved on; a partly covered segment stays.
+    pub fn compact_through(&self, index: u64) -> Result<()> {
+        let mut writer = lock(&self.shared.writer);
+        let (first, last) = (self.first_index(), self.last_index());
+        if index < first {
+            return Ok(());
+        }
+        let guard = epoch::pin();
+        if index >= last {
+            // Everything goes: continue from a fresh segment.
+            let watermark = self.shared.commit.durable().max(index);
+            self.shared.first_index.store(index + 1, Ordering::Release);
+            self.shared.last_index.store(index, Ordering::Release);
+            self.shared.commit.truncated(index);
+            self.shared.commit.assume_durable(index);
+            writer.last_term = 0;
+            self.shared
+                .add_segment(&mut writer, index + 1, Some(watermark), &guard)?;
+            let segments = self.shared.load(&guard);
+            let keep: Vec<_> = segments.list.last().cloned().into_iter().collect();
+            self.shared.replace(keep, &guard);
+            return Ok(());
+        }
+        self.shared.first_index.store(index + 1, Ordering::Release);
+        let segments = self.shared.load(&guard);
+        let list = &segments.list;
+        // A segment can go when the next one starts at or before index + 1.
+        let keep: Vec<_> = list
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| list.get(i + 1).is_none_or(|next| next.meta().first_index > index + 1))
+            .map(|(_, s)| Arc::clone(s))
+            .collect();
+        if keep.len() != list.len() {
+            self.shared.replace(keep, &guard);
+        }
+        Ok(())
+    }
+
+    /// Stops the flush thread after it has flushed everything appended.
+    pub fn close(&self) -> Result<()> {
+        self.handle.stop();
+        if self.shared.commit.is_poisoned() {
+            return Err(LogError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// The directory the log lives in.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self` proves no other thread holds `Shared`, so no
+        // reader can be pinned on the current list; it is taken once.
+        let list = unsafe { self.segments.load(Ordering::Acquire, epoch::unprotected()) };
+        if !list.is_null() {
+            // SAFETY: as above; the pointer came from `Owned` and is not
+            // freed anywhere else.
+            drop(unsafe { list.into_owned() });
+        }
+    }
+}
+
+/// Takes an exclusive advisory lock on `dir/LOCK`, so a second process
+/// cannot open the same log.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| LogError::io("open lock file", &path, e))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|e| LogError::io("lock log directory (is another process using it?)", &path, e.into()))?;
+    Ok(file)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn load<'g>(&self, guard: &'g Guard) -> &'g Segments {
+        let shared = self.segments.load(Ordering::Acquire, guard);
+        // SAFETY: the list pointer is never null after construction (it is
+        // only ever swapped for another `Owned` list), and a replaced list
+        // is freed through `defer_destroy`, which waits for every guard
+        // pinned before the swap, including `guard`, so the reference is
+        // valid for `'g`.
+        unsafe { shared.deref() }
+    }
+
+    /// Publishes a new list; the old one is freed after current readers.
+    fn replace(&self, list: Vec<Arc<Segment>>, guard: &Guard) {
+        let old_list = self.load(guard);
+        let removed: Vec<_> = old_list
+            .list
+            .iter()
+            .filter(|s| !list.iter().any(|k| Arc::ptr_eq(k, s)))
+            .cloned()
+            .collect();
+        for seg in &removed {
+            seg.remove_when_dropped();
+        }
+        let old = self
+            .segments
+            .swap(Owned::new(Segments { list }), Ordering::AcqRel, guard);
+        // SAFETY: `old` was unlinked by the swap above, so no new reader can
+        // reach it, and it is destroyed only after every guard pinned
+        // before the swap is dropped.
+        unsafe { guard.defer_destroy(old) };
+        guard.flush();
+    }
+
+    /// Creates a segment starting at `first_index` and makes it the tail.
+    /// With `watermark`, it supersedes segments and records from
+    /// `first_index` on (truncation); without, it follows the current tail
+    /// (rotation).
+    fn add_segment(
+        &self,
+        writer: &mut MutexGuard<'_, WriterState>,
+        first_index: u64,
+        watermark: Option<u64>,
+        guard: &Guard,
+    ) -> Result<Arc<Segment>> {
+        let seq = writer.next_seq;
+        let meta = SegmentMeta {
+            seq,
+            first_index,
+            watermark: watermark.unwrap_or_else(|| self.commit.durable()),
+        };
+        let segment = Arc::new(Segment::create(
+            &self.dir,
+            &*self.config.io,
+            meta,
+            self.config.segment_bytes,
+        )?);
+        writer.next_seq += 1;
+        let current = self.load(guard);
+        let mut list: Vec<_> = match watermark {
+            Some(_) => current
+                .list
+                .iter()
+                .filter(|s| s.meta().first_index < first_index)
+                .cloned()
+                .collect(),
+            None => current.list.clone(),
+        };
+        list.push(Arc::clone(&segment));
+        self.replace(list, guard);
+        lock(&self.flush).flushed.push((seq, SEGMENT_HEADER_LEN));
+        Ok(segment)
+    }
+
+    /// The flush thread: one flush per round covers everything appended
+    /// since the previous round.
+    fn flush_loop(&self) {
+        while let Some(ticket) = self.commit.next_work() {
+            let ok = self.flush_round();
+            self.commit.completed(ticket, ok);
+            if ok && !self.commit.has_work() {
+                // Idle: make the new watermark durable too, so a quiet log
+                // is fully covered by it.
+                let ok = self.flush_header();
+                if !ok {
+                    self.commit.completed(ticket, false);
+                }
+            }
+        }
+        self.commit.stopped();
+    }
+
+    fn flush_round(&self) -> bool {
+        let guard = epoch::pin();
+        let segments = self.load(&guard);
+        let mut flush = lock(&self.flush);
+        let io = &*self.config.io;
+        let durable_target = self.last_index.load(Ordering::Acquire);
+        let mut ok = true;
+        if let Some(seg) = flush.header_dirty.take() {
+            ok &= seg.flush(io, 0, SEGMENT_HEADER_LEN).is_ok();
+        }
+        let mut positions = Vec::with_capacity(segments.list.len());
+        for seg in &segments.list {
+            let seq = seg.meta().seq;
+            let from = flush
+                .flushed
+                .iter()
+                .find(|(s, _)| *s == seq)
+                .map_or(SEGMENT_HEADER_LEN, |p| p.1);
+            let to = seg.end();
+            if ok && to > from {
+                ok &= seg.flush(io, from, to).is_ok();
+            }
+            positions.push((seq, to));
+        }
+        if !ok {
+            return false;
+        }
+        flush.flushed = positions;
+        if let Some(tail) = segments.list.last() {
+            // Everything up to the index read before flushing is durable
+            // now; record that in the tail's header for recovery.
+            tail.set_watermark(durable_target);
+            flush.header_dirty = Some(Arc::clone(tail));
+        }
+        true
+    }
+
+    fn flush_header(&self) -> bool {
+        let mut flush = lock(&self.flush);
+        match flush.header_dirty.take() {
+            Some(seg) => seg.flush(&*self.config.io, 0, SEGMENT_HEADER_LEN).is_ok(),
+            None => true,
+        }
+    }
+}
