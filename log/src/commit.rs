@@ -31,6 +31,17 @@ struct State {
     stopped: bool,
 }
 
+/// What [`GroupCommit::next_work_within`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// Work to flush.
+    Work(FlushTicket),
+    /// Nothing arrived in time.
+    TimedOut,
+    /// Closing (with nothing left) or poisoned: the flush thread exits.
+    Done,
+}
+
 /// A unit of work for the flush thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlushTicket {
@@ -39,12 +50,20 @@ pub struct FlushTicket {
     generation: u64,
 }
 
+/// Waiters for index `i` sleep on condition variable `i % WAIT_STRIPES`,
+/// so a flush wakes the appenders it released and, mostly, no others: with
+/// one shared condition variable every flush would wake every waiter.
+#[cfg(not(loom))]
+const WAIT_STRIPES: usize = 64;
+#[cfg(loom)]
+const WAIT_STRIPES: usize = 2;
+
 /// The shared state of group commit.
 #[derive(Debug)]
 pub struct GroupCommit {
     state: Mutex<State>,
-    /// Signalled when `durable`, `poisoned` or `closing` changes.
-    durable_changed: Condvar,
+    /// Signalled when `durable` passes a waiter's index, or on poison or stop.
+    durable_changed: [Condvar; WAIT_STRIPES],
     /// Signalled when `appended` or `closing` changes.
     work_arrived: Condvar,
 }
@@ -61,13 +80,34 @@ impl GroupCommit {
                 closing: false,
                 stopped: false,
             }),
-            durable_changed: Condvar::new(),
+            durable_changed: core::array::from_fn(|_| Condvar::new()),
             work_arrived: Condvar::new(),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stripe(&self, index: u64) -> &Condvar {
+        &self.durable_changed[(index % WAIT_STRIPES as u64) as usize]
+    }
+
+    fn wake_all(&self) {
+        for cv in &self.durable_changed {
+            cv.notify_all();
+        }
+    }
+
+    /// Wakes the waiters of indexes `from..=to`.
+    fn wake_range(&self, from: u64, to: u64) {
+        if to.saturating_sub(from) >= WAIT_STRIPES as u64 - 1 {
+            self.wake_all();
+        } else {
+            for index in from..=to {
+                self.stripe(index).notify_all();
+            }
+        }
     }
 
     /// Records that every index up to `index` has been published. Call
@@ -84,10 +124,13 @@ impl GroupCommit {
     /// Marks `index` durable without a flush (persistence off).
     pub fn assume_durable(&self, index: u64) {
         let mut s = self.lock();
+        let before = s.durable;
         s.appended = s.appended.max(index);
         s.durable = s.durable.max(index);
         drop(s);
-        self.durable_changed.notify_all();
+        if index > before {
+            self.wake_range(before + 1, index);
+        }
     }
 
     /// Blocks until `index` is durable, or fails if it never will be.
@@ -103,7 +146,7 @@ impl GroupCommit {
             if s.stopped {
                 return Err(CommitError::Closed);
             }
-            s = self.durable_changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            s = self.stripe(index).wait(s).unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -139,23 +182,61 @@ impl GroupCommit {
         }
     }
 
-    /// True if more work is waiting (used to skip an idle-time flush).
-    pub fn has_work(&self) -> bool {
-        let s = self.lock();
-        s.appended > s.durable && !s.poisoned
+    /// Like [`GroupCommit::next_work`], but gives up after `timeout` with
+    /// [`Idle::TimedOut`] so the flush thread can do idle-time work.
+    pub fn next_work_within(&self, timeout: std::time::Duration) -> Idle {
+        let mut s = self.lock();
+        let mut waited = false;
+        loop {
+            if s.poisoned {
+                return Idle::Done;
+            }
+            if s.appended > s.durable {
+                return Idle::Work(FlushTicket {
+                    target: s.appended,
+                    generation: s.generation,
+                });
+            }
+            if s.closing {
+                return Idle::Done;
+            }
+            if waited {
+                return Idle::TimedOut;
+            }
+            let (guard, result) = self
+                .work_arrived
+                .wait_timeout(s, timeout)
+                .unwrap_or_else(|p| p.into_inner());
+            s = guard;
+            waited = result.timed_out();
+        }
+    }
+
+    /// Marks the log poisoned outside a ticket (an idle-time flush failed).
+    pub fn poison(&self) {
+        let mut s = self.lock();
+        s.poisoned = true;
+        drop(s);
+        self.wake_all();
     }
 
     /// For the flush thread: the flush for `ticket` finished. `Ok` makes its
     /// target durable (unless a truncation intervened); `Err` poisons.
     pub fn completed(&self, ticket: FlushTicket, ok: bool) {
         let mut s = self.lock();
+        let before = s.durable;
         if !ok {
             s.poisoned = true;
         } else if ticket.generation == s.generation && ticket.target > s.durable {
             s.durable = ticket.target;
         }
+        let after = s.durable;
         drop(s);
-        self.durable_changed.notify_all();
+        if !ok {
+            self.wake_all();
+        } else if after > before {
+            self.wake_range(before + 1, after);
+        }
     }
 
     /// The log was truncated to end at `index`: nothing above it is
@@ -182,6 +263,6 @@ impl GroupCommit {
         s.closing = true;
         s.stopped = true;
         drop(s);
-        self.durable_changed.notify_all();
+        self.wake_all();
     }
 }

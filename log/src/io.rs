@@ -32,6 +32,11 @@ pub trait LogIo: Send + Sync + core::fmt::Debug + 'static {
         file.sync_data()
     }
 
+    /// Renames a file (atomic replace within a directory).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
     /// Makes a directory's entries durable (fsync on the directory), so a
     /// created, renamed or removed file survives a crash.
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -12,26 +12,32 @@
 //! means and does not depend on the consensus crate (the daemon adapts it
 //! to the consensus `Storage` trait). Layouts and invariants are in
 //! `docs/design.md`.
+// Unsafe code is confined to the segment mapping (segment.rs) and the
+// epoch-protected cell that readers borrow mappings through (epoch.rs).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod commit;
-mod error;
-mod io;
-// Unsafe code is confined to the segment mapping and to the epoch-protected
-// segment list that readers borrow mappings through.
 #[allow(unsafe_code)]
+mod epoch;
+mod error;
+mod hardstate;
+mod io;
 mod log;
 mod record;
 mod recovery;
 #[allow(unsafe_code)]
 mod segment;
+mod snapshot;
 mod sync;
 
-pub use commit::{CommitError, FlushTicket, GroupCommit};
+pub use commit::{CommitError, FlushTicket, GroupCommit, Idle};
 pub use crossbeam_epoch::{pin, Guard};
+pub use epoch::EpochCell;
 pub use error::{LogError, Result};
+pub use hardstate::{HardState, HardStateFile};
 pub use io::{LogIo, OsIo};
 pub use log::{Appended, Log, LogConfig, PersistMode};
 pub use record::{decode_record, encode_record, Record, RecordError, RecordHeader, RecordKind, RECORD_HEADER_LEN};
 pub use segment::SEGMENT_HEADER_LEN;
+pub use snapshot::{SnapshotMeta, SnapshotReader, SnapshotWriter, Snapshots};

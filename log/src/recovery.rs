@@ -109,8 +109,16 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig, floor: u64) -> Result<Reco
     for entry in listing {
         let entry = entry.map_err(|e| LogError::io("list log directory", dir, e))?;
         let name = entry.file_name();
-        let Some((seq, first)) = name.to_str().and_then(parse_name) else {
+        let Some(name) = name.to_str().filter(|n| n.ends_with(".seg")) else {
             continue;
+        };
+        let Some((seq, first)) = parse_name(name) else {
+            return Err(LogError::Corrupt {
+                path: entry.path(),
+                offset: 0,
+                index: 0,
+                reason: "a segment file whose name is not <seq>-<first_index>.seg".into(),
+            });
         };
         let seg = Segment::open(&entry.path(), &*config.io)?;
         let meta = seg.meta();

@@ -116,15 +116,18 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .map_err(|e| LogError::io("create segment", &path, e))?;
-        if let Err(e) = io.allocate(&file, capacity as u64) {
-            drop(file);
+        // Until the segment exists, a failure removes the file so that a
+        // retry can create it again.
+        let remove_on_error = |e: LogError| {
             let _ = std::fs::remove_file(&path);
-            return Err(LogError::io("preallocate segment", &path, e));
-        }
+            e
+        };
+        io.allocate(&file, capacity as u64)
+            .map_err(|e| remove_on_error(LogError::io("preallocate segment", &path, e)))?;
         let map = MmapOptions::new()
             .len(capacity)
             .map_raw(&file)
-            .map_err(|e| LogError::io("map segment", &path, e))?;
+            .map_err(|e| remove_on_error(LogError::io("map segment", &path, e)))?;
         let segment = Segment {
             path,
             _file: file,
@@ -137,10 +140,13 @@ impl Segment {
         };
         let header = SegmentHeader::sealed(meta.seq, meta.first_index, capacity as u64, meta.watermark);
         segment.write_header(&header);
+        // From here a failure drops the segment, which removes its file.
+        segment.remove_when_dropped();
         io.flush_mapping(&segment.map, 0, SEGMENT_HEADER_LEN)
             .map_err(|e| LogError::io("flush segment header", &segment.path, e))?;
         io.sync_dir(dir)
             .map_err(|e| LogError::io("sync log directory", dir, e))?;
+        segment.keep();
         Ok(segment)
     }
 
@@ -197,10 +203,16 @@ impl Segment {
                 .map_err(|e| LogError::io("re-extend segment", path, e))?;
         }
         let capacity = capacity as usize;
+        // Recovery reads every byte: populating the mapping up front costs
+        // one bulk fault-in instead of one fault per page.
         let map = MmapOptions::new()
             .len(capacity)
+            .populate()
             .map_raw(&file)
             .map_err(|e| LogError::io("map segment", path, e))?;
+        // Recovery reads the whole segment front to back: ask for
+        // aggressive read-ahead. Only a hint; failure changes nothing.
+        let _ = map.advise(memmap2::Advice::Sequential);
         Ok(Segment {
             path: path.to_path_buf(),
             _file: file,
@@ -248,6 +260,8 @@ impl Segment {
 
     /// Records found by recovery: their offsets and the end of the last.
     pub fn adopt(&self, offsets: Vec<u32>, end: usize) {
+        // Scanning is over; reads are random from here on.
+        let _ = self.map.advise(memmap2::Advice::Normal);
         assert!(
             end <= self.capacity && end >= SEGMENT_HEADER_LEN,
             "adopted end {end} outside the segment"
@@ -352,6 +366,11 @@ impl Segment {
     /// Deletes the file once the last reference is dropped.
     pub fn remove_when_dropped(&self) {
         self.remove_on_drop.store(true, Ordering::Release);
+    }
+
+    /// Cancels [`Segment::remove_when_dropped`].
+    pub fn keep(&self) {
+        self.remove_on_drop.store(false, Ordering::Release);
     }
 }
 

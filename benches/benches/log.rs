@@ -1,0 +1,263 @@
+//! Durable-log throughput beside the raw limits of the same disk, measured
+//! in one run:
+//!
+//! - one fsync per record: a write + fdatasync loop of the record size;
+//! - sequential write bandwidth: large writes, one fdatasync at the end;
+//! - the log in sync mode with 1, 8 and 64 appenders, each appending one
+//!   record and waiting until it is durable, so group commit is what lets
+//!   throughput grow with appenders;
+//! - recovery: opening a log of many segments (every record's CRC checked)
+//!   beside a plain sequential read of the same files.
+//!
+//! Run with `cargo bench -p loomcache-benches --bench log`. The directory is
+//! `target/bench-log` on the repository's disk unless `LOOMCACHE_BENCH_DIR`
+//! names another; `LOOMCACHE_BENCH_SECONDS` sets each measurement's length
+//! (default 3).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loomcache_log::{Log, LogConfig, PersistMode, RecordKind};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn bench_dir() -> PathBuf {
+    let dir =
+        std::env::var_os("LOOMCACHE_BENCH_DIR").map_or_else(|| PathBuf::from("../target/bench-log"), PathBuf::from);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create bench directory");
+    dir
+}
+
+fn seconds() -> Duration {
+    let s = std::env::var("LOOMCACHE_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    Duration::from_secs_f64(s)
+}
+
+/// Records per second of a write + fdatasync per record.
+fn fsync_per_record(dir: &Path, size: usize, run: Duration) -> f64 {
+    let path = dir.join(format!("raw-fsync-{size}"));
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    file.set_len(64 << 20).unwrap();
+    file.sync_all().unwrap();
+    let buf = vec![0xA5u8; size];
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut offset = 0u64;
+    while start.elapsed() < run {
+        file.write_all_at(&buf, offset).unwrap();
+        file.sync_data().unwrap();
+        offset = (offset + size as u64) % (60 << 20);
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(path);
+    rate
+}
+
+/// Bytes per second of sequential 1 MiB writes, synced once at the end.
+fn sequential_write(dir: &Path, total: usize) -> f64 {
+    let path = dir.join("raw-seq");
+    let mut file = File::create(&path).unwrap();
+    let block = vec![0x5Au8; 1 << 20];
+    let start = Instant::now();
+    for _ in 0..total / block.len() {
+        file.write_all(&block).unwrap();
+    }
+    file.sync_data().unwrap();
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(path);
+    rate
+}
+
+/// Records per second with `appenders` threads, each appending one record
+/// and waiting for it to be durable.
+fn log_sync(dir: &Path, appenders: usize, size: usize, run: Duration) -> f64 {
+    let path = dir.join(format!("log-{appenders}-{size}"));
+    let log = Log::open(&path, LogConfig::default()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..appenders)
+        .map(|t| {
+            let (log, stop, count) = (log.clone(), stop.clone(), count.clone());
+            std::thread::spawn(move || {
+                let payload = vec![t as u8; size];
+                while !stop.load(Ordering::Relaxed) {
+                    let a = log.append_payloads(1, RecordKind::Normal, 0, &[&payload]).unwrap();
+                    log.wait_durable(a.last).unwrap();
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    std::thread::sleep(run);
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    eprintln!(
+        "  ({appenders} appenders, {size} B: {:.1} records per flush)",
+        log.last_index() as f64 / log.flush_rounds().max(1) as f64
+    );
+    log.close().unwrap();
+    drop(log);
+    let _ = std::fs::remove_dir_all(path);
+    rate
+}
+
+/// Fills a log with `total` bytes of 1 KiB records across several segments.
+fn fill_log(path: &Path, total: usize) -> usize {
+    let config = LogConfig {
+        segment_bytes: 64 << 20,
+        persist: PersistMode::None,
+        ..LogConfig::default()
+    };
+    let log = Log::open(path, config).unwrap();
+    let payload = vec![0x33u8; 1024];
+    let batch: Vec<&[u8]> = (0..256).map(|_| &payload[..]).collect();
+    let mut written = 0;
+    while written < total {
+        log.append_payloads(1, RecordKind::Normal, 0, &batch).unwrap();
+        written += batch.len() * payload.len();
+    }
+    log.close().unwrap();
+    drop(log);
+    // Make the files durable so the scan reads what a restart would.
+    for entry in std::fs::read_dir(path).unwrap() {
+        let entry = entry.unwrap();
+        File::open(entry.path()).unwrap().sync_all().unwrap();
+    }
+    written
+}
+
+/// Seconds to read every file in `path` sequentially.
+fn read_files(path: &Path) -> (f64, u64) {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    let start = Instant::now();
+    let mut files: Vec<_> = std::fs::read_dir(path).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in files.iter().filter(|p| p.extension().is_some_and(|e| e == "seg")) {
+        let mut file = File::open(f).unwrap();
+        loop {
+            let n = file.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            bytes += n as u64;
+        }
+    }
+    (start.elapsed().as_secs_f64(), bytes)
+}
+
+fn drop_caches() -> bool {
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    if std::env::args().skip(1).any(|a| a != "--bench") {
+        eprintln!("usage: cargo bench -p loomcache-benches --bench log");
+        std::process::exit(2);
+    }
+    let dir = bench_dir();
+    let run = seconds();
+    println!(
+        "log benchmark in {} ({:.1} s per measurement)",
+        dir.display(),
+        run.as_secs_f64()
+    );
+    println!();
+    println!(
+        "{:<44} {:>14} {:>10} {:>12}",
+        "measurement", "records/s", "MB/s", "vs 1 fsync/rec"
+    );
+    for size in [100usize, 1024] {
+        let raw = fsync_per_record(&dir, size, run);
+        println!(
+            "{:<44} {:>14.0} {:>10.2} {:>12}",
+            format!("write+fdatasync per record, {size} B"),
+            raw,
+            raw * size as f64 / 1e6,
+            "1.0x"
+        );
+        for appenders in [1usize, 8, 64] {
+            let r = log_sync(&dir, appenders, size, run);
+            println!(
+                "{:<44} {:>14.0} {:>10.2} {:>11.1}x",
+                format!("log sync, {appenders} appenders, {size} B"),
+                r,
+                r * size as f64 / 1e6,
+                r / raw
+            );
+        }
+    }
+    let seq = sequential_write(&dir, 256 << 20);
+    println!(
+        "{:<44} {:>14} {:>10.1}",
+        "sequential write 1 MiB blocks, 256 MiB",
+        "-",
+        seq / 1e6
+    );
+
+    println!();
+    let path = dir.join("recovery");
+    let written = fill_log(&path, 512 << 20);
+    for cold in [false, true] {
+        if cold && !drop_caches() {
+            println!("(cold-cache figures skipped: cannot write /proc/sys/vm/drop_caches)");
+            break;
+        }
+        let (read_s, bytes) = read_files(&path);
+        if cold {
+            drop_caches();
+        }
+        let start = Instant::now();
+        let log = Log::open(
+            &path,
+            LogConfig {
+                persist: PersistMode::None,
+                ..LogConfig::default()
+            },
+        )
+        .unwrap();
+        let open_s = start.elapsed().as_secs_f64();
+        let records = log.last_index();
+        drop(log);
+        let label = if cold { "cold cache" } else { "warm cache" };
+        println!(
+            "recovery, {label}: {records} records ({:.0} MiB of records, {:.0} MiB of files)",
+            written as f64 / (1 << 20) as f64,
+            bytes as f64 / (1 << 20) as f64
+        );
+        println!(
+            "  sequential read of the files  {:>8.1} MB/s",
+            bytes as f64 / read_s / 1e6
+        );
+        println!(
+            "  recovery scan (open)          {:>8.1} MB/s  ({:.0}% of the read)",
+            bytes as f64 / open_s / 1e6,
+            100.0 * read_s / open_s
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
