@@ -8,10 +8,14 @@
 //! block its event loop.
 //!
 //! Built so far: the configuration model with its documented defaults and
-//! validation.
+//! validation, and the deterministic replicated state machine (every data
+//! structure, TTL from the leader timestamp, memory accounting, write
+//! deduplication). The event loop, worker pool and Raft driver are not
+//! built yet.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod state;
 
 pub use config::{Config, ConfigError};

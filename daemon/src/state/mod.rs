@@ -1,0 +1,700 @@
+//! The replicated state machine: every data structure, driven only by
+//! `apply(entry bytes, leader timestamp)`.
+//!
+//! Everything that must be identical on every replica is decided from the
+//! log: the entry bytes (the client's frame, unchanged) and the leader's
+//! timestamp stamped beside it. TTL expiry is judged from that timestamp,
+//! never from this replica's clock; memory accounting uses computed sizes,
+//! never allocator statistics; expired entries are reclaimed a bounded
+//! number per apply, in a fixed order. Iteration that reaches a response
+//! (scans, member listings) follows insertion ids, never hash order. Two
+//! replicas that apply the same log therefore answer every request alike.
+//!
+//! Reads (`read`) are served from the same state without going through the
+//! log; they judge expiry by the serving node's clock, which only decides
+//! visibility of an already-expired entry.
+
+mod dedup;
+mod structures;
+
+use std::collections::{BTreeMap, HashMap};
+
+use loomcache_wire::{
+    parse_frame, ErrorCode, Frame, Limits, OkBody, OpClass, Opcode, Parsed, Payload, Response, Seq, Value, Writer,
+};
+
+pub use dedup::DedupConfig;
+use dedup::{DedupTable, Verdict};
+use structures::{Atomic, MapState, QueueState, SetState, Structure, TopicState};
+
+/// Limits of the state machine; every one comes from configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateConfig {
+    /// Bytes of stored data (keys, values and per-entry overhead) beyond
+    /// which writes fail `OUT_OF_MEMORY`.
+    pub data_memory_max_bytes: u64,
+    /// Items a queue may hold; 0 = unbounded (up to the memory limit).
+    pub queue_capacity: u32,
+    /// Expired entries reclaimed per applied entry, at most.
+    pub reclaim_per_apply: u32,
+    /// Write deduplication.
+    pub dedup: DedupConfig,
+    /// Field and list maxima, as on the wire.
+    pub limits: Limits,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            data_memory_max_bytes: 1 << 30,
+            queue_capacity: 0,
+            reclaim_per_apply: 64,
+            dedup: DedupConfig::default(),
+            limits: Limits::DEFAULT,
+        }
+    }
+}
+
+/// Fixed per-entry overhead counted against the memory limit, so that the
+/// accounting does not depend on allocator behaviour.
+pub(crate) const ENTRY_OVERHEAD_BYTES: u64 = 64;
+
+/// The outcome of applying or reading one request: the response opcode,
+/// its status, and its encoded body (appended to the caller's buffer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// `RESPONSE_OK`, `RESPONSE_ERROR` or `RESPONSE_SEQUENCE_LOST`.
+    pub opcode: Opcode,
+    /// The status for the header.
+    pub status: ErrorCode,
+}
+
+/// A failed operation: the code and a message for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OpError(pub ErrorCode, pub &'static str);
+
+type OpResult<T> = Result<T, OpError>;
+
+/// The state of one replica.
+#[derive(Debug)]
+pub struct StateMachine {
+    config: StateConfig,
+    structures: HashMap<Box<str>, Structure>,
+    /// TTL index: (expiry ms, entry id) → (map name, key), oldest first.
+    expiry: BTreeMap<(u64, u64), (Box<str>, Box<[u8]>)>,
+    memory_used: u64,
+    next_id: u64,
+    dedup: DedupTable,
+    /// The highest leader timestamp applied; time never runs backwards here.
+    now_ms: u64,
+    applied: u64,
+}
+
+impl StateMachine {
+    /// An empty state machine.
+    pub fn new(config: StateConfig) -> StateMachine {
+        StateMachine {
+            dedup: DedupTable::new(config.dedup),
+            config,
+            structures: HashMap::new(),
+            expiry: BTreeMap::new(),
+            memory_used: 0,
+            next_id: 1,
+            now_ms: 0,
+            applied: 0,
+        }
+    }
+
+    /// Bytes of stored data as counted against the memory limit.
+    pub fn memory_used(&self) -> u64 {
+        self.memory_used
+    }
+
+    /// Entries applied so far.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Number of named structures.
+    pub fn structure_count(&self) -> usize {
+        self.structures.len()
+    }
+
+    /// Applies a log entry: the client frame bytes and the leader's
+    /// timestamp. The response body is appended to `out`. Malformed entries
+    /// answer an error (the same on every replica) and change nothing.
+    pub fn apply(&mut self, entry: &[u8], leader_ms: u64, out: &mut Vec<u8>) -> Outcome {
+        self.applied += 1;
+        self.now_ms = self.now_ms.max(leader_ms);
+        self.reclaim_expired();
+        let frame = match parse_frame(entry, &self.config.limits) {
+            Ok(Parsed::Frame(frame)) if frame.bytes().len() == entry.len() => frame,
+            _ => return error(out, ErrorCode::Malformed, "log entry is not one whole frame"),
+        };
+        let sequence = frame.sequence().map(|s| (s.client_id(), s.sequence()));
+        if let Some((client, seq)) = sequence {
+            match self.dedup.check(client, seq) {
+                Verdict::Apply => {}
+                Verdict::Duplicate(cached) => {
+                    out.extend_from_slice(&cached.body);
+                    return cached.outcome;
+                }
+                Verdict::Lost { oldest_retained } => {
+                    let body = Response::SequenceLost(loomcache_wire::SequenceLost { oldest_retained });
+                    return encode(out, &body);
+                }
+            }
+        }
+        let start = out.len();
+        let outcome = self.apply_frame(&frame, out);
+        if let Some((client, seq)) = sequence {
+            self.dedup.record(client, seq, self.now_ms, outcome, &out[start..]);
+        }
+        outcome
+    }
+
+    fn apply_frame(&mut self, frame: &Frame<'_>, out: &mut Vec<u8>) -> Outcome {
+        let payload = match frame.decode(&self.config.limits) {
+            Ok(p) => p,
+            Err(e) => return error(out, e.code(), "the entry's payload does not decode"),
+        };
+        if let Err(reason) = payload.check_arguments(&self.config.limits) {
+            return error(out, ErrorCode::InvalidArgument, reason);
+        }
+        match payload {
+            Payload::BatchExecute(batch) => self.apply_batch(batch.ops, out),
+            p if p.opcode().class() == OpClass::Write => match self.write(&p, out) {
+                Ok(()) => Outcome {
+                    opcode: Opcode::ResponseOk,
+                    status: ErrorCode::Ok,
+                },
+                Err(OpError(code, msg)) => error(out, code, msg),
+            },
+            p => error(out, ErrorCode::Malformed, not_a_write(p.opcode())),
+        }
+    }
+
+    fn apply_batch(&mut self, ops: Seq<'_, loomcache_wire::BatchOp<'_>>, out: &mut Vec<u8>) -> Outcome {
+        // Each operation's outcome becomes one BatchResult; the batch as a
+        // whole succeeds even if some operations fail.
+        let mut results: Vec<(u16, Vec<u8>)> = Vec::with_capacity(ops.len());
+        for op in ops.iter() {
+            let mut body = Vec::new();
+            let outcome = match op.payload(&self.config.limits) {
+                Ok(p) => {
+                    let r = if op.opcode.class() == OpClass::Write {
+                        self.write(&p, &mut body)
+                    } else {
+                        self.read_into(&p, &mut body)
+                    };
+                    match r {
+                        Ok(()) => ErrorCode::Ok,
+                        Err(OpError(code, msg)) => {
+                            body.clear();
+                            body.extend_from_slice(msg.as_bytes());
+                            code
+                        }
+                    }
+                }
+                Err(e) => {
+                    body.extend_from_slice(b"operation payload does not decode");
+                    e.code()
+                }
+            };
+            results.push((outcome.code(), body));
+        }
+        let items: Vec<loomcache_wire::BatchResult<'_>> = results
+            .iter()
+            .map(|(status, body)| loomcache_wire::BatchResult { status: *status, body })
+            .collect();
+        encode(out, &Response::Ok(OkBody::Batch(Seq::Items(&items))))
+    }
+
+    /// Serves a read-only request from local state at `now_ms`.
+    pub fn read(&mut self, payload: &Payload<'_>, now_ms: u64, out: &mut Vec<u8>) -> Outcome {
+        let saved = self.now_ms;
+        self.now_ms = self.now_ms.max(now_ms);
+        let r = self.read_into(payload, out);
+        self.now_ms = saved;
+        match r {
+            Ok(()) => Outcome {
+                opcode: Opcode::ResponseOk,
+                status: ErrorCode::Ok,
+            },
+            Err(OpError(code, msg)) => error(out, code, msg),
+        }
+    }
+
+    fn read_into(&mut self, payload: &Payload<'_>, out: &mut Vec<u8>) -> OpResult<()> {
+        let now = self.now_ms;
+        let body = match *payload {
+            Payload::MapGet(k) => OkBody::Value(self.map(k.name)?.and_then(|m| m.get(k.key, now))),
+            Payload::MapContains(k) => OkBody::Bool(self.map(k.name)?.is_some_and(|m| m.get(k.key, now).is_some())),
+            Payload::MapSize(n) => OkBody::Count(self.map(n.name)?.map_or(0, |m| m.live_len(now))),
+            Payload::MapGetAll(g) => {
+                let map = self.map(g.name)?;
+                let found: Vec<loomcache_wire::KeyValue<'_>> = g
+                    .keys
+                    .iter()
+                    .filter_map(|k| {
+                        map.and_then(|m| m.get(k.0, now))
+                            .map(|v| loomcache_wire::KeyValue { key: k.0, value: v })
+                    })
+                    .collect();
+                return done(out, &OkBody::Entries(Seq::Items(&found)));
+            }
+            Payload::MapScan(p) => {
+                let Some(map) = self.map(p.name)? else {
+                    return done(
+                        out,
+                        &OkBody::ScanPage(loomcache_wire::ScanPage {
+                            cursor: 0,
+                            entries: Seq::Items(&[]),
+                        }),
+                    );
+                };
+                let (cursor, entries) = map.scan(p.cursor, p.page_size as usize, now);
+                let items: Vec<_> = entries
+                    .iter()
+                    .map(|(k, v)| loomcache_wire::KeyValue { key: k, value: v })
+                    .collect();
+                return done(
+                    out,
+                    &OkBody::ScanPage(loomcache_wire::ScanPage {
+                        cursor,
+                        entries: Seq::Items(&items),
+                    }),
+                );
+            }
+            Payload::QueuePeek(n) => OkBody::Value(self.queue(n.name)?.and_then(|q| q.peek())),
+            Payload::QueueSize(n) => OkBody::Count(self.queue(n.name)?.map_or(0, |q| q.len() as u64)),
+            Payload::SetContains(k) => OkBody::Bool(self.set(k.name)?.is_some_and(|s| s.contains(k.key))),
+            Payload::SetSize(n) => OkBody::Count(self.set(n.name)?.map_or(0, |s| s.len() as u64)),
+            Payload::SetMembers(p) => {
+                let Some(set) = self.set(p.name)? else {
+                    return done(
+                        out,
+                        &OkBody::MembersPage(loomcache_wire::MembersPage {
+                            cursor: 0,
+                            members: Seq::Items(&[]),
+                        }),
+                    );
+                };
+                let (cursor, members) = set.page(p.cursor, p.page_size as usize);
+                let items: Vec<_> = members.iter().map(|m| loomcache_wire::Key(m)).collect();
+                return done(
+                    out,
+                    &OkBody::MembersPage(loomcache_wire::MembersPage {
+                        cursor,
+                        members: Seq::Items(&items),
+                    }),
+                );
+            }
+            Payload::AtomicGet(n) => OkBody::Long(self.atomic(n.name)?.map_or(0, |a| a.value)),
+            ref other => return Err(OpError(ErrorCode::Unsupported, unsupported_here(other.opcode()))),
+        };
+        encode_ok(out, &body);
+        Ok(())
+    }
+
+    fn write(&mut self, payload: &Payload<'_>, out: &mut Vec<u8>) -> OpResult<()> {
+        let now = self.now_ms;
+        let body = match *payload {
+            Payload::MapPut(w) => return self.map_put(w, PutMode::Always, true, out),
+            Payload::MapSet(w) => return self.map_put(w, PutMode::Always, false, out),
+            Payload::MapPutIfAbsent(w) => return self.map_put(w, PutMode::IfAbsent, true, out),
+            Payload::MapReplace(w) => return self.map_put(w, PutMode::IfPresent, true, out),
+            Payload::MapDelete(k) => {
+                let removed = self.map_mut(k.name)?.and_then(|m| m.remove(k.key, now));
+                let (live, freed) = removed.unwrap_or((false, 0));
+                self.release(freed);
+                OkBody::Bool(live)
+            }
+            Payload::MapCompareAndSet(c) => {
+                let cost = entry_cost(c.key.len(), c.new.len());
+                let map = self.map_or_create(c.name)?;
+                let matches = map.get(c.key, now).is_some_and(|v| v == c.expected);
+                if matches {
+                    let (old_cost, _) = map.peek_cost(c.key);
+                    self.reserve(cost.saturating_sub(old_cost))?;
+                    let expires = expiry(now, c.ttl_ms);
+                    let id = self.fresh_id();
+                    let map = self.map_or_create(c.name)?;
+                    let previous = map.insert(c.key, c.new, expires, id);
+                    self.account_replace(previous.map(|p| p.cost), cost);
+                    self.index_expiry(c.name, c.key, expires, id);
+                }
+                OkBody::Bool(matches)
+            }
+            Payload::MapClear(n) => {
+                let freed = self.map_mut(n.name)?.map(|m| m.clear(now));
+                let (count, bytes) = freed.unwrap_or((0, 0));
+                self.release(bytes);
+                OkBody::Count(count)
+            }
+            Payload::MapPutAll(p) => {
+                let expires = expiry(now, p.ttl_ms);
+                // All or nothing: the whole batch must fit, counted as if
+                // every entry were new.
+                let need: u64 = p.entries.iter().map(|e| entry_cost(e.key.len(), e.value.len())).sum();
+                self.map_or_create(p.name)?;
+                self.reserve(need)?;
+                for e in p.entries.iter() {
+                    let cost = entry_cost(e.key.len(), e.value.len());
+                    let id = self.fresh_id();
+                    let map = self.map_or_create(p.name)?;
+                    let previous = map.insert(e.key, e.value, expires, id);
+                    self.account_replace(previous.map(|x| x.cost), cost);
+                    self.index_expiry(p.name, e.key, expires, id);
+                }
+                OkBody::Empty
+            }
+            Payload::QueueOffer(v) => {
+                let capacity = self.config.queue_capacity;
+                let cost = entry_cost(0, v.value.len());
+                let queue = self.queue_or_create(v.name)?;
+                if capacity != 0 && queue.len() >= capacity as usize {
+                    OkBody::Bool(false)
+                } else {
+                    self.reserve(cost)?;
+                    self.queue_or_create(v.name)?.push(v.value);
+                    self.memory_used += cost;
+                    OkBody::Bool(true)
+                }
+            }
+            Payload::QueuePoll(p) => {
+                let item = self.queue_mut(p.name)?.and_then(|q| q.pop());
+                self.encode_owned_value(out, item);
+                return Ok(());
+            }
+            Payload::QueueDrain(d) => {
+                let items = self
+                    .queue_mut(d.name)?
+                    .map(|q| q.drain(d.max_items as usize))
+                    .unwrap_or_default();
+                let freed: u64 = items.iter().map(|i| entry_cost(0, i.len())).sum();
+                self.release(freed);
+                let values: Vec<Value<'_>> = items.iter().map(|i| Value(i)).collect();
+                encode_ok(out, &OkBody::Values(Seq::Items(&values)));
+                return Ok(());
+            }
+            Payload::QueueClear(n) => {
+                let items = self.queue_mut(n.name)?.map(|q| q.drain(usize::MAX)).unwrap_or_default();
+                let freed: u64 = items.iter().map(|i| entry_cost(0, i.len())).sum();
+                self.release(freed);
+                OkBody::Count(items.len() as u64)
+            }
+            Payload::SetAdd(k) => {
+                let cost = entry_cost(k.key.len(), 0);
+                if self.set_or_create(k.name)?.contains(k.key) {
+                    OkBody::Bool(false)
+                } else {
+                    self.reserve(cost)?;
+                    let id = self.fresh_id();
+                    self.set_or_create(k.name)?.insert(k.key, id);
+                    self.memory_used += cost;
+                    OkBody::Bool(true)
+                }
+            }
+            Payload::SetRemove(k) => {
+                let removed = self.set_mut(k.name)?.is_some_and(|s| s.remove(k.key));
+                if removed {
+                    self.release(entry_cost(k.key.len(), 0));
+                }
+                OkBody::Bool(removed)
+            }
+            Payload::SetClear(n) => {
+                let (count, bytes) = self.set_mut(n.name)?.map(|s| s.clear()).unwrap_or((0, 0));
+                self.release(bytes);
+                OkBody::Count(count)
+            }
+            Payload::TopicPublish(v) => {
+                let topic = self.topic_or_create(v.name)?;
+                OkBody::Count(topic.publish())
+            }
+            Payload::AtomicSet(l) => {
+                self.atomic_or_create(l.name)?.value = l.value;
+                OkBody::Empty
+            }
+            Payload::AtomicAddAndGet(l) => {
+                let a = self.atomic_or_create(l.name)?;
+                a.value = a.value.wrapping_add(l.value);
+                OkBody::Long(a.value)
+            }
+            Payload::AtomicGetAndAdd(l) => {
+                let a = self.atomic_or_create(l.name)?;
+                let old = a.value;
+                a.value = a.value.wrapping_add(l.value);
+                OkBody::Long(old)
+            }
+            Payload::AtomicGetAndSet(l) => {
+                let a = self.atomic_or_create(l.name)?;
+                OkBody::Long(core::mem::replace(&mut a.value, l.value))
+            }
+            Payload::AtomicCompareAndSet(c) => {
+                let a = self.atomic_or_create(c.name)?;
+                let ok = a.value == c.expected;
+                if ok {
+                    a.value = c.new;
+                }
+                OkBody::Bool(ok)
+            }
+            ref other => return Err(OpError(ErrorCode::Unsupported, unsupported_here(other.opcode()))),
+        };
+        encode_ok(out, &body);
+        Ok(())
+    }
+}
+
+/// How a put treats an existing entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PutMode {
+    Always,
+    IfAbsent,
+    IfPresent,
+}
+
+impl StateMachine {
+    /// MAP_PUT / MAP_SET / MAP_PUT_IF_ABSENT / MAP_REPLACE. Encodes the
+    /// answer (the previous value, or the existing one for put-if-absent)
+    /// when `answer` is set.
+    fn map_put(
+        &mut self,
+        w: loomcache_wire::MapWrite<'_>,
+        mode: PutMode,
+        answer: bool,
+        out: &mut Vec<u8>,
+    ) -> OpResult<()> {
+        let now = self.now_ms;
+        let cost = entry_cost(w.key.len(), w.value.len());
+        let map = self.map_or_create(w.name)?;
+        let present = map.get(w.key, now).is_some();
+        let proceed = match mode {
+            PutMode::Always => true,
+            PutMode::IfAbsent => !present,
+            PutMode::IfPresent => present,
+        };
+        if !proceed {
+            if answer {
+                let current = if present { map.get(w.key, now) } else { None };
+                encode_ok(out, &OkBody::Value(current));
+            } else {
+                encode_ok(out, &OkBody::Empty);
+            }
+            return Ok(());
+        }
+        let (old_cost, _) = map.peek_cost(w.key);
+        self.reserve(cost.saturating_sub(old_cost))?;
+        let expires = expiry(now, w.ttl_ms);
+        let id = self.fresh_id();
+        let map = self.map_or_create(w.name)?;
+        let previous = map.insert(w.key, w.value, expires, id);
+        let prev_cost = previous.as_ref().map(|p| p.cost);
+        self.account_replace(prev_cost, cost);
+        self.index_expiry(w.name, w.key, expires, id);
+        if answer {
+            let old = previous.filter(|p| !p.expired_at(now)).map(|p| p.value);
+            match mode {
+                PutMode::IfAbsent => encode_ok(out, &OkBody::Value(None)),
+                _ => encode_ok(out, &OkBody::Value(old.as_deref())),
+            }
+        } else {
+            encode_ok(out, &OkBody::Empty);
+        }
+        Ok(())
+    }
+
+    fn encode_owned_value(&mut self, out: &mut Vec<u8>, item: Option<Box<[u8]>>) {
+        if let Some(item) = &item {
+            self.release(entry_cost(0, item.len()));
+        }
+        encode_ok(out, &OkBody::Value(item.as_deref()));
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn reserve(&mut self, bytes: u64) -> OpResult<()> {
+        if self.memory_used + bytes > self.config.data_memory_max_bytes {
+            return Err(OpError(
+                ErrorCode::OutOfMemory,
+                "the data memory limit is reached; the write was not applied",
+            ));
+        }
+        Ok(())
+    }
+
+    fn account_replace(&mut self, previous: Option<u64>, cost: u64) {
+        self.memory_used = self.memory_used - previous.unwrap_or(0) + cost;
+    }
+
+    fn release(&mut self, bytes: u64) {
+        debug_assert!(
+            bytes <= self.memory_used,
+            "released {bytes} of {} bytes counted",
+            self.memory_used
+        );
+        self.memory_used = self.memory_used.saturating_sub(bytes);
+    }
+
+    fn index_expiry(&mut self, name: &str, key: &[u8], expires: Option<u64>, id: u64) {
+        if let Some(at) = expires {
+            self.expiry.insert((at, id), (name.into(), key.into()));
+        }
+    }
+
+    /// Removes up to `reclaim_per_apply` expired map entries, oldest
+    /// expiry first. Deterministic: it depends only on applied entries.
+    fn reclaim_expired(&mut self) {
+        let now = self.now_ms;
+        for _ in 0..self.config.reclaim_per_apply {
+            let Some((&(at, id), _)) = self.expiry.iter().next() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            let Some((name, key)) = self.expiry.remove(&(at, id)) else {
+                break;
+            };
+            let freed = match self.structures.get_mut(&*name) {
+                Some(Structure::Map(m)) => m.remove_if(&key, |e| e.id == id && e.expired_at(now)),
+                _ => None,
+            };
+            if let Some(bytes) = freed {
+                self.release(bytes);
+            }
+        }
+    }
+}
+
+macro_rules! accessors {
+    ($get:ident, $get_mut:ident, $create:ident, $variant:ident, $ty:ty, $wrong:literal) => {
+        impl StateMachine {
+            fn $get(&self, name: &str) -> OpResult<Option<&$ty>> {
+                match self.structures.get(name) {
+                    None => Ok(None),
+                    Some(Structure::$variant(s)) => Ok(Some(s)),
+                    Some(_) => Err(OpError(ErrorCode::WrongType, $wrong)),
+                }
+            }
+            fn $get_mut(&mut self, name: &str) -> OpResult<Option<&mut $ty>> {
+                match self.structures.get_mut(name) {
+                    None => Ok(None),
+                    Some(Structure::$variant(s)) => Ok(Some(s)),
+                    Some(_) => Err(OpError(ErrorCode::WrongType, $wrong)),
+                }
+            }
+            /// The structure, created (and its name counted against the
+            /// memory limit) if the name is new.
+            fn $create(&mut self, name: &str) -> OpResult<&mut $ty> {
+                if !self.structures.contains_key(name) {
+                    let cost = entry_cost(name.len(), 0);
+                    self.reserve(cost)?;
+                    self.memory_used += cost;
+                    self.structures
+                        .insert(name.into(), Structure::$variant(Default::default()));
+                }
+                match self.structures.get_mut(name) {
+                    Some(Structure::$variant(s)) => Ok(s),
+                    _ => Err(OpError(ErrorCode::WrongType, $wrong)),
+                }
+            }
+        }
+    };
+}
+
+accessors!(
+    map,
+    map_mut,
+    map_or_create,
+    Map,
+    MapState,
+    "the name is bound to a structure that is not a Map"
+);
+accessors!(
+    queue,
+    queue_mut,
+    queue_or_create,
+    Queue,
+    QueueState,
+    "the name is bound to a structure that is not a Queue"
+);
+accessors!(
+    set,
+    set_mut,
+    set_or_create,
+    Set,
+    SetState,
+    "the name is bound to a structure that is not a Set"
+);
+accessors!(
+    atomic,
+    _atomic_mut,
+    atomic_or_create,
+    Atomic,
+    Atomic,
+    "the name is bound to a structure that is not an AtomicLong"
+);
+accessors!(
+    _topic,
+    _topic_mut,
+    topic_or_create,
+    Topic,
+    TopicState,
+    "the name is bound to a structure that is not a Topic"
+);
+
+/// Memory counted for one entry.
+pub(crate) fn entry_cost(key: usize, value: usize) -> u64 {
+    (key + value) as u64 + ENTRY_OVERHEAD_BYTES
+}
+
+fn expiry(now: u64, ttl_ms: u64) -> Option<u64> {
+    (ttl_ms != 0).then(|| now.saturating_add(ttl_ms))
+}
+
+fn not_a_write(op: Opcode) -> &'static str {
+    match op.class() {
+        OpClass::Read => "a read cannot be a log entry",
+        _ => "this opcode cannot be a log entry",
+    }
+}
+
+fn unsupported_here(op: Opcode) -> &'static str {
+    match op.class() {
+        OpClass::Reserved => "CP sessions, locks and semaphores are not supported yet",
+        _ => "this opcode is not served by the state machine",
+    }
+}
+
+fn done(out: &mut Vec<u8>, body: &OkBody<'_>) -> OpResult<()> {
+    encode_ok(out, body);
+    Ok(())
+}
+
+fn encode_ok(out: &mut Vec<u8>, body: &OkBody<'_>) {
+    let _ = encode(out, &Response::Ok(*body));
+}
+
+fn encode(out: &mut Vec<u8>, response: &Response<'_>) -> Outcome {
+    let start = out.len();
+    out.resize(start + response.encoded_len(), 0);
+    response
+        .encode(&mut Writer::new(&mut out[start..]))
+        .expect("the buffer was sized by encoded_len");
+    Outcome {
+        opcode: response.opcode(),
+        status: response.status(),
+    }
+}
+
+fn error(out: &mut Vec<u8>, code: ErrorCode, message: &'static str) -> Outcome {
+    encode(out, &Response::Error { code, message })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! The data structures. Responses never depend on hash order: listings
+//! walk insertion ids, so every replica pages through a structure alike.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::entry_cost;
+
+/// A named structure.
+#[derive(Debug)]
+pub(crate) enum Structure {
+    Map(MapState),
+    Queue(QueueState),
+    Set(SetState),
+    Atomic(Atomic),
+    Topic(TopicState),
+}
+
+/// One map entry.
+#[derive(Debug)]
+pub(crate) struct MapEntry {
+    pub value: Box<[u8]>,
+    /// Absolute expiry (leader ms), if any.
+    pub expires: Option<u64>,
+    /// Insertion id: orders scans; a new id on every write.
+    pub id: u64,
+    /// Bytes counted against the memory limit.
+    pub cost: u64,
+}
+
+impl MapEntry {
+    pub fn expired_at(&self, now: u64) -> bool {
+        self.expires.is_some_and(|at| at <= now)
+    }
+}
+
+/// A Map with a TTL per entry. Expired entries are invisible at once and
+/// removed later (by the state machine's bounded reclaim, or on write).
+#[derive(Debug, Default)]
+pub(crate) struct MapState {
+    entries: HashMap<Box<[u8]>, MapEntry>,
+    order: BTreeMap<u64, Box<[u8]>>,
+}
+
+impl MapState {
+    pub fn get(&self, key: &[u8], now: u64) -> Option<&[u8]> {
+        self.entries.get(key).filter(|e| !e.expired_at(now)).map(|e| &*e.value)
+    }
+
+    /// Live entries. Walks the map: an exact count must skip entries that
+    /// expired but are not reclaimed yet.
+    pub fn live_len(&self, now: u64) -> u64 {
+        self.entries.values().filter(|e| !e.expired_at(now)).count() as u64
+    }
+
+    /// Cost of the entry now stored under `key` (0 if none), and whether
+    /// there is one.
+    pub fn peek_cost(&self, key: &[u8]) -> (u64, bool) {
+        self.entries.get(key).map_or((0, false), |e| (e.cost, true))
+    }
+
+    /// Stores `value`, answering the entry it replaced.
+    pub fn insert(&mut self, key: &[u8], value: &[u8], expires: Option<u64>, id: u64) -> Option<MapEntry> {
+        let entry = MapEntry {
+            value: value.into(),
+            expires,
+            id,
+            cost: entry_cost(key.len(), value.len()),
+        };
+        let previous = self.entries.insert(key.into(), entry);
+        if let Some(p) = &previous {
+            self.order.remove(&p.id);
+        }
+        self.order.insert(id, key.into());
+        previous
+    }
+
+    /// Removes `key`: `(was live, bytes freed)`.
+    pub fn remove(&mut self, key: &[u8], now: u64) -> Option<(bool, u64)> {
+        let e = self.entries.remove(key)?;
+        self.order.remove(&e.id);
+        Some((!e.expired_at(now), e.cost))
+    }
+
+    /// Removes `key` if `pred` holds for its entry: bytes freed.
+    pub fn remove_if(&mut self, key: &[u8], pred: impl FnOnce(&MapEntry) -> bool) -> Option<u64> {
+        if !pred(self.entries.get(key)?) {
+            return None;
+        }
+        let e = self.entries.remove(key)?;
+        self.order.remove(&e.id);
+        Some(e.cost)
+    }
+
+    /// Removes everything: `(live entries, bytes freed)`.
+    pub fn clear(&mut self, now: u64) -> (u64, u64) {
+        let live = self.live_len(now);
+        let bytes = self.entries.values().map(|e| e.cost).sum();
+        self.entries.clear();
+        self.order.clear();
+        (live, bytes)
+    }
+
+    /// Up to `page` live entries with insertion id at or after `cursor`
+    /// (0 = from the start), and the cursor to continue from (0 = done).
+    pub fn scan(&self, cursor: u64, page: usize, now: u64) -> (u64, Vec<(&[u8], &[u8])>) {
+        let mut out = Vec::with_capacity(page.min(self.entries.len()));
+        let mut next = 0;
+        for (&id, key) in self.order.range(cursor..) {
+            if out.len() == page {
+                next = id;
+                break;
+            }
+            if let Some(e) = self.entries.get(key).filter(|e| !e.expired_at(now)) {
+                out.push((&**key, &*e.value));
+            }
+        }
+        (next, out)
+    }
+}
+
+/// A FIFO queue.
+#[derive(Debug, Default)]
+pub(crate) struct QueueState {
+    items: VecDeque<Box<[u8]>>,
+}
+
+impl QueueState {
+    pub fn push(&mut self, item: &[u8]) {
+        self.items.push_back(item.into());
+    }
+    pub fn pop(&mut self) -> Option<Box<[u8]>> {
+        self.items.pop_front()
+    }
+    pub fn peek(&self) -> Option<&[u8]> {
+        self.items.front().map(|b| &**b)
+    }
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    pub fn drain(&mut self, max: usize) -> Vec<Box<[u8]>> {
+        let n = max.min(self.items.len());
+        self.items.drain(..n).collect()
+    }
+}
+
+/// A set of byte strings.
+#[derive(Debug, Default)]
+pub(crate) struct SetState {
+    members: HashMap<Box<[u8]>, u64>,
+    order: BTreeMap<u64, Box<[u8]>>,
+}
+
+impl SetState {
+    pub fn contains(&self, member: &[u8]) -> bool {
+        self.members.contains_key(member)
+    }
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+    pub fn insert(&mut self, member: &[u8], id: u64) {
+        self.members.insert(member.into(), id);
+        self.order.insert(id, member.into());
+    }
+    pub fn remove(&mut self, member: &[u8]) -> bool {
+        match self.members.remove(member) {
+            Some(id) => {
+                self.order.remove(&id);
+                true
+            }
+            None => false,
+        }
+    }
+    /// `(members removed, bytes freed)`.
+    pub fn clear(&mut self) -> (u64, u64) {
+        let bytes = self.members.keys().map(|m| entry_cost(m.len(), 0)).sum();
+        let n = self.members.len() as u64;
+        self.members.clear();
+        self.order.clear();
+        (n, bytes)
+    }
+    /// Up to `page` members from `cursor`, and the next cursor (0 = done).
+    pub fn page(&self, cursor: u64, page: usize) -> (u64, Vec<&[u8]>) {
+        let mut out = Vec::with_capacity(page.min(self.members.len()));
+        let mut next = 0;
+        for (&id, member) in self.order.range(cursor..) {
+            if out.len() == page {
+                next = id;
+                break;
+            }
+            out.push(&**member);
+        }
+        (next, out)
+    }
+}
+
+/// An AtomicLong.
+#[derive(Debug, Default)]
+pub(crate) struct Atomic {
+    pub value: i64,
+}
+
+/// A topic: the log orders its messages; the daemon delivers them to
+/// subscribers on their connections.
+#[derive(Debug, Default)]
+pub(crate) struct TopicState {
+    next_sequence: u64,
+}
+
+impl TopicState {
+    /// Assigns the next message sequence (from 1).
+    pub fn publish(&mut self) -> u64 {
+        self.next_sequence += 1;
+        self.next_sequence
+    }
+}

@@ -1,0 +1,677 @@
+use loomcache_wire::{
+    encode_frame, frame_len, AtomicCompareAndSet, Batch, BatchOp, HeaderFields, Key, KeyValue, Keyed, MapCompareAndSet,
+    MapGetAll, MapPutAll, MapWrite, Named, NamedLong, NamedValue, Page, QueueDrain, QueuePoll, Sequence,
+};
+
+use super::*;
+
+fn frame(payload: &Payload<'_>, seq: Option<(u64, u64)>) -> Vec<u8> {
+    let s = seq.map(|(c, n)| Sequence::new(c, n));
+    let mut out = vec![0u8; frame_len(s.as_ref(), payload)];
+    encode_frame(
+        &mut out,
+        &HeaderFields::request(payload.opcode(), 1),
+        s.as_ref(),
+        payload,
+    )
+    .unwrap();
+    out
+}
+
+/// Applies `payload` as a log entry at leader time `now` and decodes the
+/// answer; the closure sees it.
+fn apply<R>(sm: &mut StateMachine, payload: &Payload<'_>, now: u64, f: impl FnOnce(Response<'_>) -> R) -> R {
+    apply_seq(sm, payload, None, now, f)
+}
+
+fn apply_seq<R>(
+    sm: &mut StateMachine,
+    payload: &Payload<'_>,
+    seq: Option<(u64, u64)>,
+    now: u64,
+    f: impl FnOnce(Response<'_>) -> R,
+) -> R {
+    let entry = frame(payload, seq);
+    let mut out = Vec::new();
+    let outcome = sm.apply(&entry, now, &mut out);
+    let response = Response::decode(
+        outcome.opcode,
+        outcome.status.code(),
+        payload.opcode(),
+        &out,
+        &Limits::DEFAULT,
+    )
+    .unwrap_or_else(|e| panic!("{}: undecodable answer: {e}", payload.opcode()));
+    f(response)
+}
+
+fn read<R>(sm: &mut StateMachine, payload: &Payload<'_>, now: u64, f: impl FnOnce(Response<'_>) -> R) -> R {
+    let mut out = Vec::new();
+    let outcome = sm.read(payload, now, &mut out);
+    let response = Response::decode(
+        outcome.opcode,
+        outcome.status.code(),
+        payload.opcode(),
+        &out,
+        &Limits::DEFAULT,
+    )
+    .unwrap();
+    f(response)
+}
+
+fn ok_value(r: Response<'_>) -> Option<Vec<u8>> {
+    match r {
+        Response::Ok(OkBody::Value(v)) => v.map(<[u8]>::to_vec),
+        other => panic!("expected a value, got {other:?}"),
+    }
+}
+
+fn ok_bool(r: Response<'_>) -> bool {
+    match r {
+        Response::Ok(OkBody::Bool(b)) => b,
+        other => panic!("expected a bool, got {other:?}"),
+    }
+}
+
+fn ok_count(r: Response<'_>) -> u64 {
+    match r {
+        Response::Ok(OkBody::Count(n)) => n,
+        other => panic!("expected a count, got {other:?}"),
+    }
+}
+
+fn ok_long(r: Response<'_>) -> i64 {
+    match r {
+        Response::Ok(OkBody::Long(n)) => n,
+        other => panic!("expected a long, got {other:?}"),
+    }
+}
+
+fn err_code(r: Response<'_>) -> ErrorCode {
+    match r {
+        Response::Error { code, .. } => code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn put(name: &str, key: &'static [u8], value: &'static [u8], ttl_ms: u64) -> MapWrite<'static> {
+    MapWrite {
+        ttl_ms,
+        name: Box::leak(name.into()),
+        key,
+        value,
+    }
+}
+
+fn get(name: &'static str, key: &'static [u8]) -> Payload<'static> {
+    Payload::MapGet(Keyed { name, key })
+}
+
+#[test]
+fn map_writes_answer_as_documented() {
+    let mut sm = StateMachine::new(StateConfig::default());
+    assert_eq!(
+        apply(&mut sm, &Payload::MapPut(put("m", b"k", b"v1", 0)), 1, ok_value),
+        None
+    );
+    assert_eq!(
+        apply(&mut sm, &Payload::MapPut(put("m", b"k", b"v2", 0)), 2, ok_value),
+        Some(b"v1".to_vec())
+    );
+    assert_eq!(
+        apply(&mut sm, &Payload::MapPutIfAbsent(put("m", b"k", b"v3", 0)), 3, ok_value),
+        Some(b"v2".to_vec())
+    );
+    assert_eq!(
+        apply(&mut sm, &Payload::MapPutIfAbsent(put("m", b"n", b"n1", 0)), 3, ok_value),
+        None
+    );
+    assert_eq!(
+        apply(&mut sm, &Payload::MapReplace(put("m", b"absent", b"x", 0)), 4, ok_value),
+        None
+    );
+    assert_eq!(
+        apply(&mut sm, &Payload::MapReplace(put("m", b"k", b"v4", 0)), 4, ok_value),
+        Some(b"v2".to_vec())
+    );
+    apply(&mut sm, &Payload::MapSet(put("m", b"s", b"set", 0)), 5, |r| {
+        assert_eq!(r, Response::Ok(OkBody::Empty))
+    });
+    let cas = |expected: &'static [u8], new: &'static [u8]| {
+        Payload::MapCompareAndSet(MapCompareAndSet {
+            ttl_ms: 0,
+            name: "m",
+            key: b"k",
+            expected,
+            new,
+        })
+    };
+    assert!(!apply(&mut sm, &cas(b"wrong", b"v5"), 6, ok_bool));
+    assert!(apply(&mut sm, &cas(b"v4", b"v5"), 6, ok_bool));
+    assert_eq!(read(&mut sm, &get("m", b"k"), 6, ok_value), Some(b"v5".to_vec()));
+    assert!(read(
+        &mut sm,
+        &Payload::MapContains(Keyed { name: "m", key: b"n" }),
+        6,
+        ok_bool
+    ));
+    assert_eq!(read(&mut sm, &Payload::MapSize(Named { name: "m" }), 6, ok_count), 3);
+    assert!(apply(
+        &mut sm,
+        &Payload::MapDelete(Keyed { name: "m", key: b"n" }),
+        7,
+        ok_bool
+    ));
+    assert!(!apply(
+        &mut sm,
+        &Payload::MapDelete(Keyed { name: "m", key: b"n" }),
+        7,
+        ok_bool
+    ));
+    assert_eq!(apply(&mut sm, &Payload::MapClear(Named { name: "m" }), 8, ok_count), 2);
+    assert_eq!(read(&mut sm, &Payload::MapSize(Named { name: "m" }), 8, ok_count), 0);
+    assert_eq!(
+        sm.memory_used(),
+        entry_cost(1, 0),
+        "clearing frees every entry; the name stays counted"
+    );
+}
+
+#[test]
+fn ttl_is_judged_from_the_leader_timestamp() {
+    let mut sm = StateMachine::new(StateConfig::default());
+    apply(&mut sm, &Payload::MapSet(put("m", b"k", b"v", 100)), 1_000, |_| ());
+    assert_eq!(read(&mut sm, &get("m", b"k"), 1_099, ok_value), Some(b"v".to_vec()));
+    // Invisible at once when the time passes, before any reclaim.
+    assert_eq!(read(&mut sm, &get("m", b"k"), 1_100, ok_value), None);
+    assert_eq!(
+        read(&mut sm, &Payload::MapSize(Named { name: "m" }), 1_100, ok_count),
+        0
+    );
+    // A put over an expired entry answers no previous value.
+    assert_eq!(
+        apply(&mut sm, &Payload::MapPut(put("m", b"k", b"w", 0)), 1_200, ok_value),
+        None
+    );
+    assert_eq!(read(&mut sm, &get("m", b"k"), 1_000_000, ok_value), Some(b"w".to_vec()));
+}
+
+#[test]
+fn expired_entries_are_reclaimed_a_bounded_number_per_apply() {
+    let config = StateConfig {
+        reclaim_per_apply: 2,
+        ..StateConfig::default()
+    };
+    let mut sm = StateMachine::new(config);
+    let keys: Vec<&'static [u8]> = (0..5)
+        .map(|i| &*Box::leak(format!("k{i}").into_bytes().into_boxed_slice()))
+        .collect();
+    for k in &keys {
+        apply(&mut sm, &Payload::MapSet(put("m", k, b"v", 10)), 0, |_| ());
+    }
+    apply(
+        &mut sm,
+        &Payload::AtomicSet(NamedLong { name: "tick", value: 0 }),
+        0,
+        |_| (),
+    );
+    let full = sm.memory_used();
+    apply(
+        &mut sm,
+        &Payload::AtomicSet(NamedLong { name: "tick", value: 1 }),
+        20,
+        |_| (),
+    );
+    let after_one = sm.memory_used();
+    assert_eq!(full - after_one, 2 * entry_cost(2, 1), "two reclaimed per apply");
+    for _ in 0..3 {
+        apply(
+            &mut sm,
+            &Payload::AtomicSet(NamedLong { name: "tick", value: 1 }),
+            21,
+            |_| (),
+        );
+    }
+    assert_eq!(
+        sm.memory_used(),
+        entry_cost(1, 0) + entry_cost(4, 0),
+        "only the names remain"
+    );
+}
+
+#[test]
+fn scans_page_by_insertion_order_and_survive_updates() {
+    let mut sm = StateMachine::new(StateConfig::default());
+    let keys: Vec<&'static [u8]> = (0..25)
+        .map(|i| &*Box::leak(format!("k{i:02}").into_bytes().into_boxed_slice()))
+        .collect();
+    for k in &keys {
+        apply(&mut sm, &Payload::MapSet(put("m", k, b"v", 0)), 0, |_| ());
+    }
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    let mut pages = 0;
+    loop {
+        let scan = Payload::MapScan(Page {
+            name: "m",
+            cursor,
+            page_size: 10,
+        });
+        let next = read(&mut sm, &scan, 0, |r| match r {
+            Response::Ok(OkBody::ScanPage(p)) => {
+                seen.extend(p.entries.iter().map(|e| e.key.to_vec()));
+                p.cursor
+            }
+            other => panic!("{other:?}"),
+        });
+        pages += 1;
+        if pages == 1 {
+            // An update during the scan moves the key to the end: it is
+            // seen (again), never lost.
+            apply(&mut sm, &Payload::MapSet(put("m", b"k03", b"new", 0)), 1, |_| ());
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    for k in &keys {
+        assert!(
+            seen.contains(&k.to_vec()),
+            "{} missing from the scan",
+            String::from_utf8_lossy(k)
+        );
+    }
+    assert!(pages >= 3);
+}
+
+#[test]
+fn get_all_and_put_all() {
+    let mut sm = StateMachine::new(StateConfig::default());
+    let entries = [KeyValue { key: b"a", value: b"1" }, KeyValue { key: b"b", value: b"2" }];
+    apply(
+        &mut sm,
+        &Payload::MapPutAll(MapPutAll {
+            ttl_ms: 0,
+            name: "m",
+            entries: Seq::Items(&entries),
+        }),
+        0,
+        |r| assert_eq!(r, Response::Ok(OkBody::Empty)),
+    );
+    let keys = [Key(b"a"), Key(b"zz"), Key(b"b")];
+    read(
+        &mut sm,
+        &Payload::MapGetAll(MapGetAll {
+            name: "m",
+            keys: Seq::Items(&keys),
+        }),
+        0,
+        |r| match r {
+            Response::Ok(OkBody::Entries(found)) => {
+                let got: Vec<_> = found.iter().map(|e| (e.key.to_vec(), e.value.to_vec())).collect();
+                assert_eq!(
+                    got,
+                    vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]
+                );
+            }
+            other => panic!("{other:?}"),
+        },
+    );
+}
+
+#[test]
+fn queues_sets_atomics_topics() {
+    let mut sm = StateMachine::new(StateConfig {
+        queue_capacity: 3,
+        ..StateConfig::default()
+    });
+    for item in [&b"a"[..], b"b", b"c"] {
+        assert!(apply(
+            &mut sm,
+            &Payload::QueueOffer(NamedValue { name: "q", value: item }),
+            0,
+            ok_bool
+        ));
+    }
+    assert!(
+        !apply(
+            &mut sm,
+            &Payload::QueueOffer(NamedValue { name: "q", value: b"d" }),
+            0,
+            ok_bool
+        ),
+        "full"
+    );
+    assert_eq!(
+        read(&mut sm, &Payload::QueuePeek(Named { name: "q" }), 0, ok_value),
+        Some(b"a".to_vec())
+    );
+    assert_eq!(
+        apply(
+            &mut sm,
+            &Payload::QueuePoll(QueuePoll { name: "q", wait_ms: 0 }),
+            0,
+            ok_value
+        ),
+        Some(b"a".to_vec())
+    );
+    apply(
+        &mut sm,
+        &Payload::QueueDrain(QueueDrain {
+            name: "q",
+            max_items: 5,
+        }),
+        0,
+        |r| match r {
+            Response::Ok(OkBody::Values(v)) => assert_eq!(
+                v.iter().map(|x| x.0.to_vec()).collect::<Vec<_>>(),
+                vec![b"b".to_vec(), b"c".to_vec()]
+            ),
+            other => panic!("{other:?}"),
+        },
+    );
+    assert_eq!(
+        apply(
+            &mut sm,
+            &Payload::QueuePoll(QueuePoll { name: "q", wait_ms: 0 }),
+            0,
+            ok_value
+        ),
+        None
+    );
+    assert_eq!(read(&mut sm, &Payload::QueueSize(Named { name: "q" }), 0, ok_count), 0);
+    assert_eq!(
+        sm.memory_used(),
+        entry_cost(1, 0),
+        "an empty queue counts only its name"
+    );
+
+    assert!(apply(
+        &mut sm,
+        &Payload::SetAdd(Keyed { name: "s", key: b"x" }),
+        0,
+        ok_bool
+    ));
+    assert!(!apply(
+        &mut sm,
+        &Payload::SetAdd(Keyed { name: "s", key: b"x" }),
+        0,
+        ok_bool
+    ));
+    assert!(apply(
+        &mut sm,
+        &Payload::SetAdd(Keyed { name: "s", key: b"y" }),
+        0,
+        ok_bool
+    ));
+    assert!(read(
+        &mut sm,
+        &Payload::SetContains(Keyed { name: "s", key: b"y" }),
+        0,
+        ok_bool
+    ));
+    read(
+        &mut sm,
+        &Payload::SetMembers(Page {
+            name: "s",
+            cursor: 0,
+            page_size: 1,
+        }),
+        0,
+        |r| match r {
+            Response::Ok(OkBody::MembersPage(p)) => {
+                assert_eq!(p.members.len(), 1);
+                assert_ne!(p.cursor, 0, "more to come");
+            }
+            other => panic!("{other:?}"),
+        },
+    );
+    assert!(apply(
+        &mut sm,
+        &Payload::SetRemove(Keyed { name: "s", key: b"x" }),
+        0,
+        ok_bool
+    ));
+    assert_eq!(read(&mut sm, &Payload::SetSize(Named { name: "s" }), 0, ok_count), 1);
+    assert_eq!(apply(&mut sm, &Payload::SetClear(Named { name: "s" }), 0, ok_count), 1);
+
+    let l = |value| NamedLong { name: "n", value };
+    apply(&mut sm, &Payload::AtomicSet(l(10)), 0, |_| ());
+    assert_eq!(apply(&mut sm, &Payload::AtomicAddAndGet(l(5)), 0, ok_long), 15);
+    assert_eq!(apply(&mut sm, &Payload::AtomicGetAndAdd(l(-20)), 0, ok_long), 15);
+    assert_eq!(apply(&mut sm, &Payload::AtomicGetAndSet(l(7)), 0, ok_long), -5);
+    let cas = |expected, new| {
+        Payload::AtomicCompareAndSet(AtomicCompareAndSet {
+            name: "n",
+            expected,
+            new,
+        })
+    };
+    assert!(!apply(&mut sm, &cas(8, 9), 0, ok_bool));
+    assert!(apply(&mut sm, &cas(7, 9), 0, ok_bool));
+    assert_eq!(read(&mut sm, &Payload::AtomicGet(Named { name: "n" }), 0, ok_long), 9);
+    apply(&mut sm, &Payload::AtomicSet(l(i64::MAX)), 0, |_| ());
+    assert_eq!(
+        apply(&mut sm, &Payload::AtomicAddAndGet(l(1)), 0, ok_long),
+        i64::MIN,
+        "wraps, never panics"
+    );
+
+    let publish = Payload::TopicPublish(NamedValue {
+        name: "t",
+        value: b"hello",
+    });
+    assert_eq!(apply(&mut sm, &publish, 0, ok_count), 1);
+    assert_eq!(apply(&mut sm, &publish, 0, ok_count), 2);
+}
+
+#[test]
+fn a_name_has_one_type() {
+    let mut sm = StateMachine::new(StateConfig::default());
+    apply(&mut sm, &Payload::MapSet(put("shared", b"k", b"v", 0)), 0, |_| ());
+    let offer = Payload::QueueOffer(NamedValue {
+        name: "shared",
+        value: b"x",
+    });
+    assert_eq!(apply(&mut sm, &offer, 0, err_code), ErrorCode::WrongType);
+    assert_eq!(
+        read(&mut sm, &Payload::SetSize(Named { name: "shared" }), 0, err_code),
+        ErrorCode::WrongType
+    );
+}
+
+#[test]
+fn the_memory_limit_refuses_writes_and_changes_nothing() {
+    let limit = entry_cost(1, 0) + 3 * entry_cost(2, 10);
+    let mut sm = StateMachine::new(StateConfig {
+        data_memory_max_bytes: limit,
+        ..StateConfig::default()
+    });
+    for k in [&b"k1"[..], b"k2", b"k3"] {
+        apply(
+            &mut sm,
+            &Payload::MapSet(MapWrite {
+                ttl_ms: 0,
+                name: "m",
+                key: k,
+                value: &[0; 10],
+            }),
+            0,
+            |r| assert_eq!(r, Response::Ok(OkBody::Empty)),
+        );
+    }
+    let more = Payload::MapSet(MapWrite {
+        ttl_ms: 0,
+        name: "m",
+        key: b"k4",
+        value: &[0; 10],
+    });
+    assert_eq!(apply(&mut sm, &more, 0, err_code), ErrorCode::OutOfMemory);
+    assert_eq!(read(&mut sm, &get("m", b"k4"), 0, ok_value), None);
+    // Overwriting with a value of the same size fits.
+    let same = Payload::MapSet(MapWrite {
+        ttl_ms: 0,
+        name: "m",
+        key: b"k1",
+        value: &[1; 10],
+    });
+    apply(&mut sm, &same, 0, |r| assert_eq!(r, Response::Ok(OkBody::Empty)));
+    // A put_all that does not fit whole is refused whole.
+    let entries = [KeyValue { key: b"x", value: b"1" }];
+    let all = Payload::MapPutAll(MapPutAll {
+        ttl_ms: 0,
+        name: "m",
+        entries: Seq::Items(&entries),
+    });
+    assert_eq!(apply(&mut sm, &all, 0, err_code), ErrorCode::OutOfMemory);
+    apply(&mut sm, &Payload::MapDelete(Keyed { name: "m", key: b"k2" }), 0, |_| ());
+    apply(&mut sm, &more, 0, |r| assert_eq!(r, Response::Ok(OkBody::Empty)));
+    assert_eq!(sm.memory_used(), limit);
+}
+
+#[test]
+fn retried_writes_apply_once() {
+    let mut sm = StateMachine::new(StateConfig::default());
+    let add = Payload::AtomicAddAndGet(NamedLong { name: "n", value: 1 });
+    assert_eq!(apply_seq(&mut sm, &add, Some((7, 1)), 0, ok_long), 1);
+    assert_eq!(apply_seq(&mut sm, &add, Some((7, 2)), 0, ok_long), 2);
+    // A retry of sequence 2 gets the same answer and changes nothing.
+    assert_eq!(apply_seq(&mut sm, &add, Some((7, 2)), 0, ok_long), 2);
+    assert_eq!(read(&mut sm, &Payload::AtomicGet(Named { name: "n" }), 0, ok_long), 2);
+    // An older sequence's outcome is gone.
+    apply_seq(&mut sm, &add, Some((7, 1)), 0, |r| {
+        assert_eq!(
+            r,
+            Response::SequenceLost(loomcache_wire::SequenceLost { oldest_retained: 2 })
+        )
+    });
+    // Another client is independent.
+    assert_eq!(apply_seq(&mut sm, &add, Some((8, 1)), 0, ok_long), 3);
+}
+
+#[test]
+fn dedup_forgets_idle_and_excess_clients() {
+    let config = StateConfig {
+        dedup: DedupConfig {
+            clients_max: 2,
+            ttl_ms: 100,
+        },
+        ..StateConfig::default()
+    };
+    let mut sm = StateMachine::new(config);
+    let add = Payload::AtomicAddAndGet(NamedLong { name: "n", value: 1 });
+    for client in 1..=3 {
+        apply_seq(&mut sm, &add, Some((client, 1)), 0, |_| ());
+    }
+    assert_eq!(sm.dedup.len(), 2, "bounded by clients_max");
+    apply_seq(&mut sm, &add, Some((9, 1)), 1_000, |_| ());
+    assert_eq!(sm.dedup.len(), 1, "idle clients forgotten");
+}
+
+#[test]
+fn bad_entries_answer_errors_and_change_nothing() {
+    let mut sm = StateMachine::new(StateConfig::default());
+    let mut out = Vec::new();
+    let outcome = sm.apply(b"not a frame", 0, &mut out);
+    assert_eq!(outcome.status, ErrorCode::Malformed);
+    // A read is not a log entry.
+    assert_eq!(apply(&mut sm, &get("m", b"k"), 0, err_code), ErrorCode::Malformed);
+    // Argument checks apply.
+    let drain = Payload::QueueDrain(QueueDrain {
+        name: "q",
+        max_items: 0,
+    });
+    assert_eq!(apply(&mut sm, &drain, 0, err_code), ErrorCode::InvalidArgument);
+    assert_eq!(sm.structure_count(), 0);
+}
+
+#[test]
+fn batches_apply_each_operation_and_report_each_outcome() {
+    let mut sm = StateMachine::new(StateConfig::default());
+    apply(
+        &mut sm,
+        &Payload::QueueOffer(NamedValue { name: "q", value: b"x" }),
+        0,
+        |_| (),
+    );
+    // An AtomicLong add, then a map get on a queue's name (wrong type).
+    let add = [1u8, b'n', 5, 0, 0, 0, 0, 0, 0, 0];
+    let get = [1u8, b'q', 1, 0, b'k'];
+    let ops = [
+        BatchOp {
+            opcode: Opcode::AtomicAddAndGet,
+            payload: &add,
+        },
+        BatchOp {
+            opcode: Opcode::MapGet,
+            payload: &get,
+        },
+    ];
+    apply(
+        &mut sm,
+        &Payload::BatchExecute(Batch { ops: Seq::Items(&ops) }),
+        0,
+        |r| match r {
+            Response::Ok(OkBody::Batch(results)) => {
+                let results: Vec<_> = results.iter().collect();
+                assert_eq!(
+                    results[0].outcome(Opcode::AtomicAddAndGet, &Limits::DEFAULT).unwrap(),
+                    Response::Ok(OkBody::Long(5))
+                );
+                assert!(matches!(
+                    results[1].outcome(Opcode::MapGet, &Limits::DEFAULT).unwrap(),
+                    Response::Error {
+                        code: ErrorCode::WrongType,
+                        ..
+                    }
+                ));
+            }
+            other => panic!("{other:?}"),
+        },
+    );
+}
+
+/// Two replicas applying the same entries answer alike and end alike.
+#[test]
+fn replicas_are_deterministic() {
+    let mut a = StateMachine::new(StateConfig {
+        reclaim_per_apply: 1,
+        ..StateConfig::default()
+    });
+    let mut b = StateMachine::new(StateConfig {
+        reclaim_per_apply: 1,
+        ..StateConfig::default()
+    });
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let keys: Vec<&'static [u8]> = (0..8)
+        .map(|i| &*Box::leak(format!("k{i}").into_bytes().into_boxed_slice()))
+        .collect();
+    for step in 0..2_000u64 {
+        let k = keys[(next() % 8) as usize];
+        let payload = match next() % 6 {
+            0 => Payload::MapPut(put("m", k, b"value", next() % 50)),
+            1 => Payload::MapDelete(Keyed { name: "m", key: k }),
+            2 => Payload::QueueOffer(NamedValue { name: "q", value: k }),
+            3 => Payload::QueuePoll(QueuePoll { name: "q", wait_ms: 0 }),
+            4 => Payload::SetAdd(Keyed { name: "s", key: k }),
+            _ => Payload::MapScan(Page {
+                name: "m",
+                cursor: 0,
+                page_size: 3,
+            }),
+        };
+        let entry = frame(&payload, Some((1 + next() % 3, step + 1)));
+        let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+        let oa = a.apply(&entry, step * 3, &mut out_a);
+        let ob = b.apply(&entry, step * 3, &mut out_b);
+        assert_eq!((oa, &out_a), (ob, &out_b), "step {step}");
+        assert_eq!(a.memory_used(), b.memory_used());
+    }
+}
