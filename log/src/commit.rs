@@ -137,11 +137,12 @@ impl GroupCommit {
     pub fn wait_durable(&self, index: u64) -> Result<(), CommitError> {
         let mut s = self.lock();
         loop {
-            if s.poisoned {
-                return Err(CommitError::Poisoned);
-            }
+            // Durable before a failure stays durable.
             if s.durable >= index {
                 return Ok(());
+            }
+            if s.poisoned {
+                return Err(CommitError::Poisoned);
             }
             if s.stopped {
                 return Err(CommitError::Closed);

@@ -148,8 +148,8 @@ impl HardStateFile {
         };
         slot.crc = U32::new(crc32fast::hash(&slot.as_bytes()[..SLOT_LEN - 4]));
         let offset = (seq % 2) * SLOT_LEN as u64;
-        self.file
-            .write_all_at(slot.as_bytes(), offset)
+        self.io
+            .write_at(&self.file, slot.as_bytes(), offset)
             .map_err(|e| LogError::io("write hard state", &self.path, e))?;
         self.io
             .sync_file(&self.file)

@@ -27,6 +27,11 @@ pub trait LogIo: Send + Sync + core::fmt::Debug + 'static {
         file.write_all(buf)
     }
 
+    /// Writes all of `buf` to `file` at `offset`.
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+    }
+
     /// Makes a file's data durable (fdatasync).
     fn sync_file(&self, file: &File) -> io::Result<()> {
         file.sync_data()

@@ -214,10 +214,16 @@ impl Log {
             config,
         });
         {
-            // Everything recovered is on disk already.
+            // Recovered records may exist only in the page cache (the
+            // process crashed, the kernel did not): flush them once before
+            // reporting them durable.
             let guard = epoch::pin();
             let mut flush = lock(&shared.flush);
             for seg in &shared.load(&guard).list {
+                if shared.config.persist == PersistMode::Sync {
+                    seg.flush(&*shared.config.io, 0, seg.end())
+                        .map_err(|e| LogError::io("flush recovered segment", seg.path(), e))?;
+                }
                 flush.flushed.push((seg.meta().seq, seg.end()));
             }
         }
@@ -332,7 +338,12 @@ impl Log {
         let mut new_segments: Vec<Arc<Segment>> = Vec::new();
         let mut count = 0u64;
         for record in records() {
-            debug_assert_eq!(record.index, first + count);
+            if record.index != first + count {
+                return Err(LogError::NotContiguous {
+                    last: first + count - 1,
+                    got: record.index,
+                });
+            }
             if record.term < term {
                 return Err(LogError::TermRegressed {
                     index: record.index,
@@ -495,6 +506,9 @@ impl Log {
     /// could see them has moved on; a partly covered segment stays.
     pub fn compact_through(&self, index: u64) -> Result<()> {
         let mut writer = lock(&self.shared.writer);
+        if self.shared.commit.is_poisoned() {
+            return Err(LogError::Poisoned);
+        }
         let (first, last) = (self.first_index(), self.last_index());
         if index < first {
             return Ok(());
@@ -592,10 +606,15 @@ impl Shared {
         watermark: Option<u64>,
     ) -> Result<Arc<Segment>> {
         let seq = writer.next_seq;
+        // Without persistence nothing is ever known durable on disk.
+        let watermark = match self.config.persist {
+            PersistMode::Sync => watermark.unwrap_or_else(|| self.commit.durable()),
+            PersistMode::None => 0,
+        };
         let meta = SegmentMeta {
             seq,
             first_index,
-            watermark: watermark.unwrap_or_else(|| self.commit.durable()),
+            watermark,
         };
         let segment = Arc::new(Segment::create(
             &self.dir,

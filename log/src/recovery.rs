@@ -120,7 +120,14 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig, floor: u64) -> Result<Reco
                 reason: "a segment file whose name is not <seq>-<first_index>.seg".into(),
             });
         };
-        let seg = Segment::open(&entry.path(), &*config.io)?;
+        let seg = match Segment::open(&entry.path(), &*config.io) {
+            Ok(seg) => seg,
+            // A segment that a previous instance in this process removed
+            // (compacted or superseded) may vanish between listing and
+            // opening; if it was needed, the gap is found below.
+            Err(LogError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         let meta = seg.meta();
         if (meta.seq, meta.first_index) != (seq, first) {
             return Err(corrupt(
@@ -257,6 +264,17 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig, floor: u64) -> Result<Reco
         });
     }
     let first_index = out[0].meta().first_index;
+    if first_index > floor + 1 {
+        return Err(corrupt(
+            &out[0],
+            SEGMENT_HEADER_LEN,
+            floor + 1,
+            format!(
+                "the log starts at {first_index}, but nothing covers entries from {}",
+                floor + 1
+            ),
+        ));
+    }
     Ok(Recovered {
         segments: out,
         first_index,

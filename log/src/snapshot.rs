@@ -3,7 +3,7 @@
 //! broken one.
 //!
 //! ```text
-//! file snap/<index:020>-<term:020>.snap
+//! file <snapshot dir>/<index:020>-<term:020>.snap
 //! header (64 bytes)
 //! offset size field
 //!      0    8 magic      b"LCSNAP\0\x01"
@@ -93,7 +93,7 @@ impl Snapshots {
     }
 
     /// The newest snapshot whose checksums verify, if any. Files that do
-    /// not verify are skipped (and reported by `skipped`).
+    /// not verify are skipped.
     pub fn latest(&self) -> Result<Option<SnapshotReader>> {
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         let listing = std::fs::read_dir(&self.dir).map_err(|e| LogError::io("list snapshots", &self.dir, e))?;
@@ -236,8 +236,8 @@ impl SnapshotWriter {
             crc: U32::new(0),
         };
         header.crc = U32::new(crc32fast::hash(&header.as_bytes()[..60]));
-        self.file
-            .write_all_at(header.as_bytes(), 0)
+        self.io
+            .write_at(&self.file, header.as_bytes(), 0)
             .map_err(|e| LogError::io("write snapshot header", &self.tmp_path, e))?;
         self.io
             .sync_file(&self.file)
