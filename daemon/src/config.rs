@@ -4,6 +4,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use loomcache_wire::Limits;
 
+use crate::state::StateConfig;
+
 /// A node's configuration. Every queue, buffer and loop in the daemon takes
 /// its bound from here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,11 +25,22 @@ pub struct Config {
     /// A frame must arrive whole within this many ms of its first byte.
     /// Default 10 000.
     pub frame_deadline_ms: u64,
-    /// Memory for stored data; writes beyond it fail `OUT_OF_MEMORY`.
-    /// Default 1 GiB.
-    pub data_memory_max_bytes: u64,
-    /// Receive buffers in the pool; each holds one maximal frame. Default 256.
-    pub recv_buffers: u32,
+    /// Initial receive buffer per connection; it grows, up to one maximal
+    /// frame, only while a larger frame is arriving. Default 16 KiB.
+    pub recv_buffer_bytes: u32,
+    /// Worker threads applying requests. Default: the number of cores.
+    pub workers: u32,
+    /// Requests queued for the workers at which reading is throttled.
+    /// Default 1 024.
+    pub work_queue_low: u32,
+    /// Requests queued for the workers at which nothing more is admitted
+    /// and new connections are refused with `SERVER_BUSY`. Default 4 096.
+    pub work_queue_high: u32,
+    /// This node's id. Default 1.
+    pub node_id: u64,
+    /// State-machine bounds: data memory (default 1 GiB), queue capacity,
+    /// deduplication.
+    pub state: StateConfig,
 }
 
 impl Default for Config {
@@ -40,8 +53,12 @@ impl Default for Config {
             in_flight_per_connection_max: 1_024,
             idle_timeout_ms: 300_000,
             frame_deadline_ms: 10_000,
-            data_memory_max_bytes: 1 << 30,
-            recv_buffers: 256,
+            recv_buffer_bytes: 16 << 10,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
+            work_queue_low: 1_024,
+            work_queue_high: 4_096,
+            node_id: 1,
+            state: StateConfig::default(),
         }
     }
 }
@@ -62,7 +79,7 @@ impl Config {
     /// Checks every value against its allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let checks: [(&'static str, u64, bool, &'static str); 11] = [
+        let checks: [(&'static str, u64, bool, &'static str); 15] = [
             (
                 "limits.name_max_bytes",
                 u64::from(l.name_max_bytes),
@@ -124,9 +141,28 @@ impl Config {
                 "at least 1",
             ),
             (
-                "recv_buffers",
-                u64::from(self.recv_buffers),
-                self.recv_buffers >= 1,
+                "recv_buffer_bytes",
+                u64::from(self.recv_buffer_bytes),
+                (4096..=l.frame_max_bytes() as u64).contains(&u64::from(self.recv_buffer_bytes)),
+                "4096 up to one maximal frame",
+            ),
+            (
+                "workers",
+                u64::from(self.workers),
+                (1..=1024).contains(&self.workers),
+                "1..=1024",
+            ),
+            (
+                "work_queue_low",
+                u64::from(self.work_queue_low),
+                self.work_queue_low >= 1 && self.work_queue_low < self.work_queue_high,
+                "at least 1 and below work_queue_high",
+            ),
+            ("node_id", self.node_id, self.node_id >= 1, "at least 1"),
+            (
+                "state.reclaim_per_apply",
+                u64::from(self.state.reclaim_per_apply),
+                self.state.reclaim_per_apply >= 1,
                 "at least 1",
             ),
         ];
@@ -166,7 +202,11 @@ mod tests {
             ("in_flight_per_connection_max", |c| c.in_flight_per_connection_max = 0),
             ("idle_timeout_ms", |c| c.idle_timeout_ms = 0),
             ("frame_deadline_ms", |c| c.frame_deadline_ms = 0),
-            ("recv_buffers", |c| c.recv_buffers = 0),
+            ("recv_buffer_bytes", |c| c.recv_buffer_bytes = 100),
+            ("workers", |c| c.workers = 0),
+            ("work_queue_low", |c| c.work_queue_low = c.work_queue_high),
+            ("node_id", |c| c.node_id = 0),
+            ("state.reclaim_per_apply", |c| c.state.reclaim_per_apply = 0),
         ];
         for (field, edit) in cases {
             let mut c = Config::default();

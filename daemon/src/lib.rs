@@ -15,7 +15,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backpressure;
 pub mod config;
+pub mod server;
 pub mod state;
+mod sync;
 
 pub use config::{Config, ConfigError};

@@ -2,54 +2,87 @@
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
+use loomcache_daemon::server::Server;
 use loomcache_daemon::Config;
-use loomcache_wire::{Opcode, HEADER_LEN, PROTOCOL_VERSION};
+use loomcache_wire::PROTOCOL_VERSION;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+const USAGE: &str = "usage: loomd [--listen ADDR] [--workers N] [--version] [--help]
+
+Starts a single memory-only LoomCache node with the built-in defaults and
+serves clients until SIGINT or SIGTERM.
+
+  --listen ADDR   client address (default 127.0.0.1:7070; port 0 picks one)
+  --workers N     worker threads (default: the number of cores)";
+
+fn parse(args: &[String]) -> Result<Option<Config>, String> {
+    let mut config = Config::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--version" | "-V" => {
+                println!("loomd {} (protocol {PROTOCOL_VERSION})", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            "--listen" => {
+                let v = it.next().ok_or("--listen needs an address")?;
+                config.listen_addr = v.parse().map_err(|e| format!("--listen {v}: {e}"))?;
+            }
+            "--workers" => {
+                let v = it.next().ok_or("--workers needs a number")?;
+                config.workers = v.parse().map_err(|e| format!("--workers {v}: {e}"))?;
+            }
+            other => return Err(format!("unknown argument {other:?}; try --help")),
+        }
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(Some(config))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        None => {}
-        Some("--version" | "-V") => {
-            println!("loomd {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Some("--help" | "-h") => {
-            println!("loomd {}: the LoomCache node daemon\n", env!("CARGO_PKG_VERSION"));
-            println!("usage: loomd [--version | --help]\n");
-            println!("With no arguments it validates the built-in configuration and prints it.");
-            return ExitCode::SUCCESS;
-        }
-        Some(other) => {
-            eprintln!("loomd: unknown argument {other:?}; try --help");
+    let config = match parse(&args) {
+        Ok(Some(config)) => config,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loomd: {e}");
             return ExitCode::from(2);
         }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("loomd: cannot handle signal {signal}: {e}");
+            return ExitCode::from(1);
+        }
     }
-    let config = Config::default();
-    if let Err(e) = config.validate() {
-        eprintln!("loomd: {e}");
-        return ExitCode::from(2);
-    }
+    let workers = config.workers;
+    let server = match Server::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("loomd: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
     println!(
-        "loomd {} (protocol {PROTOCOL_VERSION}, {HEADER_LEN}-byte header, {} opcodes)",
+        "loomd {} listening on {} (memory-only single node, {workers} workers)",
         env!("CARGO_PKG_VERSION"),
-        Opcode::ALL.len()
+        server.local_addr()
     );
-    println!("built-in configuration (valid):");
-    println!("  listen_addr                  {}", config.listen_addr);
-    println!("  limits.payload_max_bytes     {}", config.limits.payload_max_bytes);
-    println!("  limits.key_max_bytes         {}", config.limits.key_max_bytes);
-    println!("  limits.value_max_bytes       {}", config.limits.value_max_bytes);
-    println!("  limits.items_max             {}", config.limits.items_max);
-    println!("  connections_max              {}", config.connections_max);
-    println!("  connections_per_ip_max       {}", config.connections_per_ip_max);
-    println!("  in_flight_per_connection_max {}", config.in_flight_per_connection_max);
-    println!("  idle_timeout_ms              {}", config.idle_timeout_ms);
-    println!("  frame_deadline_ms            {}", config.frame_deadline_ms);
-    println!("  data_memory_max_bytes        {}", config.data_memory_max_bytes);
-    println!("serving clients is not available in this build; the node exits after printing its configuration.");
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("loomd: shutting down");
+    server.shutdown();
     ExitCode::SUCCESS
 }

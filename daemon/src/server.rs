@@ -1,0 +1,708 @@
+//! The node's network front: one mio event loop and a bounded worker pool.
+//!
+//! The event loop accepts and reads until `WouldBlock`, recognises frames
+//! in each connection's receive buffer, answers connection-level requests
+//! itself (hello, ping, refusals), and hands data requests to the workers
+//! through a bounded queue guarded by [`Backpressure`]. Workers apply them
+//! to the state machine and send encoded responses back; the loop writes
+//! them out with vectored writes. The loop never blocks: it holds no lock a
+//! worker holds across a state-machine call.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use loomcache_wire::{
+    parse_frame, ErrorCode, Flags, HeaderFields, HelloAck, Limits, OkBody, OpClass, Opcode, Parsed, Payload, Response,
+    Writer, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::backpressure::{Backpressure, Level};
+use crate::config::Config;
+use crate::state::StateMachine;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+/// How often the loop wakes to enforce idle and frame deadlines.
+const TICK: Duration = Duration::from_millis(100);
+/// Buffers written per vectored write.
+const IOV_MAX: usize = 64;
+
+/// The 32 header bytes of a frame.
+fn header_bytes(fields: &HeaderFields, payload_len: usize) -> [u8; loomcache_wire::HEADER_LEN] {
+    use zerocopy::IntoBytes;
+    let header = loomcache_wire::FrameHeader::new(fields, payload_len as u32);
+    let mut out = [0u8; loomcache_wire::HEADER_LEN];
+    out.copy_from_slice(header.as_bytes());
+    out
+}
+
+/// A running node. Dropping it without [`Server::shutdown`] leaves the
+/// threads running until the process exits.
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Job {
+    conn: usize,
+    generation: u64,
+    frame: Vec<u8>,
+}
+
+struct Done {
+    conn: usize,
+    generation: u64,
+    bytes: Vec<u8>,
+}
+
+struct Shared {
+    state: Mutex<StateMachine>,
+    backpressure: Backpressure,
+    waker: Arc<Waker>,
+    limits: Limits,
+}
+
+impl Server {
+    /// Binds, starts the event loop and the workers, and returns once the
+    /// node accepts connections.
+    pub fn start(config: Config) -> io::Result<Server> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut listener = TcpListener::bind(config.listen_addr)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+
+        let shared = Arc::new(Shared {
+            state: Mutex::new(StateMachine::new(config.state)),
+            backpressure: Backpressure::new(config.work_queue_low as usize, config.work_queue_high as usize),
+            waker: Arc::clone(&waker),
+            limits: config.limits,
+        });
+        // One queue per worker; a connection's requests all go to the same
+        // worker, so they are applied in the order they arrived.
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let mut job_txs = Vec::new();
+        for i in 0..config.workers {
+            let (job_tx, job_rx) = mpsc::sync_channel::<Job>(config.work_queue_high as usize);
+            job_txs.push(job_tx);
+            let (shared, tx) = (Arc::clone(&shared), done_tx.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("loomd-worker-{i}"))
+                    .spawn(move || worker(&shared, &job_rx, &tx))?,
+            );
+        }
+        drop(done_tx);
+        let mut event_loop = EventLoop {
+            poll,
+            listener,
+            conns: Vec::new(),
+            free: Vec::new(),
+            per_ip: HashMap::new(),
+            open: 0,
+            next_generation: 1,
+            jobs: job_txs,
+            done: done_rx,
+            shared,
+            config,
+            stop: Arc::clone(&stop),
+            stalled: Vec::new(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name("loomd-event-loop".into())
+                .spawn(move || event_loop.run())?,
+        );
+        Ok(Server {
+            local_addr,
+            stop,
+            waker,
+            threads,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, closes every connection, and joins the threads.
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Encodes a whole response frame.
+fn response_frame(request_id: u64, partition: u16, response: &Response<'_>) -> Vec<u8> {
+    let fields = HeaderFields {
+        opcode: response.opcode(),
+        flags: Flags::NONE,
+        status: response.status().code(),
+        partition,
+        request_id,
+    };
+    let len = response.encoded_len();
+    let mut out = Vec::with_capacity(loomcache_wire::HEADER_LEN + len);
+    out.extend_from_slice(&header_bytes(&fields, len));
+    out.resize(loomcache_wire::HEADER_LEN + len, 0);
+    response
+        .encode(&mut Writer::new(&mut out[loomcache_wire::HEADER_LEN..]))
+        .expect("sized by encoded_len");
+    out
+}
+
+fn error_frame(request_id: u64, code: ErrorCode, message: &str) -> Vec<u8> {
+    response_frame(request_id, 0, &Response::Error { code, message })
+}
+
+/// A worker: takes jobs until the queue closes.
+fn worker(shared: &Shared, jobs: &Receiver<Job>, done: &Sender<Done>) {
+    while let Ok(job) = jobs.recv() {
+        let bytes = execute(shared, &job.frame);
+        let _ = done.send(Done {
+            conn: job.conn,
+            generation: job.generation,
+            bytes,
+        });
+        shared.backpressure.complete();
+        // Wake the loop to deliver the response (and, if this completion
+        // ended a pause, to read again).
+        let _ = shared.waker.wake();
+    }
+}
+
+/// Applies one admitted frame and encodes its response frame.
+fn execute(shared: &Shared, frame_bytes: &[u8]) -> Vec<u8> {
+    let frame = match parse_frame(frame_bytes, &shared.limits) {
+        Ok(Parsed::Frame(f)) => f,
+        _ => return error_frame(0, ErrorCode::Internal, "an admitted frame no longer parses"),
+    };
+    let (request_id, partition) = (frame.request_id(), frame.header().partition());
+    let mut body = Vec::new();
+    let now = now_ms();
+    let outcome = {
+        let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if frame.opcode().class() == OpClass::Read {
+            match frame.decode(&shared.limits) {
+                Ok(payload) => state.read(&payload, now, &mut body),
+                Err(e) => return error_frame(request_id, e.code(), &e.to_string()),
+            }
+        } else {
+            state.apply(frame.bytes(), now, &mut body)
+        }
+    };
+    let fields = HeaderFields {
+        opcode: outcome.opcode,
+        flags: Flags::NONE,
+        status: outcome.status.code(),
+        partition,
+        request_id,
+    };
+    let mut out = Vec::with_capacity(loomcache_wire::HEADER_LEN + body.len());
+    out.extend_from_slice(&header_bytes(&fields, body.len()));
+    out.extend_from_slice(&body);
+    out
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: IpAddr,
+    generation: u64,
+    /// Receive buffer: bytes `start..end` are unconsumed.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    out: VecDeque<Vec<u8>>,
+    /// Bytes of `out.front()` already written.
+    out_offset: usize,
+    in_flight: u32,
+    last_active: Instant,
+    partial_since: Option<Instant>,
+    /// Close once `out` is written.
+    closing: bool,
+    /// Reading stopped before `WouldBlock`; retry when load allows.
+    stalled: bool,
+    writable_registered: bool,
+}
+
+struct EventLoop {
+    poll: Poll,
+    listener: TcpListener,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    per_ip: HashMap<IpAddr, u32>,
+    open: u32,
+    next_generation: u64,
+    /// Per-worker queues; emptied at shutdown, which ends the workers.
+    jobs: Vec<SyncSender<Job>>,
+    done: Receiver<Done>,
+    shared: Arc<Shared>,
+    config: Config,
+    stop: Arc<AtomicBool>,
+    stalled: Vec<usize>,
+}
+
+enum Step {
+    /// Keep going.
+    More,
+    /// Stop reading for now (would block, or load).
+    Pause,
+    /// The connection must close.
+    Close,
+}
+
+impl EventLoop {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut last_tick = Instant::now();
+        while !self.stop.load(Ordering::SeqCst) {
+            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {}
+                    Token(t) => {
+                        let idx = t - FIRST_CONN;
+                        if event.is_readable() || event.is_read_closed() {
+                            self.read(idx);
+                        }
+                        if event.is_writable() {
+                            self.flush(idx);
+                        }
+                    }
+                }
+            }
+            self.deliver();
+            self.retry_stalled();
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                self.enforce_deadlines();
+            }
+        }
+        // Shutdown: closing the job queues ends the workers.
+        self.jobs.clear();
+        for idx in 0..self.conns.len() {
+            self.close(idx);
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let (mut stream, addr) = match self.listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            let ip = addr.ip();
+            let refusal = if self.open >= self.config.connections_max
+                || self.per_ip.get(&ip).copied().unwrap_or(0) >= self.config.connections_per_ip_max
+            {
+                Some(error_frame(
+                    0,
+                    ErrorCode::TooManyConnections,
+                    "connection limit reached",
+                ))
+            } else if self.shared.backpressure.level() == Level::Reject {
+                Some(response_frame(
+                    0,
+                    0,
+                    &Response::ServerBusy(loomcache_wire::Busy { retry_after_ms: 100 }),
+                ))
+            } else {
+                None
+            };
+            if let Some(frame) = refusal {
+                // Best effort: the socket is fresh, so a short frame fits in
+                // its send buffer; then it is closed.
+                let _ = stream.write(&frame);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let idx = self.free.pop().unwrap_or_else(|| {
+                self.conns.push(None);
+                self.conns.len() - 1
+            });
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, Token(idx + FIRST_CONN), Interest::READABLE)
+                .is_err()
+            {
+                self.free.push(idx);
+                continue;
+            }
+            let generation = self.next_generation;
+            self.next_generation += 1;
+            self.conns[idx] = Some(Conn {
+                stream,
+                peer: ip,
+                generation,
+                buf: vec![0u8; self.config.recv_buffer_bytes as usize],
+                start: 0,
+                end: 0,
+                out: VecDeque::new(),
+                out_offset: 0,
+                in_flight: 0,
+                last_active: Instant::now(),
+                partial_since: None,
+                closing: false,
+                stalled: false,
+                writable_registered: false,
+            });
+            self.open += 1;
+            *self.per_ip.entry(ip).or_insert(0) += 1;
+        }
+    }
+
+    fn conn(&mut self, idx: usize) -> Option<&mut Conn> {
+        self.conns.get_mut(idx).and_then(Option::as_mut)
+    }
+
+    /// Reads and handles frames until the socket would block, the load
+    /// says stop, or the connection must close.
+    fn read(&mut self, idx: usize) {
+        loop {
+            match self.process_frames(idx) {
+                Step::More => {}
+                Step::Pause => return,
+                Step::Close => {
+                    self.close_after_flush(idx);
+                    return;
+                }
+            }
+            let Some(conn) = self.conn(idx) else { return };
+            if conn.closing {
+                return;
+            }
+            // Make room: move unconsumed bytes to the front when the tail
+            // is full.
+            if conn.end == conn.buf.len() && conn.start > 0 {
+                conn.buf.copy_within(conn.start..conn.end, 0);
+                conn.end -= conn.start;
+                conn.start = 0;
+            }
+            if conn.end == conn.buf.len() {
+                // Full of one frame's beginning: `process_frames` grows the
+                // buffer for a frame it has validated, so this is a frame
+                // that is still being checked; read no further now.
+                conn.stalled = true;
+                return;
+            }
+            let end = conn.end;
+            match conn.stream.read(&mut conn.buf[end..]) {
+                Ok(0) => {
+                    self.close_after_flush(idx);
+                    return;
+                }
+                Ok(n) => {
+                    conn.end += n;
+                    conn.last_active = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = self.process_frames(idx);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.close(idx);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles every complete frame in the buffer.
+    fn process_frames(&mut self, idx: usize) -> Step {
+        loop {
+            let level = self.shared.backpressure.level();
+            let limits = self.config.limits;
+            let in_flight_max = self.config.in_flight_per_connection_max;
+            let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+                return Step::Close;
+            };
+            if conn.closing {
+                return Step::Pause;
+            }
+            let parsed = parse_frame(&conn.buf[conn.start..conn.end], &limits);
+            let frame = match parsed {
+                Ok(Parsed::Frame(f)) => f,
+                Ok(Parsed::Incomplete { total }) => {
+                    conn.partial_since =
+                        (conn.end > conn.start).then(|| conn.partial_since.unwrap_or_else(Instant::now));
+                    // A validated header may announce a frame larger than
+                    // the buffer: grow to exactly that, once.
+                    let need = conn.start + total;
+                    if total > conn.buf.len() {
+                        let mut bigger = vec![0u8; total];
+                        bigger[..conn.end - conn.start].copy_from_slice(&conn.buf[conn.start..conn.end]);
+                        conn.end -= conn.start;
+                        conn.start = 0;
+                        conn.buf = bigger;
+                    } else if need > conn.buf.len() {
+                        conn.buf.copy_within(conn.start..conn.end, 0);
+                        conn.end -= conn.start;
+                        conn.start = 0;
+                    }
+                    return Step::More;
+                }
+                Err(e) => {
+                    // The stream cannot be trusted past a bad header.
+                    let frame = error_frame(0, e.code(), &e.to_string());
+                    conn.out.push_back(frame);
+                    return Step::Close;
+                }
+            };
+            let len = frame.bytes().len();
+            let request_id = frame.request_id();
+            let opcode = frame.opcode();
+            // Connection-level requests are answered here.
+            let inline = match opcode.class() {
+                OpClass::Read | OpClass::Write => None,
+                OpClass::Control if opcode == Opcode::BatchExecute => None,
+                OpClass::Control if opcode == Opcode::Hello => Some(hello(&frame, &self.config)),
+                OpClass::Cluster if opcode == Opcode::ClusterPing => Some(match frame.decode(&limits) {
+                    Ok(Payload::ClusterPing(p)) => response_frame(request_id, 0, &Response::Ok(OkBody::Count(p.nonce))),
+                    _ => error_frame(request_id, ErrorCode::Malformed, "bad ping"),
+                }),
+                OpClass::Reserved => Some(error_frame(
+                    request_id,
+                    ErrorCode::Unsupported,
+                    "CP sessions, locks and semaphores are not supported yet",
+                )),
+                OpClass::Push | OpClass::Response => Some(error_frame(
+                    request_id,
+                    ErrorCode::Malformed,
+                    "clients do not send this opcode",
+                )),
+                _ => Some(error_frame(
+                    request_id,
+                    ErrorCode::Unsupported,
+                    "not supported by this node yet",
+                )),
+            };
+            if let Some(reply) = inline {
+                conn.start += len;
+                conn.partial_since = None;
+                conn.out.push_back(reply);
+                self.flush(idx);
+                continue;
+            }
+            if conn.in_flight >= in_flight_max {
+                conn.start += len;
+                conn.out.push_back(error_frame(
+                    request_id,
+                    ErrorCode::TooManyInFlight,
+                    "too many requests in flight",
+                ));
+                self.flush(idx);
+                continue;
+            }
+            // Between the watermarks, a connection with work queued waits.
+            if level == Level::Throttle && conn.in_flight > 0 || !self.shared.backpressure.try_admit() {
+                conn.stalled = true;
+                if !self.stalled.contains(&idx) {
+                    self.stalled.push(idx);
+                }
+                return Step::Pause;
+            }
+            let job = Job {
+                conn: idx,
+                generation: conn.generation,
+                frame: frame.bytes().to_vec(),
+            };
+            conn.start += len;
+            conn.partial_since = None;
+            conn.in_flight += 1;
+            let worker = idx % self.jobs.len().max(1);
+            match self.jobs.get(worker).map(|tx| tx.try_send(job)) {
+                Some(Ok(())) => {}
+                // Admission bounds every queue to its capacity, so a full
+                // or missing queue means the workers are gone (shutdown).
+                _ => {
+                    self.shared.backpressure.complete();
+                    return Step::Close;
+                }
+            }
+        }
+    }
+
+    /// Moves worker responses to their connections and writes them.
+    fn deliver(&mut self) {
+        while let Ok(done) = self.done.try_recv() {
+            let Some(conn) = self.conn(done.conn) else { continue };
+            if conn.generation != done.generation {
+                continue;
+            }
+            conn.in_flight -= 1;
+            conn.out.push_back(done.bytes);
+            let was_stalled = conn.stalled;
+            self.flush(done.conn);
+            if was_stalled && !self.stalled.contains(&done.conn) {
+                self.stalled.push(done.conn);
+            }
+        }
+    }
+
+    fn retry_stalled(&mut self) {
+        if self.shared.backpressure.is_paused() {
+            return;
+        }
+        for idx in std::mem::take(&mut self.stalled) {
+            if let Some(conn) = self.conn(idx) {
+                conn.stalled = false;
+                self.read(idx);
+            }
+        }
+    }
+
+    /// Writes queued output until done or the socket would block.
+    fn flush(&mut self, idx: usize) {
+        let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        while !conn.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); IOV_MAX];
+            let mut n = 0;
+            for (i, buf) in conn.out.iter().take(IOV_MAX).enumerate() {
+                slices[i] = IoSlice::new(if i == 0 { &buf[conn.out_offset..] } else { buf });
+                n += 1;
+            }
+            match conn.stream.write_vectored(&slices[..n]) {
+                Ok(0) => {
+                    self.close(idx);
+                    return;
+                }
+                Ok(mut written) => {
+                    while written > 0 {
+                        let front = conn.out.front().map_or(0, |b| b.len() - conn.out_offset);
+                        if written >= front {
+                            written -= front;
+                            conn.out.pop_front();
+                            conn.out_offset = 0;
+                        } else {
+                            conn.out_offset += written;
+                            written = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.close(idx);
+                    return;
+                }
+            }
+        }
+        let want_write = !conn.out.is_empty();
+        if want_write != conn.writable_registered {
+            let interest = if want_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let _ = self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, Token(idx + FIRST_CONN), interest);
+            conn.writable_registered = want_write;
+        }
+        if conn.out.is_empty() && conn.closing {
+            self.close(idx);
+        }
+    }
+
+    fn close_after_flush(&mut self, idx: usize) {
+        if let Some(conn) = self.conn(idx) {
+            conn.closing = true;
+        }
+        self.flush(idx);
+    }
+
+    fn close(&mut self, idx: usize) {
+        let Some(mut conn) = self.conns.get_mut(idx).and_then(Option::take) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.open -= 1;
+        if let Some(n) = self.per_ip.get_mut(&conn.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&conn.peer);
+            }
+        }
+        self.free.push(idx);
+    }
+
+    fn enforce_deadlines(&mut self) {
+        let idle = Duration::from_millis(self.config.idle_timeout_ms);
+        let deadline = Duration::from_millis(self.config.frame_deadline_ms);
+        for idx in 0..self.conns.len() {
+            let Some(conn) = self.conn(idx) else { continue };
+            if conn.partial_since.is_some_and(|t| t.elapsed() > deadline) {
+                conn.out
+                    .push_back(error_frame(0, ErrorCode::Timeout, "frame not completed in time"));
+                self.close_after_flush(idx);
+            } else if conn.in_flight == 0 && conn.out.is_empty() && conn.last_active.elapsed() > idle {
+                self.close(idx);
+            }
+        }
+    }
+}
+
+/// Answers `HELLO`: the highest version both sides speak.
+fn hello(frame: &loomcache_wire::Frame<'_>, config: &Config) -> Vec<u8> {
+    let request_id = frame.request_id();
+    let Ok(Payload::Hello(h)) = frame.decode(&config.limits) else {
+        return error_frame(request_id, ErrorCode::Malformed, "bad hello");
+    };
+    let version = PROTOCOL_VERSION.min(h.version_max);
+    if version < PROTOCOL_VERSION_MIN.max(h.version_min) {
+        return error_frame(
+            request_id,
+            ErrorCode::UnsupportedVersion,
+            "no protocol version in common",
+        );
+    }
+    let ack = HelloAck {
+        version,
+        features: 0,
+        node_id: config.node_id,
+        client_id: h.client_id,
+        payload_max_bytes: config.limits.payload_max_bytes,
+        in_flight_max: config.in_flight_per_connection_max,
+    };
+    response_frame(request_id, 0, &Response::Ok(OkBody::HelloAck(ack)))
+}
