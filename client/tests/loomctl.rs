@@ -1,6 +1,9 @@
-//! The `loomctl` binary as a process.
+//! The `loomctl` binary as a process, against an in-process node.
 
 use std::process::Command;
+
+use loomcache_daemon::server::Server;
+use loomcache_daemon::Config;
 
 fn loomctl(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_loomctl"))
@@ -30,9 +33,45 @@ fn opcode_table_lists_every_opcode() {
 }
 
 #[test]
-fn node_commands_say_unsupported_with_their_own_exit_code() {
-    let out = loomctl(&["map", "get", "m", "k"]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported"));
-    assert_eq!(loomctl(&["nonsense"]).status.code(), Some(2));
+fn commands_against_a_node_with_exit_codes() {
+    let server = Server::start(Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        workers: 1,
+        ..Config::default()
+    })
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--addr", &addr];
+        all.extend_from_slice(args);
+        let out = loomctl(&all);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    };
+    assert_eq!(run(&["map", "put", "users", "u1", "ann"]), (Some(0), "(none)".into()));
+    assert_eq!(run(&["map", "put", "users", "u1", "bob"]), (Some(0), "ann".into()));
+    assert_eq!(
+        run(&["--json", "map", "get", "users", "u1"]),
+        (Some(0), "\"bob\"".into())
+    );
+    assert_eq!(
+        run(&["--json", "map", "get", "users", "nobody"]),
+        (Some(0), "null".into())
+    );
+    assert_eq!(run(&["queue", "offer", "q", "job"]), (Some(0), "true".into()));
+    assert_eq!(run(&["queue", "poll", "q"]), (Some(0), "job".into()));
+    assert_eq!(run(&["atomic", "add", "n", "5"]), (Some(0), "5".into()));
+    assert_eq!(run(&["set", "add", "s", "red"]), (Some(0), "true".into()));
+    assert_eq!(run(&["--json", "set", "members", "s"]), (Some(0), "[\"red\"]".into()));
+    assert_eq!(run(&["topic", "publish", "t", "hi"]), (Some(0), "1".into()));
+    assert!(run(&["ping"]).1.starts_with("pong"));
+    // A server error: exit 1; unsupported: exit 3; usage: exit 2.
+    assert_eq!(run(&["queue", "offer", "users", "x"]).0, Some(1));
+    assert_eq!(run(&["info"]).0, Some(3));
+    assert_eq!(run(&["map", "frobnicate"]).0, Some(2));
+    server.shutdown();
+    // No node: exit 1, quickly.
+    assert_eq!(run(&["--timeout-ms", "300", "ping"]).0, Some(1));
 }

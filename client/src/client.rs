@@ -1,0 +1,618 @@
+//! The blocking client: a small connection pool, bounded retries with
+//! backoff and jitter, redirects followed, and a typed handle per
+//! structure.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use loomcache_wire::{
+    AtomicCompareAndSet, Key, KeyValue, Keyed, MapCompareAndSet, MapGetAll, MapPutAll, MapWrite, Named, NamedLong,
+    NamedValue, Opcode, Page, Payload, Ping, QueueDrain, QueuePoll, Seq,
+};
+
+use crate::conn::Connection;
+use crate::error::{ClientError, Result};
+use crate::reply::Reply;
+
+/// Client settings; every bound is explicit.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Nodes to connect to (seeds); tried in turn.
+    pub addrs: Vec<SocketAddr>,
+    /// Connect timeout per attempt. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Time to wait for one answer. Default 10 s.
+    pub request_timeout: Duration,
+    /// Total time a request may spend retrying (busy, broken connection,
+    /// no leader) before its last error is returned. Default 15 s.
+    pub retry_budget: Duration,
+    /// First backoff; doubles per retry up to `backoff_max`, ±25 % jitter.
+    /// Default 50 ms.
+    pub backoff_initial: Duration,
+    /// Largest backoff. Default 2 s.
+    pub backoff_max: Duration,
+    /// Idle connections kept. Default 4.
+    pub pool_size: usize,
+    /// Client id for write deduplication; 0 picks one from the clock and
+    /// process id.
+    pub client_id: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            addrs: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            retry_budget: Duration::from_secs(15),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            pool_size: 4,
+            client_id: 0,
+        }
+    }
+}
+
+/// A blocking LoomCache client, safe to share between threads.
+#[derive(Debug)]
+pub struct Client {
+    config: ClientConfig,
+    client_id: u64,
+    pool: Mutex<Vec<Connection>>,
+    next_sequence: AtomicU64,
+    next_addr: AtomicUsize,
+    jitter: AtomicU64,
+}
+
+fn pick_client_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ (u64::from(std::process::id()) << 40)).max(1)
+}
+
+impl Client {
+    /// Connects to the first reachable node (validating the handshake).
+    pub fn connect(config: ClientConfig) -> Result<Client> {
+        if config.addrs.is_empty() {
+            return Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no node addresses given",
+            )));
+        }
+        let client_id = if config.client_id == 0 {
+            pick_client_id()
+        } else {
+            config.client_id
+        };
+        let client = Client {
+            client_id,
+            pool: Mutex::new(Vec::new()),
+            next_sequence: AtomicU64::new(1),
+            next_addr: AtomicUsize::new(0),
+            jitter: AtomicU64::new(client_id | 1),
+            config,
+        };
+        let conn = client.open()?;
+        client.give_back(conn);
+        Ok(client)
+    }
+
+    /// The id the server deduplicates this client's writes by.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    fn open(&self) -> Result<Connection> {
+        let mut last = None;
+        for _ in 0..self.config.addrs.len() {
+            let i = self.next_addr.fetch_add(1, Ordering::Relaxed) % self.config.addrs.len();
+            match Connection::connect(
+                self.config.addrs[i],
+                self.client_id,
+                self.config.connect_timeout,
+                self.config.request_timeout,
+            ) {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one address was tried"))
+    }
+
+    fn take(&self) -> Result<Connection> {
+        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match pooled {
+            Some(c) => Ok(c),
+            None => self.open(),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < self.config.pool_size {
+            pool.push(conn);
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self
+            .config
+            .backoff_initial
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.config.backoff_max);
+        // xorshift for ±25 % jitter.
+        let mut x = self.jitter.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter.store(x, Ordering::Relaxed);
+        let spread = base.as_micros() as u64 / 2;
+        let offset = if spread == 0 { 0 } else { x % spread };
+        Duration::from_micros(base.as_micros() as u64 * 3 / 4 + offset)
+    }
+
+    /// Sends `payload` and returns the answer, retrying what is safe to
+    /// retry within the retry budget. A write is sequenced once, so its
+    /// retries are applied at most once.
+    pub fn call(&self, payload: &Payload<'_>) -> Result<Reply> {
+        let sequence = payload
+            .mutates()
+            .then(|| self.next_sequence.fetch_add(1, Ordering::Relaxed));
+        let start = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let result = self.take().and_then(|mut conn| {
+                let r = conn.call(payload, sequence);
+                // A connection that failed at the transport is dropped.
+                if !matches!(
+                    r,
+                    Err(ClientError::Io(_) | ClientError::Timeout(_) | ClientError::Protocol(_))
+                ) {
+                    self.give_back(conn);
+                }
+                r
+            });
+            match result {
+                Err(e) if e.is_retryable() && start.elapsed() < self.config.retry_budget => {
+                    let wait = match &e {
+                        ClientError::Busy { retry_after_ms } => {
+                            Duration::from_millis(u64::from(*retry_after_ms)).max(self.backoff(attempt))
+                        }
+                        _ => self.backoff(attempt),
+                    };
+                    std::thread::sleep(wait.min(self.config.retry_budget.saturating_sub(start.elapsed())));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Round trip to a node; answers the echoed nonce.
+    pub fn ping(&self, nonce: u64) -> Result<u64> {
+        expect_count(Opcode::ClusterPing, self.call(&Payload::ClusterPing(Ping { nonce }))?)
+    }
+
+    /// A Map handle.
+    pub fn map<'c>(&'c self, name: &'c str) -> MapHandle<'c> {
+        MapHandle { client: self, name }
+    }
+
+    /// A Queue handle.
+    pub fn queue<'c>(&'c self, name: &'c str) -> QueueHandle<'c> {
+        QueueHandle { client: self, name }
+    }
+
+    /// A Set handle.
+    pub fn set<'c>(&'c self, name: &'c str) -> SetHandle<'c> {
+        SetHandle { client: self, name }
+    }
+
+    /// An AtomicLong handle.
+    pub fn atomic_long<'c>(&'c self, name: &'c str) -> AtomicLongHandle<'c> {
+        AtomicLongHandle { client: self, name }
+    }
+
+    /// A Topic handle.
+    pub fn topic<'c>(&'c self, name: &'c str) -> TopicHandle<'c> {
+        TopicHandle { client: self, name }
+    }
+}
+
+fn unexpected(op: Opcode, reply: Reply) -> ClientError {
+    ClientError::Unexpected {
+        request: op.wire_name(),
+        detail: format!("{reply:?}"),
+    }
+}
+
+fn expect_value(op: Opcode, r: Reply) -> Result<Option<Vec<u8>>> {
+    match r {
+        Reply::Value(v) => Ok(v),
+        other => Err(unexpected(op, other)),
+    }
+}
+
+fn expect_bool(op: Opcode, r: Reply) -> Result<bool> {
+    match r {
+        Reply::Bool(b) => Ok(b),
+        other => Err(unexpected(op, other)),
+    }
+}
+
+fn expect_count(op: Opcode, r: Reply) -> Result<u64> {
+    match r {
+        Reply::Count(n) => Ok(n),
+        other => Err(unexpected(op, other)),
+    }
+}
+
+fn expect_long(op: Opcode, r: Reply) -> Result<i64> {
+    match r {
+        Reply::Long(n) => Ok(n),
+        other => Err(unexpected(op, other)),
+    }
+}
+
+fn expect_empty(op: Opcode, r: Reply) -> Result<()> {
+    match r {
+        Reply::Empty => Ok(()),
+        other => Err(unexpected(op, other)),
+    }
+}
+
+fn ttl_ms(ttl: Option<Duration>) -> u64 {
+    ttl.map_or(0, |d| (d.as_millis() as u64).max(1))
+}
+
+/// Operations on one Map.
+#[derive(Debug, Clone, Copy)]
+pub struct MapHandle<'c> {
+    client: &'c Client,
+    name: &'c str,
+}
+
+impl MapHandle<'_> {
+    fn write(&self, op: Opcode, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<Reply> {
+        let w = MapWrite {
+            ttl_ms: ttl_ms(ttl),
+            name: self.name,
+            key,
+            value,
+        };
+        let payload = match op {
+            Opcode::MapPut => Payload::MapPut(w),
+            Opcode::MapSet => Payload::MapSet(w),
+            Opcode::MapPutIfAbsent => Payload::MapPutIfAbsent(w),
+            _ => Payload::MapReplace(w),
+        };
+        self.client.call(&payload)
+    }
+
+    /// Stores `value`, answering the previous value.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        expect_value(Opcode::MapPut, self.write(Opcode::MapPut, key, value, None)?)
+    }
+
+    /// Stores `value` with a time to live, answering the previous value.
+    pub fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<Option<Vec<u8>>> {
+        expect_value(Opcode::MapPut, self.write(Opcode::MapPut, key, value, Some(ttl))?)
+    }
+
+    /// Stores `value` without answering the previous one.
+    pub fn set(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        expect_empty(Opcode::MapSet, self.write(Opcode::MapSet, key, value, None)?)
+    }
+
+    /// Stores only if absent; answers the existing value if there is one.
+    pub fn put_if_absent(&self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        expect_value(
+            Opcode::MapPutIfAbsent,
+            self.write(Opcode::MapPutIfAbsent, key, value, None)?,
+        )
+    }
+
+    /// Stores only if present; answers the replaced value.
+    pub fn replace(&self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        expect_value(Opcode::MapReplace, self.write(Opcode::MapReplace, key, value, None)?)
+    }
+
+    /// Reads a value.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        expect_value(
+            Opcode::MapGet,
+            self.client.call(&Payload::MapGet(Keyed { name: self.name, key }))?,
+        )
+    }
+
+    /// Removes a key; answers whether it was present.
+    pub fn delete(&self, key: &[u8]) -> Result<bool> {
+        expect_bool(
+            Opcode::MapDelete,
+            self.client.call(&Payload::MapDelete(Keyed { name: self.name, key }))?,
+        )
+    }
+
+    /// Whether a key is present.
+    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+        expect_bool(
+            Opcode::MapContains,
+            self.client
+                .call(&Payload::MapContains(Keyed { name: self.name, key }))?,
+        )
+    }
+
+    /// Stores `new` only if the value is `expected`.
+    pub fn compare_and_set(&self, key: &[u8], expected: &[u8], new: &[u8]) -> Result<bool> {
+        let p = Payload::MapCompareAndSet(MapCompareAndSet {
+            ttl_ms: 0,
+            name: self.name,
+            key,
+            expected,
+            new,
+        });
+        expect_bool(Opcode::MapCompareAndSet, self.client.call(&p)?)
+    }
+
+    /// Live entries.
+    pub fn size(&self) -> Result<u64> {
+        expect_count(
+            Opcode::MapSize,
+            self.client.call(&Payload::MapSize(Named { name: self.name }))?,
+        )
+    }
+
+    /// Removes every entry; answers how many.
+    pub fn clear(&self) -> Result<u64> {
+        expect_count(
+            Opcode::MapClear,
+            self.client.call(&Payload::MapClear(Named { name: self.name }))?,
+        )
+    }
+
+    /// Reads many keys; answers the present ones.
+    pub fn get_all(&self, keys: &[&[u8]]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let keys: Vec<Key<'_>> = keys.iter().map(|k| Key(k)).collect();
+        let p = Payload::MapGetAll(MapGetAll {
+            name: self.name,
+            keys: Seq::Items(&keys),
+        });
+        match self.client.call(&p)? {
+            Reply::Entries(e) => Ok(e),
+            other => Err(unexpected(Opcode::MapGetAll, other)),
+        }
+    }
+
+    /// Stores many entries.
+    pub fn put_all(&self, entries: &[(&[u8], &[u8])]) -> Result<()> {
+        let entries: Vec<KeyValue<'_>> = entries.iter().map(|(key, value)| KeyValue { key, value }).collect();
+        let p = Payload::MapPutAll(MapPutAll {
+            ttl_ms: 0,
+            name: self.name,
+            entries: Seq::Items(&entries),
+        });
+        expect_empty(Opcode::MapPutAll, self.client.call(&p)?)
+    }
+
+    /// One page of entries from `cursor` (0 = start); the returned cursor
+    /// continues (0 = done).
+    pub fn scan(&self, cursor: u64, page_size: u32) -> Result<(u64, Vec<(Vec<u8>, Vec<u8>)>)> {
+        match self.client.call(&Payload::MapScan(Page {
+            name: self.name,
+            cursor,
+            page_size,
+        }))? {
+            Reply::ScanPage(c, e) => Ok((c, e)),
+            other => Err(unexpected(Opcode::MapScan, other)),
+        }
+    }
+}
+
+/// Operations on one Queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueHandle<'c> {
+    client: &'c Client,
+    name: &'c str,
+}
+
+impl QueueHandle<'_> {
+    /// Appends an item; false if a bounded queue is full.
+    pub fn offer(&self, item: &[u8]) -> Result<bool> {
+        let p = Payload::QueueOffer(NamedValue {
+            name: self.name,
+            value: item,
+        });
+        expect_bool(Opcode::QueueOffer, self.client.call(&p)?)
+    }
+
+    /// Removes the head item, if any.
+    pub fn poll(&self) -> Result<Option<Vec<u8>>> {
+        let p = Payload::QueuePoll(QueuePoll {
+            name: self.name,
+            wait_ms: 0,
+        });
+        expect_value(Opcode::QueuePoll, self.client.call(&p)?)
+    }
+
+    /// Reads the head item.
+    pub fn peek(&self) -> Result<Option<Vec<u8>>> {
+        expect_value(
+            Opcode::QueuePeek,
+            self.client.call(&Payload::QueuePeek(Named { name: self.name }))?,
+        )
+    }
+
+    /// Items queued.
+    pub fn size(&self) -> Result<u64> {
+        expect_count(
+            Opcode::QueueSize,
+            self.client.call(&Payload::QueueSize(Named { name: self.name }))?,
+        )
+    }
+
+    /// Removes up to `max` items from the head.
+    pub fn drain(&self, max: u32) -> Result<Vec<Vec<u8>>> {
+        match self.client.call(&Payload::QueueDrain(QueueDrain {
+            name: self.name,
+            max_items: max,
+        }))? {
+            Reply::Values(v) => Ok(v),
+            other => Err(unexpected(Opcode::QueueDrain, other)),
+        }
+    }
+
+    /// Removes every item; answers how many.
+    pub fn clear(&self) -> Result<u64> {
+        expect_count(
+            Opcode::QueueClear,
+            self.client.call(&Payload::QueueClear(Named { name: self.name }))?,
+        )
+    }
+}
+
+/// Operations on one Set.
+#[derive(Debug, Clone, Copy)]
+pub struct SetHandle<'c> {
+    client: &'c Client,
+    name: &'c str,
+}
+
+impl SetHandle<'_> {
+    /// Adds a member; answers whether it was new.
+    pub fn add(&self, member: &[u8]) -> Result<bool> {
+        expect_bool(
+            Opcode::SetAdd,
+            self.client.call(&Payload::SetAdd(Keyed {
+                name: self.name,
+                key: member,
+            }))?,
+        )
+    }
+
+    /// Removes a member; answers whether it was present.
+    pub fn remove(&self, member: &[u8]) -> Result<bool> {
+        expect_bool(
+            Opcode::SetRemove,
+            self.client.call(&Payload::SetRemove(Keyed {
+                name: self.name,
+                key: member,
+            }))?,
+        )
+    }
+
+    /// Whether a member is present.
+    pub fn contains(&self, member: &[u8]) -> Result<bool> {
+        let p = Payload::SetContains(Keyed {
+            name: self.name,
+            key: member,
+        });
+        expect_bool(Opcode::SetContains, self.client.call(&p)?)
+    }
+
+    /// One page of members from `cursor`; the returned cursor continues.
+    pub fn members(&self, cursor: u64, page_size: u32) -> Result<(u64, Vec<Vec<u8>>)> {
+        match self.client.call(&Payload::SetMembers(Page {
+            name: self.name,
+            cursor,
+            page_size,
+        }))? {
+            Reply::MembersPage(c, m) => Ok((c, m)),
+            other => Err(unexpected(Opcode::SetMembers, other)),
+        }
+    }
+
+    /// Members.
+    pub fn size(&self) -> Result<u64> {
+        expect_count(
+            Opcode::SetSize,
+            self.client.call(&Payload::SetSize(Named { name: self.name }))?,
+        )
+    }
+
+    /// Removes every member; answers how many.
+    pub fn clear(&self) -> Result<u64> {
+        expect_count(
+            Opcode::SetClear,
+            self.client.call(&Payload::SetClear(Named { name: self.name }))?,
+        )
+    }
+}
+
+/// Operations on one AtomicLong.
+#[derive(Debug, Clone, Copy)]
+pub struct AtomicLongHandle<'c> {
+    client: &'c Client,
+    name: &'c str,
+}
+
+impl AtomicLongHandle<'_> {
+    fn long(&self, op: Opcode, value: i64) -> Result<Reply> {
+        let l = NamedLong { name: self.name, value };
+        let payload = match op {
+            Opcode::AtomicSet => Payload::AtomicSet(l),
+            Opcode::AtomicAddAndGet => Payload::AtomicAddAndGet(l),
+            Opcode::AtomicGetAndAdd => Payload::AtomicGetAndAdd(l),
+            _ => Payload::AtomicGetAndSet(l),
+        };
+        self.client.call(&payload)
+    }
+
+    /// The value (0 if never set).
+    pub fn get(&self) -> Result<i64> {
+        expect_long(
+            Opcode::AtomicGet,
+            self.client.call(&Payload::AtomicGet(Named { name: self.name }))?,
+        )
+    }
+
+    /// Sets the value.
+    pub fn set(&self, value: i64) -> Result<()> {
+        expect_empty(Opcode::AtomicSet, self.long(Opcode::AtomicSet, value)?)
+    }
+
+    /// Adds and answers the new value.
+    pub fn add_and_get(&self, delta: i64) -> Result<i64> {
+        expect_long(Opcode::AtomicAddAndGet, self.long(Opcode::AtomicAddAndGet, delta)?)
+    }
+
+    /// Adds and answers the previous value.
+    pub fn get_and_add(&self, delta: i64) -> Result<i64> {
+        expect_long(Opcode::AtomicGetAndAdd, self.long(Opcode::AtomicGetAndAdd, delta)?)
+    }
+
+    /// Sets and answers the previous value.
+    pub fn get_and_set(&self, value: i64) -> Result<i64> {
+        expect_long(Opcode::AtomicGetAndSet, self.long(Opcode::AtomicGetAndSet, value)?)
+    }
+
+    /// Sets `new` only if the value is `expected`.
+    pub fn compare_and_set(&self, expected: i64, new: i64) -> Result<bool> {
+        let p = Payload::AtomicCompareAndSet(AtomicCompareAndSet {
+            name: self.name,
+            expected,
+            new,
+        });
+        expect_bool(Opcode::AtomicCompareAndSet, self.client.call(&p)?)
+    }
+}
+
+/// Operations on one Topic.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicHandle<'c> {
+    client: &'c Client,
+    name: &'c str,
+}
+
+impl TopicHandle<'_> {
+    /// Publishes a message; answers its sequence in the topic.
+    pub fn publish(&self, message: &[u8]) -> Result<u64> {
+        let p = Payload::TopicPublish(NamedValue {
+            name: self.name,
+            value: message,
+        });
+        expect_count(Opcode::TopicPublish, self.client.call(&p)?)
+    }
+}

@@ -1,0 +1,175 @@
+//! One blocking connection: hello handshake, encoding, pipelining by
+//! request id, and decoding answers out of a fixed receive buffer.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use loomcache_wire::{
+    encode_frame, frame_len, partition_of, Framer, HeaderFields, Hello, HelloAck, Limits, Opcode, Payload, Sequence,
+    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+};
+
+use crate::error::{ClientError, Result};
+use crate::reply::Reply;
+
+/// A connection to one node.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    addr: SocketAddr,
+    framer: Framer<Vec<u8>>,
+    out: Vec<u8>,
+    pending: HashMap<u64, Opcode>,
+    next_request_id: u64,
+    limits: Limits,
+    timeout: Duration,
+    ack: HelloAck,
+}
+
+impl Connection {
+    /// Connects, then exchanges `HELLO` as `client_id`.
+    pub fn connect(
+        addr: SocketAddr,
+        client_id: u64,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Connection> {
+        let stream = TcpStream::connect_timeout(&addr, connect_timeout)?;
+        stream.set_nodelay(true)?;
+        let limits = Limits::DEFAULT;
+        let mut conn = Connection {
+            stream,
+            addr,
+            framer: Framer::new(vec![0u8; limits.frame_max_bytes()], limits)?,
+            out: Vec::with_capacity(4096),
+            pending: HashMap::new(),
+            next_request_id: 1,
+            limits,
+            timeout: request_timeout,
+            ack: HelloAck {
+                version: 0,
+                features: 0,
+                node_id: 0,
+                client_id,
+                payload_max_bytes: 0,
+                in_flight_max: 0,
+            },
+        };
+        let hello = Payload::Hello(Hello {
+            version_min: PROTOCOL_VERSION_MIN,
+            version_max: PROTOCOL_VERSION,
+            features: 0,
+            client_id,
+            client_name: "loomcache-client",
+        });
+        match conn.call(&hello, None)? {
+            Reply::HelloAck(ack) => conn.ack = ack,
+            other => {
+                return Err(ClientError::Unexpected {
+                    request: "HELLO",
+                    detail: format!("{other:?}"),
+                })
+            }
+        }
+        Ok(conn)
+    }
+
+    /// The node's answer to hello.
+    pub fn hello_ack(&self) -> &HelloAck {
+        &self.ack
+    }
+
+    /// The node's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Sends a request without waiting; answers its request id. A write
+    /// carries `sequence` (the client's, reused unchanged on retries).
+    pub fn send(&mut self, payload: &Payload<'_>, sequence: Option<u64>) -> Result<u64> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let seq = sequence.map(|s| Sequence::new(self.ack.client_id, s));
+        let fields = HeaderFields {
+            partition: payload.routing_key().map_or(0, partition_of),
+            ..HeaderFields::request(payload.opcode(), request_id)
+        };
+        let len = frame_len(seq.as_ref(), payload);
+        self.out.clear();
+        self.out.resize(len, 0);
+        encode_frame(&mut self.out, &fields, seq.as_ref(), payload)?;
+        self.stream.write_all(&self.out)?;
+        self.pending.insert(request_id, payload.opcode());
+        Ok(request_id)
+    }
+
+    /// Waits for the next answer: its request id and outcome. A
+    /// connection-level error (request id 0) fails the connection.
+    pub fn recv(&mut self) -> Result<(u64, Result<Reply>)> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if let Some(frame) = self.framer.next_frame()? {
+                let id = frame.request_id();
+                if id == 0 {
+                    // Pushes and connection-level errors.
+                    if frame.opcode() == Opcode::ResponseError || frame.opcode() == Opcode::ResponseServerBusy {
+                        let r = frame.decode_response(Opcode::ClusterPing, &self.limits)?;
+                        return Err(Reply::from_response(Opcode::ClusterPing, r).err().unwrap_or_else(|| {
+                            ClientError::Unexpected {
+                                request: "connection",
+                                detail: "an OK answer without a request".into(),
+                            }
+                        }));
+                    }
+                    continue;
+                }
+                let Some(request) = self.pending.remove(&id) else {
+                    continue;
+                };
+                let reply = frame
+                    .decode_response(request, &self.limits)
+                    .map_err(ClientError::from)
+                    .and_then(|r| Reply::from_response(request, r));
+                return Ok((id, reply));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout(self.timeout));
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            let spare = self.framer.spare_mut();
+            match self.stream.read(spare) {
+                Ok(0) => {
+                    return Err(ClientError::Io(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the node closed the connection",
+                    )))
+                }
+                Ok(n) => self.framer.filled(n),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return Err(ClientError::Timeout(self.timeout))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends one request and waits for its answer.
+    pub fn call(&mut self, payload: &Payload<'_>, sequence: Option<u64>) -> Result<Reply> {
+        let id = self.send(payload, sequence)?;
+        loop {
+            let (got, reply) = self.recv()?;
+            if got == id {
+                return reply;
+            }
+        }
+    }
+}

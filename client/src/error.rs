@@ -1,0 +1,83 @@
+//! The client's error type: every way a request can fail, with the
+//! server's answers (redirect, busy, unsupported) kept apart so callers can
+//! act on them.
+
+use std::io;
+
+use loomcache_wire::ErrorCode;
+
+/// Result alias for the client.
+pub type Result<T, E = ClientError> = core::result::Result<T, E>;
+
+/// A request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Connecting, reading or writing failed.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// No answer within the request timeout; the request may or may not
+    /// have been applied (a sequenced write retried later is applied once).
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The server's bytes did not decode.
+    #[error("protocol: {0}")]
+    Protocol(#[from] loomcache_wire::Error),
+    /// The node is not the leader; the leader is named.
+    #[error("not the leader; leader is node {leader_id} at {leader_addr}")]
+    Redirect {
+        /// Leader's node id.
+        leader_id: u64,
+        /// Leader's client address.
+        leader_addr: String,
+    },
+    /// The node is overloaded and asked the client to back off.
+    #[error("server busy; retry after {retry_after_ms} ms")]
+    Busy {
+        /// Suggested wait.
+        retry_after_ms: u32,
+    },
+    /// The operation is not supported by the server.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The write's sequence fell out of the server's deduplication window:
+    /// its outcome is unknown.
+    #[error("sequence lost; the oldest retained is {oldest_retained}")]
+    SequenceLost {
+        /// Oldest sequence the server still remembers for this client.
+        oldest_retained: u64,
+    },
+    /// The server refused the request.
+    #[error("{code}: {message}")]
+    Server {
+        /// Why.
+        code: ErrorCode,
+        /// The server's detail.
+        message: String,
+    },
+    /// The answer had a shape this request never gets.
+    #[error("unexpected answer to {request}: {detail}")]
+    Unexpected {
+        /// The request's opcode.
+        request: &'static str,
+        /// What came back.
+        detail: String,
+    },
+}
+
+impl ClientError {
+    /// True if retrying the same request (with the same sequence number)
+    /// may succeed: busy, timeouts and broken connections.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Busy { .. } | ClientError::Timeout(_) | ClientError::Io(_)
+        ) || matches!(
+            self,
+            ClientError::Server {
+                code: ErrorCode::NoLeader | ErrorCode::ShuttingDown,
+                ..
+            }
+        )
+    }
+}

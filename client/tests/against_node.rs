@@ -1,0 +1,168 @@
+//! The client against an in-process node on loopback.
+
+use std::time::Duration;
+
+use loomcache_client::{Client, ClientConfig, ClientError, Connection, Reply};
+use loomcache_daemon::server::Server;
+use loomcache_daemon::Config;
+use loomcache_wire::{ErrorCode, Keyed, MapWrite, NamedLong, Payload};
+
+fn node() -> Server {
+    let config = Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        workers: 2,
+        ..Config::default()
+    };
+    Server::start(config).unwrap()
+}
+
+fn client(server: &Server) -> Client {
+    Client::connect(ClientConfig {
+        addrs: vec![server.local_addr()],
+        ..ClientConfig::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn typed_operations_on_every_structure() {
+    let server = node();
+    let c = client(&server);
+    assert_eq!(c.ping(7).unwrap(), 7);
+
+    let m = c.map("users");
+    assert_eq!(m.put(b"u1", b"ann").unwrap(), None);
+    assert_eq!(m.put(b"u1", b"bob").unwrap(), Some(b"ann".to_vec()));
+    m.set(b"u2", b"cy").unwrap();
+    assert_eq!(m.get(b"u1").unwrap(), Some(b"bob".to_vec()));
+    assert_eq!(m.put_if_absent(b"u2", b"x").unwrap(), Some(b"cy".to_vec()));
+    assert_eq!(m.replace(b"u3", b"x").unwrap(), None);
+    assert!(m.compare_and_set(b"u2", b"cy", b"dee").unwrap());
+    assert!(m.contains(b"u2").unwrap());
+    m.put_all(&[(b"a", b"1"), (b"b", b"2")]).unwrap();
+    assert_eq!(m.get_all(&[b"a", b"zz", b"b"]).unwrap().len(), 2);
+    assert_eq!(m.size().unwrap(), 4);
+    let (mut cursor, mut seen) = (0, 0);
+    loop {
+        let (next, page) = m.scan(cursor, 3).unwrap();
+        seen += page.len();
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(seen, 4);
+    assert!(m.delete(b"a").unwrap());
+    m.put_with_ttl(b"short", b"lived", Duration::from_millis(30)).unwrap();
+    std::thread::sleep(Duration::from_millis(60));
+    assert_eq!(m.get(b"short").unwrap(), None, "expired by the node's clock");
+    assert_eq!(m.clear().unwrap(), 3);
+
+    let q = c.queue("jobs");
+    assert!(q.offer(b"j1").unwrap() && q.offer(b"j2").unwrap() && q.offer(b"j3").unwrap());
+    assert_eq!(q.peek().unwrap(), Some(b"j1".to_vec()));
+    assert_eq!(q.poll().unwrap(), Some(b"j1".to_vec()));
+    assert_eq!(q.size().unwrap(), 2);
+    assert_eq!(q.drain(10).unwrap(), vec![b"j2".to_vec(), b"j3".to_vec()]);
+    assert_eq!(q.poll().unwrap(), None);
+
+    let s = c.set("tags");
+    assert!(s.add(b"red").unwrap());
+    assert!(!s.add(b"red").unwrap());
+    assert!(s.contains(b"red").unwrap());
+    assert_eq!(s.members(0, 10).unwrap().1, vec![b"red".to_vec()]);
+    assert!(s.remove(b"red").unwrap());
+    assert_eq!(s.size().unwrap(), 0);
+
+    let a = c.atomic_long("counter");
+    assert_eq!(a.add_and_get(5).unwrap(), 5);
+    assert_eq!(a.get_and_add(1).unwrap(), 5);
+    assert!(a.compare_and_set(6, 10).unwrap());
+    assert_eq!(a.get_and_set(0).unwrap(), 10);
+    assert_eq!(a.get().unwrap(), 0);
+
+    assert_eq!(c.topic("news").publish(b"hello").unwrap(), 1);
+
+    // Errors come back typed.
+    match c.queue("users").offer(b"x") {
+        Err(ClientError::Server {
+            code: ErrorCode::WrongType,
+            ..
+        }) => {}
+        other => panic!("expected WRONG_TYPE, got {other:?}"),
+    }
+    drop(c);
+    server.shutdown();
+}
+
+#[test]
+fn pipelined_requests_on_one_connection() {
+    let server = node();
+    let mut conn = Connection::connect(server.local_addr(), 5, Duration::from_secs(2), Duration::from_secs(5)).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..500i64 {
+        let p = Payload::AtomicAddAndGet(NamedLong { name: "n", value: 1 });
+        ids.push((conn.send(&p, Some(i as u64 + 1)).unwrap(), i + 1));
+    }
+    assert_eq!(conn.in_flight(), 500);
+    let mut answers = std::collections::HashMap::new();
+    for _ in 0..500 {
+        let (id, reply) = conn.recv().unwrap();
+        answers.insert(id, reply.unwrap());
+    }
+    // One connection's requests apply in order.
+    for (id, expected) in ids {
+        assert_eq!(answers[&id], Reply::Long(expected));
+    }
+    server.shutdown();
+}
+
+#[test]
+fn a_retried_write_is_applied_once() {
+    let server = node();
+    let mut conn = Connection::connect(server.local_addr(), 9, Duration::from_secs(2), Duration::from_secs(5)).unwrap();
+    let add = Payload::AtomicAddAndGet(NamedLong {
+        name: "once",
+        value: 10,
+    });
+    assert_eq!(conn.call(&add, Some(1)).unwrap(), Reply::Long(10));
+    // The same sequence again, as after a lost answer: same answer, no effect.
+    assert_eq!(conn.call(&add, Some(1)).unwrap(), Reply::Long(10));
+    // And from a new connection of the same client.
+    let mut other =
+        Connection::connect(server.local_addr(), 9, Duration::from_secs(2), Duration::from_secs(5)).unwrap();
+    assert_eq!(other.call(&add, Some(1)).unwrap(), Reply::Long(10));
+    assert_eq!(other.call(&add, Some(2)).unwrap(), Reply::Long(20));
+    match other.call(&add, Some(1)) {
+        Err(ClientError::SequenceLost { oldest_retained: 2 }) => {}
+        r => panic!("expected SEQUENCE_LOST, got {r:?}"),
+    }
+    // Reads and unsequenced writes are unaffected.
+    let w = Payload::MapSet(MapWrite {
+        ttl_ms: 0,
+        name: "m",
+        key: b"k",
+        value: b"v",
+    });
+    assert_eq!(other.call(&w, None).unwrap(), Reply::Empty);
+    assert_eq!(
+        other
+            .call(&Payload::MapGet(Keyed { name: "m", key: b"k" }), None)
+            .unwrap(),
+        Reply::Value(Some(b"v".to_vec()))
+    );
+    server.shutdown();
+}
+
+#[test]
+fn no_reachable_node_is_an_error_not_a_hang() {
+    let server = node();
+    let addr = server.local_addr();
+    server.shutdown();
+    let config = ClientConfig {
+        addrs: vec![addr],
+        connect_timeout: Duration::from_millis(200),
+        ..ClientConfig::default()
+    };
+    assert!(matches!(Client::connect(config), Err(ClientError::Io(_))));
+}
