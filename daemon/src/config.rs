@@ -28,7 +28,9 @@ pub struct Config {
     /// Initial receive buffer per connection; it grows, up to one maximal
     /// frame, only while a larger frame is arriving. Default 16 KiB.
     pub recv_buffer_bytes: u32,
-    /// Worker threads applying requests. Default: the number of cores.
+    /// Worker threads applying requests. 0 applies them on the event-loop
+    /// thread itself (no hand-off; for a node pinned to one core).
+    /// Default: the number of cores.
     pub workers: u32,
     /// Requests queued for the workers at which reading is throttled.
     /// Default 1 024.
@@ -146,12 +148,7 @@ impl Config {
                 (4096..=l.frame_max_bytes() as u64).contains(&u64::from(self.recv_buffer_bytes)),
                 "4096 up to one maximal frame",
             ),
-            (
-                "workers",
-                u64::from(self.workers),
-                (1..=1024).contains(&self.workers),
-                "1..=1024",
-            ),
+            ("workers", u64::from(self.workers), self.workers <= 1024, "0..=1024"),
             (
                 "work_queue_low",
                 u64::from(self.work_queue_low),
@@ -203,7 +200,7 @@ mod tests {
             ("idle_timeout_ms", |c| c.idle_timeout_ms = 0),
             ("frame_deadline_ms", |c| c.frame_deadline_ms = 0),
             ("recv_buffer_bytes", |c| c.recv_buffer_bytes = 100),
-            ("workers", |c| c.workers = 0),
+            ("workers", |c| c.workers = 1025),
             ("work_queue_low", |c| c.work_queue_low = c.work_queue_high),
             ("node_id", |c| c.node_id = 0),
             ("state.reclaim_per_apply", |c| c.state.reclaim_per_apply = 0),

@@ -71,6 +71,9 @@ struct Shared {
     state: Mutex<StateMachine>,
     backpressure: Backpressure,
     waker: Arc<Waker>,
+    /// Set by a worker that woke the loop and cleared by the loop before
+    /// it drains responses, so a burst of completions costs one wake-up.
+    wake_pending: AtomicBool,
     limits: Limits,
 }
 
@@ -91,6 +94,7 @@ impl Server {
             state: Mutex::new(StateMachine::new(config.state)),
             backpressure: Backpressure::new(config.work_queue_low as usize, config.work_queue_high as usize),
             waker: Arc::clone(&waker),
+            wake_pending: AtomicBool::new(false),
             limits: config.limits,
         });
         // One queue per worker; a connection's requests all go to the same
@@ -191,10 +195,14 @@ fn worker(shared: &Shared, jobs: &Receiver<Job>, done: &Sender<Done>) {
             generation: job.generation,
             bytes,
         });
-        shared.backpressure.complete();
+        let resume = shared.backpressure.complete();
         // Wake the loop to deliver the response (and, if this completion
-        // ended a pause, to read again).
-        let _ = shared.waker.wake();
+        // ended a pause, to read again), unless a wake-up is already on its
+        // way: the loop clears the flag before it drains, so a response
+        // sent after that is either drained now or wakes it again.
+        if !shared.wake_pending.swap(true, Ordering::AcqRel) || resume {
+            let _ = shared.waker.wake();
+        }
     }
 }
 
@@ -422,6 +430,7 @@ impl EventLoop {
                 return;
             }
             let end = conn.end;
+            let spare = conn.buf.len() - end;
             match conn.stream.read(&mut conn.buf[end..]) {
                 Ok(0) => {
                     self.close_after_flush(idx);
@@ -430,9 +439,20 @@ impl EventLoop {
                 Ok(n) => {
                     conn.end += n;
                     conn.last_active = Instant::now();
+                    if n < spare {
+                        // A short read drained the socket: bytes arriving
+                        // later raise a new readiness event, so the extra
+                        // read that would only answer WouldBlock is skipped.
+                        if let Step::Close = self.process_frames(idx) {
+                            self.close_after_flush(idx);
+                        }
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let _ = self.process_frames(idx);
+                    if let Step::Close = self.process_frames(idx) {
+                        self.close_after_flush(idx);
+                    }
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -460,6 +480,12 @@ impl EventLoop {
             let frame = match parsed {
                 Ok(Parsed::Frame(f)) => f,
                 Ok(Parsed::Incomplete { total }) => {
+                    if !conn.out.is_empty() {
+                        self.flush(idx);
+                    }
+                    let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+                        return Step::Close;
+                    };
                     conn.partial_since =
                         (conn.end > conn.start).then(|| conn.partial_since.unwrap_or_else(Instant::now));
                     // A validated header may announce a frame larger than
@@ -520,6 +546,14 @@ impl EventLoop {
                 self.flush(idx);
                 continue;
             }
+            if self.jobs.is_empty() {
+                // No worker pool: apply on the loop thread, in order.
+                let reply = execute(&self.shared, frame.bytes());
+                conn.start += len;
+                conn.partial_since = None;
+                conn.out.push_back(reply);
+                continue;
+            }
             if conn.in_flight >= in_flight_max {
                 conn.start += len;
                 conn.out.push_back(error_frame(
@@ -561,6 +595,7 @@ impl EventLoop {
 
     /// Moves worker responses to their connections and writes them.
     fn deliver(&mut self) {
+        self.shared.wake_pending.store(false, Ordering::Release);
         while let Ok(done) = self.done.try_recv() {
             let Some(conn) = self.conn(done.conn) else { continue };
             if conn.generation != done.generation {

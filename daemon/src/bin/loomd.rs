@@ -19,7 +19,8 @@ Starts a single memory-only LoomCache node with the built-in defaults and
 serves clients until SIGINT or SIGTERM.
 
   --listen ADDR   client address (default 127.0.0.1:7070; port 0 picks one)
-  --workers N     worker threads (default: the number of cores)";
+  --workers N     worker threads (default: the number of cores; 0 applies
+                  requests on the event-loop thread)";
 
 fn parse(args: &[String]) -> Result<Option<Config>, String> {
     let mut config = Config::default();
