@@ -1,6 +1,7 @@
 //! The blocking client: a small connection pool, bounded retries with
-//! backoff and jitter, redirects followed, and a typed handle per
-//! structure.
+//! backoff and jitter, and a typed handle per structure. Redirects are
+//! returned as [`ClientError::Redirect`]; following them (leader tracking)
+//! comes with the replicated cluster.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -166,11 +167,8 @@ impl Client {
         loop {
             let result = self.take().and_then(|mut conn| {
                 let r = conn.call(payload, sequence);
-                // A connection that failed at the transport is dropped.
-                if !matches!(
-                    r,
-                    Err(ClientError::Io(_) | ClientError::Timeout(_) | ClientError::Protocol(_))
-                ) {
+                // A connection that failed is dropped, never pooled.
+                if !conn.is_broken() {
                     self.give_back(conn);
                 }
                 r

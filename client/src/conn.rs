@@ -26,6 +26,8 @@ pub struct Connection {
     limits: Limits,
     timeout: Duration,
     ack: HelloAck,
+    /// A transport or connection-level failure happened: never reuse.
+    broken: bool,
 }
 
 impl Connection {
@@ -38,6 +40,7 @@ impl Connection {
     ) -> Result<Connection> {
         let stream = TcpStream::connect_timeout(&addr, connect_timeout)?;
         stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(request_timeout))?;
         let limits = Limits::DEFAULT;
         let mut conn = Connection {
             stream,
@@ -48,6 +51,7 @@ impl Connection {
             next_request_id: 1,
             limits,
             timeout: request_timeout,
+            broken: false,
             ack: HelloAck {
                 version: 0,
                 features: 0,
@@ -86,6 +90,11 @@ impl Connection {
         self.addr
     }
 
+    /// True once the connection failed; it must not be reused.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     /// Requests sent and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.pending.len()
@@ -94,6 +103,12 @@ impl Connection {
     /// Sends a request without waiting; answers its request id. A write
     /// carries `sequence` (the client's, reused unchanged on retries).
     pub fn send(&mut self, payload: &Payload<'_>, sequence: Option<u64>) -> Result<u64> {
+        let r = self.send_inner(payload, sequence);
+        self.broken |= r.is_err();
+        r
+    }
+
+    fn send_inner(&mut self, payload: &Payload<'_>, sequence: Option<u64>) -> Result<u64> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let seq = sequence.map(|s| Sequence::new(self.ack.client_id, s));
@@ -113,6 +128,14 @@ impl Connection {
     /// Waits for the next answer: its request id and outcome. A
     /// connection-level error (request id 0) fails the connection.
     pub fn recv(&mut self) -> Result<(u64, Result<Reply>)> {
+        // An error here (as opposed to an error answer inside the Ok) is a
+        // failure of the connection itself.
+        let r = self.recv_inner();
+        self.broken |= r.is_err();
+        r
+    }
+
+    fn recv_inner(&mut self) -> Result<(u64, Result<Reply>)> {
         let deadline = Instant::now() + self.timeout;
         loop {
             if let Some(frame) = self.framer.next_frame()? {

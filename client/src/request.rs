@@ -26,7 +26,8 @@ pub struct Encoded {
 }
 
 impl RequestEncoder {
-    /// An encoder for `client_id` (assigned by the server at hello).
+    /// An encoder for `client_id` (chosen by the client and sent in hello;
+    /// it must stay the same across reconnects for deduplication to work).
     pub fn new(client_id: u64) -> RequestEncoder {
         RequestEncoder {
             client_id,

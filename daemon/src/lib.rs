@@ -7,17 +7,18 @@
 //! backpressure, and later TLS, auth and the admin endpoints. It must never
 //! block its event loop.
 //!
-//! Built so far: the configuration model with its documented defaults and
-//! validation, and the deterministic replicated state machine (every data
-//! structure, TTL from the leader timestamp, memory accounting, write
-//! deduplication). The event loop, worker pool and Raft driver are not
-//! built yet.
+//! Built so far: a single memory-only node. The event loop, the worker
+//! pool (or inline apply), backpressure, limits, configuration from
+//! defaults, TOML, environment and flags, and the deterministic state
+//! machine are real; the Raft driver, peer transport, TLS, auth, topic and
+//! near-cache subscriptions and the admin endpoints are not built yet.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod backpressure;
 pub mod config;
 pub mod server;
+pub mod settings;
 pub mod state;
 mod sync;
 

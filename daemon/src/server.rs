@@ -80,7 +80,10 @@ struct Shared {
 impl Server {
     /// Binds, starts the event loop and the workers, and returns once the
     /// node accepts connections.
-    pub fn start(config: Config) -> io::Result<Server> {
+    pub fn start(mut config: Config) -> io::Result<Server> {
+        // The state machine decodes entries with the same limits the wire
+        // accepted them under.
+        config.state.limits = config.limits;
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -291,10 +294,18 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         let mut last_tick = Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
-            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
+            // Connections stalled on our own limits are retried at once
+            // unless the node is paused; otherwise wait for events.
+            let timeout = if !self.stalled.is_empty() && !self.shared.backpressure.is_paused() {
+                Duration::ZERO
+            } else {
+                TICK
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
+                tracing::error!(error = %e, "event loop poll failed; the node stops serving");
                 break;
             }
             for event in events.iter() {
@@ -353,6 +364,7 @@ impl EventLoop {
                 None
             };
             if let Some(frame) = refusal {
+                tracing::debug!(peer = %addr, open = self.open, "connection refused");
                 // Best effort: the socket is fresh, so a short frame fits in
                 // its send buffer; then it is closed.
                 let _ = stream.write(&frame);
@@ -430,7 +442,6 @@ impl EventLoop {
                 return;
             }
             let end = conn.end;
-            let spare = conn.buf.len() - end;
             match conn.stream.read(&mut conn.buf[end..]) {
                 Ok(0) => {
                     self.close_after_flush(idx);
@@ -439,15 +450,6 @@ impl EventLoop {
                 Ok(n) => {
                     conn.end += n;
                     conn.last_active = Instant::now();
-                    if n < spare {
-                        // A short read drained the socket: bytes arriving
-                        // later raise a new readiness event, so the extra
-                        // read that would only answer WouldBlock is skipped.
-                        if let Step::Close = self.process_frames(idx) {
-                            self.close_after_flush(idx);
-                        }
-                        return;
-                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Step::Close = self.process_frames(idx) {
@@ -505,6 +507,7 @@ impl EventLoop {
                     return Step::More;
                 }
                 Err(e) => {
+                    tracing::debug!(peer = %conn.peer, error = %e, "closing a connection after a bad frame");
                     // The stream cannot be trusted past a bad header.
                     let frame = error_frame(0, e.code(), &e.to_string());
                     conn.out.push_back(frame);
@@ -546,6 +549,13 @@ impl EventLoop {
                 self.flush(idx);
                 continue;
             }
+            if self.jobs.is_empty() && conn.out.len() >= in_flight_max as usize {
+                conn.stalled = true;
+                conn.partial_since = None;
+                // Writing the answers is what lets this connection go on.
+                self.flush(idx);
+                return Step::Pause;
+            }
             if self.jobs.is_empty() {
                 // No worker pool: apply on the loop thread, in order.
                 let reply = execute(&self.shared, frame.bytes());
@@ -554,20 +564,19 @@ impl EventLoop {
                 conn.out.push_back(reply);
                 continue;
             }
-            if conn.in_flight >= in_flight_max {
-                conn.start += len;
-                conn.out.push_back(error_frame(
-                    request_id,
-                    ErrorCode::TooManyInFlight,
-                    "too many requests in flight",
-                ));
-                self.flush(idx);
-                continue;
-            }
+            // Requests being applied and answers not yet written both count
+            // as in flight: a client that pipelines without reading stops
+            // being read (TCP pushes back) instead of growing our memory.
+            let busy = conn.in_flight as usize + conn.out.len() >= in_flight_max as usize;
             // Between the watermarks, a connection with work queued waits.
-            if level == Level::Throttle && conn.in_flight > 0 || !self.shared.backpressure.try_admit() {
+            if busy || level == Level::Throttle && conn.in_flight > 0 || !self.shared.backpressure.try_admit() {
                 conn.stalled = true;
-                if !self.stalled.contains(&idx) {
+                // Waiting on us, not on the client: no frame deadline.
+                conn.partial_since = None;
+                // A connection with answers pending is retried when they are
+                // delivered or written; one refused by admission alone is
+                // retried when the load falls.
+                if !busy && conn.in_flight == 0 && !self.stalled.contains(&idx) {
                     self.stalled.push(idx);
                 }
                 return Step::Pause;
@@ -595,7 +604,10 @@ impl EventLoop {
 
     /// Moves worker responses to their connections and writes them.
     fn deliver(&mut self) {
-        self.shared.wake_pending.store(false, Ordering::Release);
+        // An acquiring swap: a worker that saw the flag set (and so did not
+        // wake the loop) sent its response before setting it, so the drain
+        // below sees that response.
+        self.shared.wake_pending.swap(false, Ordering::AcqRel);
         while let Ok(done) = self.done.try_recv() {
             let Some(conn) = self.conn(done.conn) else { continue };
             if conn.generation != done.generation {
@@ -660,6 +672,12 @@ impl EventLoop {
                     return;
                 }
             }
+        }
+        if conn.stalled
+            && conn.out.len() < self.config.in_flight_per_connection_max as usize / 2
+            && !self.stalled.contains(&idx)
+        {
+            self.stalled.push(idx);
         }
         let want_write = !conn.out.is_empty();
         if want_write != conn.writable_registered {

@@ -160,7 +160,8 @@ fn render(out: Out, json: bool) -> String {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let quote = |s: &str| format!("{s:?}");
     match (out, json) {
-        (Out::Text(s), _) => s,
+        (Out::Text(s), false) => s,
+        (Out::Text(s), true) => quote(&s),
         (Out::Value(None), false) => "(none)".into(),
         (Out::Value(None), true) => "null".into(),
         (Out::Value(Some(v)), false) => text(&v),

@@ -1,80 +1,121 @@
 //! `loomd`: the LoomCache node daemon.
 #![forbid(unsafe_code)]
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::Parser;
 use loomcache_daemon::server::Server;
-use loomcache_daemon::Config;
-use loomcache_wire::PROTOCOL_VERSION;
+use loomcache_daemon::settings::{LogLevel, Settings};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: loomd [--listen ADDR] [--workers N] [--version] [--help]
+/// The LoomCache node daemon.
+///
+/// With no arguments it starts a single memory-only node on 127.0.0.1:7070
+/// with built-in defaults and serves until SIGINT or SIGTERM. Settings come
+/// from the defaults, then the TOML file given by --config, then LOOMD_*
+/// environment variables (LOOMD_<SECTION>_<KEY>, e.g. LOOMD_SERVER_LISTEN),
+/// then these flags; each overrides the one before. The file's format is
+/// documented in docs/design.md and in the daemon's settings module.
+#[derive(Debug, Parser)]
+#[command(name = "loomd", version)]
+struct Args {
+    /// TOML settings file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Client listen address (port 0 picks a free one) [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Worker threads; 0 applies requests on the event-loop thread
+    /// [default: the number of cores].
+    #[arg(long, value_name = "N")]
+    workers: Option<u32>,
+    /// This node's id [default: 1].
+    #[arg(long, value_name = "ID")]
+    node_id: Option<u64>,
+    /// Bytes of stored data before writes fail OUT_OF_MEMORY [default: 1 GiB].
+    #[arg(long, value_name = "BYTES")]
+    data_memory_max_bytes: Option<u64>,
+    /// Log level: error, warn, info, debug, trace [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<LogLevel>,
+}
 
-Starts a single memory-only LoomCache node with the built-in defaults and
-serves clients until SIGINT or SIGTERM.
-
-  --listen ADDR   client address (default 127.0.0.1:7070; port 0 picks one)
-  --workers N     worker threads (default: the number of cores; 0 applies
-                  requests on the event-loop thread)";
-
-fn parse(args: &[String]) -> Result<Option<Config>, String> {
-    let mut config = Config::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--version" | "-V" => {
-                println!("loomd {} (protocol {PROTOCOL_VERSION})", env!("CARGO_PKG_VERSION"));
-                return Ok(None);
-            }
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                return Ok(None);
-            }
-            "--listen" => {
-                let v = it.next().ok_or("--listen needs an address")?;
-                config.listen_addr = v.parse().map_err(|e| format!("--listen {v}: {e}"))?;
-            }
-            "--workers" => {
-                let v = it.next().ok_or("--workers needs a number")?;
-                config.workers = v.parse().map_err(|e| format!("--workers {v}: {e}"))?;
-            }
-            other => return Err(format!("unknown argument {other:?}; try --help")),
-        }
+fn settings(args: &Args) -> Result<Settings, String> {
+    let mut s = Settings::load(args.config.as_deref(), &|k| std::env::var(k).ok())?;
+    if let Some(v) = args.listen {
+        s.config.listen_addr = v;
     }
-    config.validate().map_err(|e| e.to_string())?;
-    Ok(Some(config))
+    if let Some(v) = args.workers {
+        s.config.workers = v;
+    }
+    if let Some(v) = args.node_id {
+        s.config.node_id = v;
+    }
+    if let Some(v) = args.data_memory_max_bytes {
+        s.config.state.data_memory_max_bytes = v;
+    }
+    if let Some(v) = args.log_level {
+        s.log_level = v;
+    }
+    s.config.validate().map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+fn init_logging(level: LogLevel) {
+    let level = match level {
+        LogLevel::Error => tracing::Level::ERROR,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Trace => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let config = match parse(&args) {
-        Ok(Some(config)) => config,
-        Ok(None) => return ExitCode::SUCCESS,
+    let args = Args::parse();
+    let settings = match settings(&args) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("loomd: {e}");
             return ExitCode::from(2);
         }
     };
+    init_logging(settings.log_level);
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
-            eprintln!("loomd: cannot handle signal {signal}: {e}");
+            tracing::error!(signal, error = %e, "cannot handle signal");
             return ExitCode::from(1);
         }
     }
+    let config = settings.config;
     let workers = config.workers;
-    let server = match Server::start(config) {
+    let server = match Server::start(config.clone()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("loomd: cannot start: {e}");
+            tracing::error!(error = %e, addr = %config.listen_addr, "cannot start");
             return ExitCode::from(1);
         }
     };
+    tracing::info!(
+        addr = %server.local_addr(),
+        workers,
+        node_id = config.node_id,
+        data_memory_max_bytes = config.state.data_memory_max_bytes,
+        "node started (memory-only, single node)"
+    );
+    // A machine-readable line for scripts and tests.
     println!(
         "loomd {} listening on {} (memory-only single node, {workers} workers)",
         env!("CARGO_PKG_VERSION"),
@@ -83,7 +124,8 @@ fn main() -> ExitCode {
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("loomd: shutting down");
+    tracing::info!("shutting down");
     server.shutdown();
+    tracing::info!("stopped");
     ExitCode::SUCCESS
 }

@@ -136,7 +136,7 @@ impl StateMachine {
             match self.dedup.check(client, seq) {
                 Verdict::Apply => {}
                 Verdict::Duplicate(cached) => {
-                    out.extend_from_slice(&cached.body);
+                    out.extend_from_slice(cached.body.as_deref().unwrap_or_default());
                     return cached.outcome;
                 }
                 Verdict::Lost { oldest_retained } => {
@@ -181,6 +181,10 @@ impl StateMachine {
         for op in ops.iter() {
             let mut body = Vec::new();
             let outcome = match op.payload(&self.config.limits) {
+                Ok(p) if p.check_arguments(&self.config.limits).is_err() => {
+                    body.extend_from_slice(b"an argument is out of range");
+                    ErrorCode::InvalidArgument
+                }
                 Ok(p) => {
                     let r = if op.opcode.class() == OpClass::Write {
                         self.write(&p, &mut body)
@@ -212,6 +216,9 @@ impl StateMachine {
 
     /// Serves a read-only request from local state at `now_ms`.
     pub fn read(&mut self, payload: &Payload<'_>, now_ms: u64, out: &mut Vec<u8>) -> Outcome {
+        if let Err(reason) = payload.check_arguments(&self.config.limits) {
+            return error(out, ErrorCode::InvalidArgument, reason);
+        }
         let saved = self.now_ms;
         self.now_ms = self.now_ms.max(now_ms);
         let r = self.read_into(payload, out);

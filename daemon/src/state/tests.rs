@@ -539,15 +539,73 @@ fn retried_writes_apply_once() {
     // A retry of sequence 2 gets the same answer and changes nothing.
     assert_eq!(apply_seq(&mut sm, &add, Some((7, 2)), 0, ok_long), 2);
     assert_eq!(read(&mut sm, &Payload::AtomicGet(Named { name: "n" }), 0, ok_long), 2);
-    // An older sequence's outcome is gone.
-    apply_seq(&mut sm, &add, Some((7, 1)), 0, |r| {
-        assert_eq!(
-            r,
-            Response::SequenceLost(loomcache_wire::SequenceLost { oldest_retained: 2 })
-        )
-    });
+    // Sequence 1 is still in the window: its retry answers as before.
+    assert_eq!(apply_seq(&mut sm, &add, Some((7, 1)), 0, ok_long), 1);
     // Another client is independent.
     assert_eq!(apply_seq(&mut sm, &add, Some((8, 1)), 0, ok_long), 3);
+}
+
+#[test]
+fn writes_in_flight_together_may_apply_in_any_order() {
+    let config = StateConfig {
+        dedup: DedupConfig {
+            window: 4,
+            ..DedupConfig::default()
+        },
+        ..StateConfig::default()
+    };
+    let mut sm = StateMachine::new(config);
+    let add = Payload::AtomicAddAndGet(NamedLong { name: "n", value: 1 });
+    // Sequence 6 arrives before 5: both apply, once each.
+    assert_eq!(apply_seq(&mut sm, &add, Some((1, 6)), 0, ok_long), 1);
+    assert_eq!(apply_seq(&mut sm, &add, Some((1, 5)), 0, ok_long), 2);
+    assert_eq!(apply_seq(&mut sm, &add, Some((1, 5)), 0, ok_long), 2, "a retry of 5");
+    assert_eq!(apply_seq(&mut sm, &add, Some((1, 6)), 0, ok_long), 1, "a retry of 6");
+    // Below the window (highest 6, window 4 keeps 3..=6): lost.
+    apply_seq(&mut sm, &add, Some((1, 2)), 0, |r| {
+        assert_eq!(
+            r,
+            Response::SequenceLost(loomcache_wire::SequenceLost { oldest_retained: 3 })
+        )
+    });
+    assert_eq!(read(&mut sm, &Payload::AtomicGet(Named { name: "n" }), 0, ok_long), 2);
+}
+
+#[test]
+fn answers_too_large_to_keep_are_never_applied_twice() {
+    let config = StateConfig {
+        dedup: DedupConfig {
+            answer_max_bytes: 4,
+            ..DedupConfig::default()
+        },
+        ..StateConfig::default()
+    };
+    let mut sm = StateMachine::new(config);
+    apply(
+        &mut sm,
+        &Payload::MapSet(put("m", b"k", b"a long previous value", 0)),
+        0,
+        |_| (),
+    );
+    let p = Payload::MapPut(put("m", b"k", b"new", 0));
+    assert_eq!(
+        apply_seq(&mut sm, &p, Some((3, 1)), 0, ok_value),
+        Some(b"a long previous value".to_vec())
+    );
+    apply_seq(&mut sm, &p, Some((3, 1)), 0, |r| {
+        assert!(matches!(r, Response::SequenceLost(_)), "{r:?}")
+    });
+}
+
+#[test]
+fn reads_are_argument_checked() {
+    let mut sm = StateMachine::new(StateConfig::default());
+    let scan = Payload::MapScan(Page {
+        name: "m",
+        cursor: 0,
+        page_size: 0,
+    });
+    assert_eq!(read(&mut sm, &scan, 0, err_code), ErrorCode::InvalidArgument);
 }
 
 #[test]
@@ -556,6 +614,7 @@ fn dedup_forgets_idle_and_excess_clients() {
         dedup: DedupConfig {
             clients_max: 2,
             ttl_ms: 100,
+            ..DedupConfig::default()
         },
         ..StateConfig::default()
     };

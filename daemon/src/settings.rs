@@ -1,0 +1,233 @@
+//! Where a node's configuration comes from: built-in defaults, then an
+//! optional TOML file, then `LOOMD_*` environment variables, then
+//! command-line flags, each overriding the one before. Unknown keys are
+//! errors, so a misspelt setting never silently keeps its default.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:7070"
+//! workers = 2            # 0 = apply requests on the event-loop thread
+//! node_id = 1
+//! log_level = "info"     # error, warn, info, debug, trace
+//!
+//! [connections]
+//! max = 10000
+//! per_ip_max = 1000
+//! in_flight_max = 1024
+//! idle_timeout_ms = 300000
+//! frame_deadline_ms = 10000
+//! recv_buffer_bytes = 16384
+//!
+//! [limits]
+//! payload_max_bytes = 4194304
+//! key_max_bytes = 16384
+//! value_max_bytes = 1048576
+//! items_max = 1024
+//!
+//! [backpressure]
+//! low = 1024
+//! high = 4096
+//!
+//! [state]
+//! data_memory_max_bytes = 1073741824
+//! queue_capacity = 0     # 0 = unbounded (up to the memory limit)
+//! reclaim_per_apply = 64
+//! dedup_clients_max = 100000
+//! dedup_ttl_ms = 60000
+//! ```
+//! The environment variable for a key is `LOOMD_<SECTION>_<KEY>` in
+//! capitals, e.g. `LOOMD_SERVER_LISTEN`, `LOOMD_STATE_QUEUE_CAPACITY`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::config::Config;
+
+/// The log level, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// The default.
+    #[default]
+    Info,
+    /// Verbose.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LogLevel, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "error" => Ok(LogLevel::Error),
+            "warn" => Ok(LogLevel::Warn),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            "trace" => Ok(LogLevel::Trace),
+            other => Err(format!("unknown log level {other:?} (error, warn, info, debug, trace)")),
+        }
+    }
+}
+
+macro_rules! sections {
+    ($( $section:ident : $ty:ident { $( $key:ident : $kty:ty => |$c:ident, $v:ident| $apply:expr ),* $(,)? } )*) => {
+        $(
+            #[derive(Debug, Default, Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct $ty {
+                $( $key: Option<$kty>, )*
+            }
+
+            impl $ty {
+                fn apply(self, settings: &mut Settings) -> Result<(), String> {
+                    $(
+                        if let Some(value) = self.$key {
+                            let $c = &mut *settings;
+                            let $v = value;
+                            $apply;
+                        }
+                    )*
+                    Ok(())
+                }
+
+                fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<$ty, String> {
+                    let mut out = $ty::default();
+                    $(
+                        let name = concat!("LOOMD_", stringify!($section), "_", stringify!($key)).to_ascii_uppercase();
+                        if let Some(raw) = env(&name) {
+                            out.$key = Some(raw.trim().parse::<$kty>().map_err(|e| format!("{name}={raw:?}: {e}"))?);
+                        }
+                    )*
+                    Ok(out)
+                }
+            }
+        )*
+
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            $( #[serde(default)] $section: $ty, )*
+        }
+
+        impl File {
+            fn apply(self, settings: &mut Settings) -> Result<(), String> {
+                $( self.$section.apply(settings)?; )*
+                Ok(())
+            }
+
+            fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<File, String> {
+                Ok(File { $( $section: $ty::from_env(env)?, )* })
+            }
+        }
+    };
+}
+
+/// A node's full settings: its configuration and its log level.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// Everything the node enforces.
+    pub config: Config,
+    /// Log verbosity.
+    pub log_level: LogLevel,
+}
+
+sections! {
+    server: ServerSection {
+        listen: std::net::SocketAddr => |s, v| s.config.listen_addr = v,
+        workers: u32 => |s, v| s.config.workers = v,
+        node_id: u64 => |s, v| s.config.node_id = v,
+        log_level: LogLevel => |s, v| s.log_level = v,
+    }
+    connections: ConnectionsSection {
+        max: u32 => |s, v| s.config.connections_max = v,
+        per_ip_max: u32 => |s, v| s.config.connections_per_ip_max = v,
+        in_flight_max: u32 => |s, v| s.config.in_flight_per_connection_max = v,
+        idle_timeout_ms: u64 => |s, v| s.config.idle_timeout_ms = v,
+        frame_deadline_ms: u64 => |s, v| s.config.frame_deadline_ms = v,
+        recv_buffer_bytes: u32 => |s, v| s.config.recv_buffer_bytes = v,
+    }
+    limits: LimitsSection {
+        payload_max_bytes: u32 => |s, v| s.config.limits.payload_max_bytes = v,
+        key_max_bytes: u32 => |s, v| s.config.limits.key_max_bytes = v,
+        value_max_bytes: u32 => |s, v| s.config.limits.value_max_bytes = v,
+        items_max: u32 => |s, v| s.config.limits.items_max = v,
+    }
+    backpressure: BackpressureSection {
+        low: u32 => |s, v| s.config.work_queue_low = v,
+        high: u32 => |s, v| s.config.work_queue_high = v,
+    }
+    state: StateSection {
+        data_memory_max_bytes: u64 => |s, v| s.config.state.data_memory_max_bytes = v,
+        queue_capacity: u32 => |s, v| s.config.state.queue_capacity = v,
+        reclaim_per_apply: u32 => |s, v| s.config.state.reclaim_per_apply = v,
+        dedup_clients_max: u32 => |s, v| s.config.state.dedup.clients_max = v,
+        dedup_ttl_ms: u64 => |s, v| s.config.state.dedup.ttl_ms = v,
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` (if any), then the environment as read by
+    /// `env`. The state machine sees the same limits as the wire.
+    pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, String> {
+        let mut settings = Settings::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let parsed: File = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            parsed.apply(&mut settings)?;
+        }
+        File::from_env(env)?.apply(&mut settings)?;
+        settings.config.state.limits = settings.config.limits;
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_without_file_or_environment() {
+        assert_eq!(Settings::load(None, &no_env).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loomd.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"127.0.0.1:9000\"\nworkers = 3\nlog_level = \"debug\"\n[state]\nqueue_capacity = 10\n",
+        )
+        .unwrap();
+        let env = |k: &str| (k == "LOOMD_SERVER_WORKERS").then(|| "5".to_string());
+        let s = Settings::load(Some(&path), &env).unwrap();
+        assert_eq!(s.config.listen_addr.to_string(), "127.0.0.1:9000");
+        assert_eq!(s.config.workers, 5, "the environment overrides the file");
+        assert_eq!(s.config.state.queue_capacity, 10);
+        assert_eq!(s.log_level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loomd.toml");
+        std::fs::write(&path, "[server]\nworkrs = 3\n").unwrap();
+        let err = Settings::load(Some(&path), &no_env).unwrap_err();
+        assert!(err.contains("workrs"), "{err}");
+        std::fs::write(&path, "[nonsense]\n").unwrap();
+        assert!(Settings::load(Some(&path), &no_env).is_err());
+        let env = |k: &str| (k == "LOOMD_CONNECTIONS_MAX").then(|| "many".to_string());
+        let err = Settings::load(None, &env).unwrap_err();
+        assert!(err.contains("LOOMD_CONNECTIONS_MAX"), "{err}");
+    }
+}
