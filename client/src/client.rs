@@ -604,7 +604,67 @@ pub struct TopicHandle<'c> {
     name: &'c str,
 }
 
+/// A message pushed on a topic subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The subscription it arrived on.
+    pub subscription_id: u64,
+    /// Its position in the topic (from 1).
+    pub sequence: u64,
+    /// Messages this subscriber missed just before this one because it
+    /// read too slowly.
+    pub dropped_before: u64,
+    /// Topic name.
+    pub topic: String,
+    /// The message.
+    pub payload: Vec<u8>,
+}
+
+/// A topic subscription on its own connection. Iterating blocks until the
+/// next message; [`TopicSubscription::next_within`] waits at most a while.
+#[derive(Debug)]
+pub struct TopicSubscription {
+    conn: Connection,
+    id: u64,
+}
+
+impl TopicSubscription {
+    /// The subscription id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The next message, or `None` if none arrives within `timeout`.
+    pub fn next_within(&mut self, timeout: Duration) -> Result<Option<Message>> {
+        self.conn.recv_push(timeout)
+    }
+}
+
+impl Iterator for TopicSubscription {
+    type Item = Result<Message>;
+
+    fn next(&mut self) -> Option<Result<Message>> {
+        loop {
+            match self.conn.recv_push(Duration::from_secs(3600)) {
+                Ok(Some(m)) => return Some(Ok(m)),
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
 impl TopicHandle<'_> {
+    /// Subscribes on a new connection; messages published from now on
+    /// arrive on the returned subscription.
+    pub fn subscribe(&self) -> Result<TopicSubscription> {
+        let mut conn = self.client.open()?;
+        match conn.call(&Payload::TopicSubscribe(Named { name: self.name }), None)? {
+            Reply::Count(id) => Ok(TopicSubscription { conn, id }),
+            other => Err(unexpected(Opcode::TopicSubscribe, other)),
+        }
+    }
+
     /// Publishes a message; answers its sequence in the topic.
     pub fn publish(&self, message: &[u8]) -> Result<u64> {
         let p = Payload::TopicPublish(NamedValue {

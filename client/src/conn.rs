@@ -185,6 +185,54 @@ impl Connection {
         }
     }
 
+    /// Waits up to `timeout` for the next pushed topic message on this
+    /// connection (a subscription connection); `None` if none arrived.
+    pub fn recv_push(&mut self, timeout: Duration) -> Result<Option<crate::Message>> {
+        let r = self.recv_push_inner(timeout);
+        self.broken |= r.is_err();
+        r
+    }
+
+    fn recv_push_inner(&mut self, timeout: Duration) -> Result<Option<crate::Message>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(frame) = self.framer.next_frame()? {
+                if frame.opcode() == Opcode::TopicMessage {
+                    if let loomcache_wire::Payload::TopicMessage(m) = frame.decode(&self.limits)? {
+                        return Ok(Some(crate::Message {
+                            subscription_id: m.subscription_id,
+                            sequence: m.sequence,
+                            dropped_before: m.dropped,
+                            topic: m.topic.to_owned(),
+                            payload: m.message.to_vec(),
+                        }));
+                    }
+                }
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            let spare = self.framer.spare_mut();
+            match self.stream.read(spare) {
+                Ok(0) => {
+                    return Err(ClientError::Io(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the node closed the connection",
+                    )))
+                }
+                Ok(n) => self.framer.filled(n),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return Ok(None)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Sends one request and waits for its answer.
     pub fn call(&mut self, payload: &Payload<'_>, sequence: Option<u64>) -> Result<Reply> {
         let id = self.send(payload, sequence)?;

@@ -11,8 +11,7 @@
 //! through the wire crate. The `loomctl` binary is a command-line tool over
 //! this library.
 //!
-//! Not built yet: leader tracking across a cluster, topic subscriptions,
-//! near cache.
+//! Not built yet: leader tracking across a cluster, near cache.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -22,7 +21,9 @@ mod error;
 mod reply;
 mod request;
 
-pub use client::{AtomicLongHandle, Client, ClientConfig, MapHandle, QueueHandle, SetHandle, TopicHandle};
+pub use client::{
+    AtomicLongHandle, Client, ClientConfig, MapHandle, Message, QueueHandle, SetHandle, TopicHandle, TopicSubscription,
+};
 pub use conn::Connection;
 pub use error::{ClientError, Result};
 pub use reply::Reply;

@@ -195,3 +195,90 @@ fn a_client_that_pipelines_without_reading_is_paused_not_refused() {
         server.shutdown();
     }
 }
+
+#[test]
+fn topic_subscribers_receive_published_messages_in_order() {
+    for workers in [0, 2] {
+        let config = Config {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            workers,
+            ..Config::default()
+        };
+        let server = Server::start(config).unwrap();
+        let c = client(&server);
+        let mut a = c.topic("news").subscribe().unwrap();
+        let mut b = c.topic("news").subscribe().unwrap();
+        assert_ne!(a.id(), b.id());
+        for i in 0..20u64 {
+            assert_eq!(c.topic("news").publish(format!("m{i}").as_bytes()).unwrap(), i + 1);
+        }
+        assert_eq!(c.topic("other").publish(b"elsewhere").unwrap(), 1);
+        for sub in [&mut a, &mut b] {
+            for i in 0..20u64 {
+                let m = sub.next_within(Duration::from_secs(5)).unwrap().expect("a message");
+                assert_eq!(
+                    (m.sequence, m.payload, m.dropped_before),
+                    (i + 1, format!("m{i}").into_bytes(), 0)
+                );
+                assert_eq!(m.topic, "news");
+            }
+            assert_eq!(
+                sub.next_within(Duration::from_millis(50)).unwrap(),
+                None,
+                "nothing from other topics"
+            );
+        }
+        drop(a);
+        // After one subscriber left, the other still receives.
+        c.topic("news").publish(b"last").unwrap();
+        assert_eq!(b.next_within(Duration::from_secs(5)).unwrap().unwrap().payload, b"last");
+        server.shutdown();
+    }
+}
+
+#[test]
+fn a_slow_subscriber_loses_messages_with_a_count_and_never_blocks_the_node() {
+    let config = Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        workers: 0,
+        subscriber_queue_max: 4,
+        ..Config::default()
+    };
+    let server = Server::start(config).unwrap();
+    let c = client(&server);
+    let mut slow = c.topic("firehose").subscribe().unwrap();
+    // Large messages fill the subscriber's socket buffers quickly while it
+    // does not read; publishing never waits for it.
+    let big = vec![b'x'; 256 << 10];
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        c.topic("firehose").publish(&big).unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "publishing was held up by the slow subscriber"
+    );
+    let mut received = 0;
+    let mut dropped = 0;
+    while let Some(m) = slow.next_within(Duration::from_millis(500)).unwrap() {
+        received += 1;
+        dropped += m.dropped_before;
+    }
+    // Drops are reported with the next message delivered: one more, now
+    // that the subscriber has caught up, accounts for the tail.
+    c.topic("firehose").publish(b"last").unwrap();
+    let last = slow
+        .next_within(Duration::from_secs(5))
+        .unwrap()
+        .expect("the last message");
+    assert_eq!(last.payload, b"last");
+    received += 1;
+    dropped += last.dropped_before;
+    assert_eq!(
+        received + dropped,
+        201,
+        "every message is delivered or counted as dropped"
+    );
+    assert!(dropped > 0, "the bound was never reached");
+    server.shutdown();
+}

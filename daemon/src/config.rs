@@ -40,6 +40,10 @@ pub struct Config {
     pub work_queue_high: u32,
     /// This node's id. Default 1.
     pub node_id: u64,
+    /// Unwritten frames on a subscriber's connection beyond which topic
+    /// messages for it are dropped (and counted in the next one it gets).
+    /// Default 1 024.
+    pub subscriber_queue_max: u32,
     /// State-machine bounds: data memory (default 1 GiB), queue capacity,
     /// deduplication.
     pub state: StateConfig,
@@ -60,6 +64,7 @@ impl Default for Config {
             work_queue_low: 1_024,
             work_queue_high: 4_096,
             node_id: 1,
+            subscriber_queue_max: 1_024,
             state: StateConfig::default(),
         }
     }
@@ -81,7 +86,7 @@ impl Config {
     /// Checks every value against its allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let checks: [(&'static str, u64, bool, &'static str); 15] = [
+        let checks: [(&'static str, u64, bool, &'static str); 18] = [
             (
                 "limits.name_max_bytes",
                 u64::from(l.name_max_bytes),
@@ -157,6 +162,24 @@ impl Config {
             ),
             ("node_id", self.node_id, self.node_id >= 1, "at least 1"),
             (
+                "state.dedup.window",
+                u64::from(self.state.dedup.window),
+                self.state.dedup.window >= 1,
+                "at least 1",
+            ),
+            (
+                "state.dedup.ttl_ms",
+                self.state.dedup.ttl_ms,
+                self.state.dedup.ttl_ms >= 1_000,
+                "at least 1000 (clients retry within a budget that must stay below it)",
+            ),
+            (
+                "subscriber_queue_max",
+                u64::from(self.subscriber_queue_max),
+                self.subscriber_queue_max >= 1,
+                "at least 1",
+            ),
+            (
                 "state.reclaim_per_apply",
                 u64::from(self.state.reclaim_per_apply),
                 self.state.reclaim_per_apply >= 1,
@@ -203,6 +226,9 @@ mod tests {
             ("workers", |c| c.workers = 1025),
             ("work_queue_low", |c| c.work_queue_low = c.work_queue_high),
             ("node_id", |c| c.node_id = 0),
+            ("subscriber_queue_max", |c| c.subscriber_queue_max = 0),
+            ("state.dedup.window", |c| c.state.dedup.window = 0),
+            ("state.dedup.ttl_ms", |c| c.state.dedup.ttl_ms = 10),
             ("state.reclaim_per_apply", |c| c.state.reclaim_per_apply = 0),
         ];
         for (field, edit) in cases {

@@ -65,6 +65,23 @@ struct Done {
     conn: usize,
     generation: u64,
     bytes: Vec<u8>,
+    publication: Option<Publication>,
+}
+
+/// A message the log ordered on a topic, to be pushed to its subscribers.
+struct Publication {
+    topic: Box<str>,
+    sequence: u64,
+    message: Vec<u8>,
+}
+
+/// One topic subscription.
+struct Subscription {
+    id: u64,
+    conn: usize,
+    generation: u64,
+    /// Messages dropped since the last one delivered.
+    dropped: u64,
 }
 
 struct Shared {
@@ -131,6 +148,8 @@ impl Server {
             config,
             stop: Arc::clone(&stop),
             stalled: Vec::new(),
+            topics: HashMap::new(),
+            next_subscription: 1,
         };
         threads.push(
             std::thread::Builder::new()
@@ -192,11 +211,12 @@ fn error_frame(request_id: u64, code: ErrorCode, message: &str) -> Vec<u8> {
 /// A worker: takes jobs until the queue closes.
 fn worker(shared: &Shared, jobs: &Receiver<Job>, done: &Sender<Done>) {
     while let Ok(job) = jobs.recv() {
-        let bytes = execute(shared, &job.frame);
+        let (bytes, publication) = execute(shared, &job.frame);
         let _ = done.send(Done {
             conn: job.conn,
             generation: job.generation,
             bytes,
+            publication,
         });
         let resume = shared.backpressure.complete();
         // Wake the loop to deliver the response (and, if this completion
@@ -209,11 +229,17 @@ fn worker(shared: &Shared, jobs: &Receiver<Job>, done: &Sender<Done>) {
     }
 }
 
-/// Applies one admitted frame and encodes its response frame.
-fn execute(shared: &Shared, frame_bytes: &[u8]) -> Vec<u8> {
+/// Applies one admitted frame and encodes its response frame; a
+/// successful publish also answers the message to push to subscribers.
+fn execute(shared: &Shared, frame_bytes: &[u8]) -> (Vec<u8>, Option<Publication>) {
     let frame = match parse_frame(frame_bytes, &shared.limits) {
         Ok(Parsed::Frame(f)) => f,
-        _ => return error_frame(0, ErrorCode::Internal, "an admitted frame no longer parses"),
+        _ => {
+            return (
+                error_frame(0, ErrorCode::Internal, "an admitted frame no longer parses"),
+                None,
+            )
+        }
     };
     let (request_id, partition) = (frame.request_id(), frame.header().partition());
     let mut body = Vec::new();
@@ -223,7 +249,7 @@ fn execute(shared: &Shared, frame_bytes: &[u8]) -> Vec<u8> {
         if frame.opcode().class() == OpClass::Read {
             match frame.decode(&shared.limits) {
                 Ok(payload) => state.read(&payload, now, &mut body),
-                Err(e) => return error_frame(request_id, e.code(), &e.to_string()),
+                Err(e) => return (error_frame(request_id, e.code(), &e.to_string()), None),
             }
         } else {
             state.apply(frame.bytes(), now, &mut body)
@@ -236,10 +262,23 @@ fn execute(shared: &Shared, frame_bytes: &[u8]) -> Vec<u8> {
         partition,
         request_id,
     };
+    let publication = match frame.decode(&shared.limits) {
+        Ok(Payload::TopicPublish(p)) if outcome.status == ErrorCode::Ok => {
+            match OkBody::decode(loomcache_wire::OkShape::Count, &body, &shared.limits) {
+                Ok(OkBody::Count(sequence)) => Some(Publication {
+                    topic: p.name.into(),
+                    sequence,
+                    message: p.value.to_vec(),
+                }),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
     let mut out = Vec::with_capacity(loomcache_wire::HEADER_LEN + body.len());
     out.extend_from_slice(&header_bytes(&fields, body.len()));
     out.extend_from_slice(&body);
-    out
+    (out, publication)
 }
 
 struct Conn {
@@ -278,6 +317,9 @@ struct EventLoop {
     config: Config,
     stop: Arc<AtomicBool>,
     stalled: Vec<usize>,
+    /// Topic name → subscriptions, in subscription order.
+    topics: HashMap<Box<str>, Vec<Subscription>>,
+    next_subscription: u64,
 }
 
 enum Step {
@@ -526,6 +568,37 @@ impl EventLoop {
                     Ok(Payload::ClusterPing(p)) => response_frame(request_id, 0, &Response::Ok(OkBody::Count(p.nonce))),
                     _ => error_frame(request_id, ErrorCode::Malformed, "bad ping"),
                 }),
+                OpClass::Subscription if opcode == Opcode::TopicSubscribe => Some(match frame.decode(&limits) {
+                    Ok(Payload::TopicSubscribe(n)) => {
+                        let id = self.next_subscription;
+                        self.next_subscription += 1;
+                        let generation = conn.generation;
+                        self.topics.entry(n.name.into()).or_default().push(Subscription {
+                            id,
+                            conn: idx,
+                            generation,
+                            dropped: 0,
+                        });
+                        response_frame(request_id, 0, &Response::Ok(OkBody::Count(id)))
+                    }
+                    _ => error_frame(request_id, ErrorCode::Malformed, "bad subscribe"),
+                }),
+                OpClass::Subscription if opcode == Opcode::TopicUnsubscribe => Some(match frame.decode(&limits) {
+                    Ok(Payload::TopicUnsubscribe(u)) => {
+                        let generation = conn.generation;
+                        let mut found = false;
+                        for subs in self.topics.values_mut() {
+                            let before = subs.len();
+                            subs.retain(|s| {
+                                !(s.id == u.subscription_id && s.conn == idx && s.generation == generation)
+                            });
+                            found |= subs.len() != before;
+                        }
+                        self.topics.retain(|_, subs| !subs.is_empty());
+                        response_frame(request_id, 0, &Response::Ok(OkBody::Bool(found)))
+                    }
+                    _ => error_frame(request_id, ErrorCode::Malformed, "bad unsubscribe"),
+                }),
                 OpClass::Reserved => Some(error_frame(
                     request_id,
                     ErrorCode::Unsupported,
@@ -543,6 +616,9 @@ impl EventLoop {
                 )),
             };
             if let Some(reply) = inline {
+                let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+                    return Step::Close;
+                };
                 conn.start += len;
                 conn.partial_since = None;
                 conn.out.push_back(reply);
@@ -558,10 +634,13 @@ impl EventLoop {
             }
             if self.jobs.is_empty() {
                 // No worker pool: apply on the loop thread, in order.
-                let reply = execute(&self.shared, frame.bytes());
+                let (reply, publication) = execute(&self.shared, frame.bytes());
                 conn.start += len;
                 conn.partial_since = None;
                 conn.out.push_back(reply);
+                if let Some(p) = publication {
+                    self.fan_out(&p);
+                }
                 continue;
             }
             // Requests being applied and answers not yet written both count
@@ -620,6 +699,61 @@ impl EventLoop {
             if was_stalled && !self.stalled.contains(&done.conn) {
                 self.stalled.push(done.conn);
             }
+            if let Some(p) = done.publication {
+                self.fan_out(&p);
+            }
+        }
+    }
+
+    /// Pushes a published message to every subscriber of its topic. A
+    /// subscriber whose connection already holds `subscriber_queue_max`
+    /// unwritten frames misses it; the next message it gets says how many
+    /// it missed. A slow subscriber never blocks the node or the publisher.
+    fn fan_out(&mut self, p: &Publication) {
+        let Some(mut subs) = self.topics.remove(&p.topic) else {
+            return;
+        };
+        let max = self.config.subscriber_queue_max as usize;
+        let mut targets = Vec::new();
+        subs.retain_mut(|sub| {
+            let Some(conn) = self.conns.get_mut(sub.conn).and_then(Option::as_mut) else {
+                return false;
+            };
+            if conn.generation != sub.generation {
+                return false;
+            }
+            if conn.out.len() >= max {
+                sub.dropped += 1;
+                return true;
+            }
+            let message = loomcache_wire::TopicMessage {
+                subscription_id: sub.id,
+                sequence: p.sequence,
+                dropped: sub.dropped,
+                topic: &p.topic,
+                message: &p.message,
+            };
+            let payload = Payload::TopicMessage(message);
+            let mut frame = vec![0u8; loomcache_wire::frame_len(None, &payload)];
+            if loomcache_wire::encode_frame(
+                &mut frame,
+                &HeaderFields::request(Opcode::TopicMessage, 0),
+                None,
+                &payload,
+            )
+            .is_ok()
+            {
+                conn.out.push_back(frame);
+                sub.dropped = 0;
+                targets.push(sub.conn);
+            }
+            true
+        });
+        if !subs.is_empty() {
+            self.topics.insert(p.topic.clone(), subs);
+        }
+        for idx in targets {
+            self.flush(idx);
         }
     }
 
@@ -674,7 +808,7 @@ impl EventLoop {
             }
         }
         if conn.stalled
-            && conn.out.len() < self.config.in_flight_per_connection_max as usize / 2
+            && conn.out.len() <= self.config.in_flight_per_connection_max as usize / 2
             && !self.stalled.contains(&idx)
         {
             self.stalled.push(idx);
@@ -708,6 +842,11 @@ impl EventLoop {
         let Some(mut conn) = self.conns.get_mut(idx).and_then(Option::take) else {
             return;
         };
+        let generation = conn.generation;
+        for subs in self.topics.values_mut() {
+            subs.retain(|s| !(s.conn == idx && s.generation == generation));
+        }
+        self.topics.retain(|_, subs| !subs.is_empty());
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.open -= 1;
         if let Some(n) = self.per_ip.get_mut(&conn.peer) {

@@ -17,6 +17,7 @@
 //! idle_timeout_ms = 300000
 //! frame_deadline_ms = 10000
 //! recv_buffer_bytes = 16384
+//! subscriber_queue_max = 1024
 //!
 //! [limits]
 //! payload_max_bytes = 4194304
@@ -32,8 +33,10 @@
 //! data_memory_max_bytes = 1073741824
 //! queue_capacity = 0     # 0 = unbounded (up to the memory limit)
 //! reclaim_per_apply = 64
-//! dedup_clients_max = 100000
+//! dedup_clients_max = 10000
 //! dedup_ttl_ms = 60000
+//! dedup_window = 16
+//! dedup_answer_max_bytes = 1024
 //! ```
 //! The environment variable for a key is `LOOMD_<SECTION>_<KEY>` in
 //! capitals, e.g. `LOOMD_SERVER_LISTEN`, `LOOMD_STATE_QUEUE_CAPACITY`.
@@ -151,6 +154,7 @@ sections! {
         idle_timeout_ms: u64 => |s, v| s.config.idle_timeout_ms = v,
         frame_deadline_ms: u64 => |s, v| s.config.frame_deadline_ms = v,
         recv_buffer_bytes: u32 => |s, v| s.config.recv_buffer_bytes = v,
+        subscriber_queue_max: u32 => |s, v| s.config.subscriber_queue_max = v,
     }
     limits: LimitsSection {
         payload_max_bytes: u32 => |s, v| s.config.limits.payload_max_bytes = v,
@@ -168,6 +172,8 @@ sections! {
         reclaim_per_apply: u32 => |s, v| s.config.state.reclaim_per_apply = v,
         dedup_clients_max: u32 => |s, v| s.config.state.dedup.clients_max = v,
         dedup_ttl_ms: u64 => |s, v| s.config.state.dedup.ttl_ms = v,
+        dedup_window: u32 => |s, v| s.config.state.dedup.window = v,
+        dedup_answer_max_bytes: u32 => |s, v| s.config.state.dedup.answer_max_bytes = v,
     }
 }
 

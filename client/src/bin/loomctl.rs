@@ -144,6 +144,13 @@ enum AtomicCmd {
 enum TopicCmd {
     /// Publish a message; prints its sequence.
     Publish { name: String, message: String },
+    /// Print messages as they are published (until COUNT arrived, or for ever).
+    Subscribe {
+        name: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 /// A printable result.
@@ -302,6 +309,25 @@ fn run(cli: &Cli) -> Result<Out, ClientError> {
         }
         Command::Topic(TopicCmd::Publish { name, message }) => {
             Out::Count(connect()?.topic(name).publish(message.as_bytes())?)
+        }
+        Command::Topic(TopicCmd::Subscribe { name, count }) => {
+            let c = connect()?;
+            let mut sub = c.topic(name).subscribe()?;
+            let mut seen = 0;
+            while count.is_none_or(|n| seen < n) {
+                let Some(m) = sub.next() else { break };
+                let m = m?;
+                if m.dropped_before > 0 {
+                    eprintln!(
+                        "loomctl: {} messages dropped (this subscriber read too slowly)",
+                        m.dropped_before
+                    );
+                }
+                let line = render(Out::Value(Some(m.payload)), cli.json);
+                println!("{}\t{line}", m.sequence);
+                seen += 1;
+            }
+            Out::Text(format!("{seen} messages"))
         }
     })
 }

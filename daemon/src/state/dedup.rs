@@ -33,11 +33,13 @@ pub struct DedupConfig {
 
 impl Default for DedupConfig {
     fn default() -> Self {
+        // Worst case held: clients_max × window × answer_max_bytes
+        // = 10 000 × 16 × 1 KiB = 160 MiB.
         DedupConfig {
-            clients_max: 100_000,
+            clients_max: 10_000,
             ttl_ms: 60_000,
-            window: 64,
-            answer_max_bytes: 4096,
+            window: 16,
+            answer_max_bytes: 1024,
         }
     }
 }
