@@ -435,6 +435,18 @@ impl QueueHandle<'_> {
         expect_value(Opcode::QueuePoll, self.client.call(&p)?)
     }
 
+    /// Removes the head item, waiting up to `wait` for one to arrive.
+    /// The wait is rounded to milliseconds and bounded by the node's
+    /// deadline checks (about a tenth of a second late at most).
+    pub fn poll_wait(&self, wait: Duration) -> Result<Option<Vec<u8>>> {
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
+        let p = Payload::QueuePoll(QueuePoll {
+            name: self.name,
+            wait_ms,
+        });
+        expect_value(Opcode::QueuePoll, self.client.call(&p)?)
+    }
+
     /// Reads the head item.
     pub fn peek(&self) -> Result<Option<Vec<u8>>> {
         expect_value(

@@ -282,3 +282,45 @@ fn a_slow_subscriber_loses_messages_with_a_count_and_never_blocks_the_node() {
     assert!(dropped > 0, "the bound was never reached");
     server.shutdown();
 }
+
+#[test]
+fn a_poll_waits_for_an_offer_or_its_deadline() {
+    for workers in [0, 2] {
+        let config = Config {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            workers,
+            ..Config::default()
+        };
+        let server = Server::start(config).unwrap();
+        let c = client(&server);
+        // Nothing arrives: answered empty after about the wait.
+        let started = std::time::Instant::now();
+        assert_eq!(c.queue("jobs").poll_wait(Duration::from_millis(300)).unwrap(), None);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(300), "answered early: {waited:?}");
+        // An offer from another client during the wait is taken at once.
+        let addr = server.local_addr();
+        let offerer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let other = Client::connect(ClientConfig {
+                addrs: vec![addr],
+                ..ClientConfig::default()
+            })
+            .unwrap();
+            assert!(other.queue("jobs").offer(b"work").unwrap());
+        });
+        let started = std::time::Instant::now();
+        assert_eq!(
+            c.queue("jobs").poll_wait(Duration::from_secs(5)).unwrap(),
+            Some(b"work".to_vec())
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "workers={workers}: the offer did not wake the poll"
+        );
+        offerer.join().unwrap();
+        // The item went to the waiting poll only.
+        assert_eq!(c.queue("jobs").size().unwrap(), 0);
+        server.shutdown();
+    }
+}

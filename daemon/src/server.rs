@@ -64,8 +64,29 @@ struct Job {
 struct Done {
     conn: usize,
     generation: u64,
+    result: Executed,
+    /// The frame, handed back when the request was parked.
+    frame: Option<Vec<u8>>,
+}
+
+/// What executing one frame produced.
+struct Executed {
+    /// The response frame; empty when the request was parked.
     bytes: Vec<u8>,
+    /// A message to push to a topic's subscribers.
     publication: Option<Publication>,
+    /// A queue that received an item: parked polls on it may proceed.
+    offered: Option<Box<str>>,
+    /// A poll that found its queue empty and waits: (queue, wait).
+    parked: Option<(Box<str>, Duration)>,
+}
+
+/// A `QUEUE_POLL` waiting for an item.
+struct ParkedPoll {
+    conn: usize,
+    generation: u64,
+    frame: Vec<u8>,
+    deadline: Instant,
 }
 
 /// A message the log ordered on a topic, to be pushed to its subscribers.
@@ -150,6 +171,7 @@ impl Server {
             stalled: Vec::new(),
             topics: HashMap::new(),
             next_subscription: 1,
+            parked: HashMap::new(),
         };
         threads.push(
             std::thread::Builder::new()
@@ -185,6 +207,13 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The request id in a frame's header (frames here were validated).
+fn request_id_of(frame: &[u8]) -> u64 {
+    frame
+        .get(16..24)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+}
+
 /// Encodes a whole response frame.
 fn response_frame(request_id: u64, partition: u16, response: &Response<'_>) -> Vec<u8> {
     let fields = HeaderFields {
@@ -211,12 +240,13 @@ fn error_frame(request_id: u64, code: ErrorCode, message: &str) -> Vec<u8> {
 /// A worker: takes jobs until the queue closes.
 fn worker(shared: &Shared, jobs: &Receiver<Job>, done: &Sender<Done>) {
     while let Ok(job) = jobs.recv() {
-        let (bytes, publication) = execute(shared, &job.frame);
+        let result = execute(shared, &job.frame);
+        let frame = result.parked.is_some().then_some(job.frame);
         let _ = done.send(Done {
             conn: job.conn,
             generation: job.generation,
-            bytes,
-            publication,
+            result,
+            frame,
         });
         let resume = shared.backpressure.complete();
         // Wake the loop to deliver the response (and, if this completion
@@ -229,27 +259,52 @@ fn worker(shared: &Shared, jobs: &Receiver<Job>, done: &Sender<Done>) {
     }
 }
 
-/// Applies one admitted frame and encodes its response frame; a
-/// successful publish also answers the message to push to subscribers.
-fn execute(shared: &Shared, frame_bytes: &[u8]) -> (Vec<u8>, Option<Publication>) {
+impl Executed {
+    fn answer(bytes: Vec<u8>) -> Executed {
+        Executed {
+            bytes,
+            publication: None,
+            offered: None,
+            parked: None,
+        }
+    }
+}
+
+/// Applies one admitted frame and encodes its response frame. A publish
+/// also answers the message to push; an offer names its queue; a poll
+/// that would wait on an empty queue is parked instead of applied, so it
+/// is neither applied nor deduplicated until it can take an item.
+fn execute(shared: &Shared, frame_bytes: &[u8]) -> Executed {
     let frame = match parse_frame(frame_bytes, &shared.limits) {
         Ok(Parsed::Frame(f)) => f,
         _ => {
-            return (
-                error_frame(0, ErrorCode::Internal, "an admitted frame no longer parses"),
-                None,
-            )
+            return Executed::answer(error_frame(
+                0,
+                ErrorCode::Internal,
+                "an admitted frame no longer parses",
+            ))
         }
     };
     let (request_id, partition) = (frame.request_id(), frame.header().partition());
+    let decoded = frame.decode(&shared.limits);
     let mut body = Vec::new();
     let now = now_ms();
     let outcome = {
         let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(Payload::QueuePoll(p)) = decoded {
+            if p.wait_ms > 0 && state.queue_len(p.name) == 0 {
+                return Executed {
+                    bytes: Vec::new(),
+                    publication: None,
+                    offered: None,
+                    parked: Some((p.name.into(), Duration::from_millis(u64::from(p.wait_ms)))),
+                };
+            }
+        }
         if frame.opcode().class() == OpClass::Read {
-            match frame.decode(&shared.limits) {
+            match decoded {
                 Ok(payload) => state.read(&payload, now, &mut body),
-                Err(e) => return (error_frame(request_id, e.code(), &e.to_string()), None),
+                Err(e) => return Executed::answer(error_frame(request_id, e.code(), &e.to_string())),
             }
         } else {
             state.apply(frame.bytes(), now, &mut body)
@@ -262,8 +317,13 @@ fn execute(shared: &Shared, frame_bytes: &[u8]) -> (Vec<u8>, Option<Publication>
         partition,
         request_id,
     };
-    let publication = match frame.decode(&shared.limits) {
-        Ok(Payload::TopicPublish(p)) if outcome.status == ErrorCode::Ok => {
+    let ok = outcome.status == ErrorCode::Ok;
+    let offered = match decoded {
+        Ok(Payload::QueueOffer(o)) if ok => Some(o.name.into()),
+        _ => None,
+    };
+    let publication = match decoded {
+        Ok(Payload::TopicPublish(p)) if ok => {
             match OkBody::decode(loomcache_wire::OkShape::Count, &body, &shared.limits) {
                 Ok(OkBody::Count(sequence)) => Some(Publication {
                     topic: p.name.into(),
@@ -278,7 +338,12 @@ fn execute(shared: &Shared, frame_bytes: &[u8]) -> (Vec<u8>, Option<Publication>
     let mut out = Vec::with_capacity(loomcache_wire::HEADER_LEN + body.len());
     out.extend_from_slice(&header_bytes(&fields, body.len()));
     out.extend_from_slice(&body);
-    (out, publication)
+    Executed {
+        bytes: out,
+        publication,
+        offered,
+        parked: None,
+    }
 }
 
 struct Conn {
@@ -320,6 +385,8 @@ struct EventLoop {
     /// Topic name → subscriptions, in subscription order.
     topics: HashMap<Box<str>, Vec<Subscription>>,
     next_subscription: u64,
+    /// Queue name → polls waiting for an item, oldest first.
+    parked: HashMap<Box<str>, VecDeque<ParkedPoll>>,
 }
 
 enum Step {
@@ -370,6 +437,7 @@ impl EventLoop {
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 self.enforce_deadlines();
+                self.expire_parked();
             }
         }
         // Shutdown: closing the job queues ends the workers.
@@ -634,12 +702,17 @@ impl EventLoop {
             }
             if self.jobs.is_empty() {
                 // No worker pool: apply on the loop thread, in order.
-                let (reply, publication) = execute(&self.shared, frame.bytes());
+                let result = execute(&self.shared, frame.bytes());
                 conn.start += len;
                 conn.partial_since = None;
-                conn.out.push_back(reply);
-                if let Some(p) = publication {
-                    self.fan_out(&p);
+                if result.parked.is_some() {
+                    // Counted in flight until it is answered.
+                    conn.in_flight += 1;
+                    let frame_bytes = frame.bytes().to_vec();
+                    self.park(idx, frame_bytes, result);
+                } else {
+                    conn.out.push_back(result.bytes);
+                    self.after_execute(result.publication, result.offered);
                 }
                 continue;
             }
@@ -692,16 +765,94 @@ impl EventLoop {
             if conn.generation != done.generation {
                 continue;
             }
+            if let Some(frame) = done.frame {
+                // Parked: stays in flight until an item or its deadline.
+                self.park(done.conn, frame, done.result);
+                continue;
+            }
             conn.in_flight -= 1;
-            conn.out.push_back(done.bytes);
+            conn.out.push_back(done.result.bytes);
             let was_stalled = conn.stalled;
             self.flush(done.conn);
             if was_stalled && !self.stalled.contains(&done.conn) {
                 self.stalled.push(done.conn);
             }
-            if let Some(p) = done.publication {
-                self.fan_out(&p);
+            self.after_execute(done.result.publication, done.result.offered);
+        }
+    }
+
+    /// Pushes a publication and runs polls parked on an offered queue.
+    fn after_execute(&mut self, publication: Option<Publication>, offered: Option<Box<str>>) {
+        if let Some(p) = publication {
+            self.fan_out(&p);
+        }
+        if let Some(queue) = offered {
+            self.retry_parked(&queue);
+        }
+    }
+
+    fn park(&mut self, conn: usize, frame: Vec<u8>, result: Executed) {
+        let Some((queue, wait)) = result.parked else { return };
+        let Some(generation) = self.conn(conn).map(|c| c.generation) else {
+            return;
+        };
+        self.parked.entry(queue).or_default().push_back(ParkedPoll {
+            conn,
+            generation,
+            frame,
+            deadline: Instant::now() + wait,
+        });
+    }
+
+    /// Runs the polls parked on `queue`, oldest first, while items last.
+    /// They run on the loop thread: a brief hold of the state lock.
+    fn retry_parked(&mut self, queue: &str) {
+        let Some(mut waiting) = self.parked.remove(queue) else {
+            return;
+        };
+        while let Some(poll) = waiting.pop_front() {
+            if self.conn(poll.conn).is_none_or(|c| c.generation != poll.generation) {
+                continue;
             }
+            let result = execute(&self.shared, &poll.frame);
+            if result.parked.is_some() {
+                waiting.push_front(poll);
+                break;
+            }
+            if let Some(conn) = self.conn(poll.conn) {
+                conn.in_flight -= 1;
+                conn.out.push_back(result.bytes);
+            }
+            self.flush(poll.conn);
+        }
+        if !waiting.is_empty() {
+            self.parked.insert(queue.into(), waiting);
+        }
+    }
+
+    /// Answers parked polls whose wait ran out: no item.
+    fn expire_parked(&mut self) {
+        let now = Instant::now();
+        let mut answers = Vec::new();
+        for waiting in self.parked.values_mut() {
+            waiting.retain(|poll| {
+                if poll.deadline > now {
+                    return true;
+                }
+                answers.push((poll.conn, poll.generation, request_id_of(&poll.frame)));
+                false
+            });
+        }
+        self.parked.retain(|_, w| !w.is_empty());
+        for (idx, generation, request_id) in answers {
+            let Some(conn) = self.conn(idx) else { continue };
+            if conn.generation != generation {
+                continue;
+            }
+            conn.in_flight -= 1;
+            conn.out
+                .push_back(response_frame(request_id, 0, &Response::Ok(OkBody::Value(None))));
+            self.flush(idx);
         }
     }
 

@@ -115,6 +115,14 @@ impl StateMachine {
         self.applied
     }
 
+    /// Items in a queue (0 if there is no queue of that name).
+    pub fn queue_len(&self, name: &str) -> usize {
+        match self.structures.get(name) {
+            Some(Structure::Queue(q)) => q.len(),
+            _ => 0,
+        }
+    }
+
     /// Number of named structures.
     pub fn structure_count(&self) -> usize {
         self.structures.len()
