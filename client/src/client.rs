@@ -194,6 +194,22 @@ impl Client {
         expect_count(Opcode::ClusterPing, self.call(&Payload::ClusterPing(Ping { nonce }))?)
     }
 
+    /// The node's statistics, as name/value pairs.
+    pub fn info(&self) -> Result<Vec<(String, String)>> {
+        match self.call(&Payload::NodeInfo(loomcache_wire::NodeInfoRequest {}))? {
+            Reply::Entries(e) => Ok(e
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(&k).into_owned(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    )
+                })
+                .collect()),
+            other => Err(unexpected(Opcode::NodeInfo, other)),
+        }
+    }
+
     /// A Map handle.
     pub fn map<'c>(&'c self, name: &'c str) -> MapHandle<'c> {
         MapHandle { client: self, name }

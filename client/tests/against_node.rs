@@ -324,3 +324,38 @@ fn a_poll_waits_for_an_offer_or_its_deadline() {
         server.shutdown();
     }
 }
+
+#[test]
+fn a_retried_publish_is_pushed_once_and_quiet_subscribers_stay_open() {
+    let config = Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        workers: 0,
+        idle_timeout_ms: 200,
+        ..Config::default()
+    };
+    let server = Server::start(config).unwrap();
+    let c = client(&server);
+    let mut sub = c.topic("t").subscribe().unwrap();
+    // Quiet for longer than the idle timeout: a subscriber is not idle.
+    std::thread::sleep(Duration::from_millis(600));
+    let mut conn =
+        Connection::connect(server.local_addr(), 77, Duration::from_secs(2), Duration::from_secs(5)).unwrap();
+    let publish = Payload::TopicPublish(loomcache_wire::NamedValue {
+        name: "t",
+        value: b"once",
+    });
+    assert_eq!(conn.call(&publish, Some(1)).unwrap(), Reply::Count(1));
+    assert_eq!(
+        conn.call(&publish, Some(1)).unwrap(),
+        Reply::Count(1),
+        "the retry answers as before"
+    );
+    let m = sub.next_within(Duration::from_secs(5)).unwrap().expect("the message");
+    assert_eq!((m.sequence, m.payload), (1, b"once".to_vec()));
+    assert_eq!(
+        sub.next_within(Duration::from_millis(200)).unwrap(),
+        None,
+        "the retry was not pushed again"
+    );
+    server.shutdown();
+}

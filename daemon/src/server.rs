@@ -289,6 +289,7 @@ fn execute(shared: &Shared, frame_bytes: &[u8]) -> Executed {
     let decoded = frame.decode(&shared.limits);
     let mut body = Vec::new();
     let now = now_ms();
+    let mut replayed = false;
     let outcome = {
         let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Ok(Payload::QueuePoll(p)) = decoded {
@@ -307,7 +308,9 @@ fn execute(shared: &Shared, frame_bytes: &[u8]) -> Executed {
                 Err(e) => return Executed::answer(error_frame(request_id, e.code(), &e.to_string())),
             }
         } else {
-            state.apply(frame.bytes(), now, &mut body)
+            let outcome = state.apply(frame.bytes(), now, &mut body);
+            replayed = state.last_was_replay();
+            outcome
         }
     };
     let fields = HeaderFields {
@@ -317,7 +320,8 @@ fn execute(shared: &Shared, frame_bytes: &[u8]) -> Executed {
         partition,
         request_id,
     };
-    let ok = outcome.status == ErrorCode::Ok;
+    // A replayed retry already had its effects.
+    let ok = outcome.status == ErrorCode::Ok && !replayed;
     let offered = match decoded {
         Ok(Payload::QueueOffer(o)) if ok => Some(o.name.into()),
         _ => None,
@@ -365,6 +369,8 @@ struct Conn {
     /// Reading stopped before `WouldBlock`; retry when load allows.
     stalled: bool,
     writable_registered: bool,
+    /// Topic subscriptions held: a subscriber is never idle-closed.
+    subscriptions: u32,
 }
 
 struct EventLoop {
@@ -511,6 +517,7 @@ impl EventLoop {
                 closing: false,
                 stalled: false,
                 writable_registered: false,
+                subscriptions: 0,
             });
             self.open += 1;
             *self.per_ip.entry(ip).or_insert(0) += 1;
@@ -632,6 +639,14 @@ impl EventLoop {
                 OpClass::Read | OpClass::Write => None,
                 OpClass::Control if opcode == Opcode::BatchExecute => None,
                 OpClass::Control if opcode == Opcode::Hello => Some(hello(&frame, &self.config)),
+                OpClass::Control if opcode == Opcode::NodeInfo => Some(node_info(
+                    request_id,
+                    &self.shared,
+                    &self.config,
+                    self.open,
+                    &self.topics,
+                    &self.parked,
+                )),
                 OpClass::Cluster if opcode == Opcode::ClusterPing => Some(match frame.decode(&limits) {
                     Ok(Payload::ClusterPing(p)) => response_frame(request_id, 0, &Response::Ok(OkBody::Count(p.nonce))),
                     _ => error_frame(request_id, ErrorCode::Malformed, "bad ping"),
@@ -641,6 +656,7 @@ impl EventLoop {
                         let id = self.next_subscription;
                         self.next_subscription += 1;
                         let generation = conn.generation;
+                        conn.subscriptions += 1;
                         self.topics.entry(n.name.into()).or_default().push(Subscription {
                             id,
                             conn: idx,
@@ -663,6 +679,9 @@ impl EventLoop {
                             found |= subs.len() != before;
                         }
                         self.topics.retain(|_, subs| !subs.is_empty());
+                        if found {
+                            conn.subscriptions -= 1;
+                        }
                         response_frame(request_id, 0, &Response::Ok(OkBody::Bool(found)))
                     }
                     _ => error_frame(request_id, ErrorCode::Malformed, "bad unsubscribe"),
@@ -1018,11 +1037,60 @@ impl EventLoop {
                 conn.out
                     .push_back(error_frame(0, ErrorCode::Timeout, "frame not completed in time"));
                 self.close_after_flush(idx);
-            } else if conn.in_flight == 0 && conn.out.is_empty() && conn.last_active.elapsed() > idle {
+            } else if conn.in_flight == 0
+                && conn.out.is_empty()
+                && conn.subscriptions == 0
+                && conn.last_active.elapsed() > idle
+            {
                 self.close(idx);
             }
         }
     }
+}
+
+/// `NODE_INFO`: statistics as name/value pairs.
+fn node_info(
+    request_id: u64,
+    shared: &Shared,
+    config: &Config,
+    open: u32,
+    topics: &HashMap<Box<str>, Vec<Subscription>>,
+    parked: &HashMap<Box<str>, VecDeque<ParkedPoll>>,
+) -> Vec<u8> {
+    let (memory_used, structures, applied) = {
+        let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        (state.memory_used(), state.structure_count(), state.applied())
+    };
+    let subscriptions: usize = topics.values().map(Vec::len).sum();
+    let parked: usize = parked.values().map(VecDeque::len).sum();
+    let pairs: Vec<(&str, String)> = vec![
+        ("version", env!("CARGO_PKG_VERSION").to_string()),
+        ("node_id", config.node_id.to_string()),
+        ("mode", "memory-only single node".to_string()),
+        ("workers", config.workers.to_string()),
+        ("connections", open.to_string()),
+        ("connections_max", config.connections_max.to_string()),
+        ("work_queued", shared.backpressure.queued().to_string()),
+        ("work_queue_high", config.work_queue_high.to_string()),
+        ("data_memory_used_bytes", memory_used.to_string()),
+        ("data_memory_max_bytes", config.state.data_memory_max_bytes.to_string()),
+        ("structures", structures.to_string()),
+        ("writes_applied", applied.to_string()),
+        ("topic_subscriptions", subscriptions.to_string()),
+        ("parked_polls", parked.to_string()),
+    ];
+    let entries: Vec<loomcache_wire::KeyValue<'_>> = pairs
+        .iter()
+        .map(|(k, v)| loomcache_wire::KeyValue {
+            key: k.as_bytes(),
+            value: v.as_bytes(),
+        })
+        .collect();
+    response_frame(
+        request_id,
+        0,
+        &Response::Ok(OkBody::Entries(loomcache_wire::Seq::Items(&entries))),
+    )
 }
 
 /// Answers `HELLO`: the highest version both sides speak.

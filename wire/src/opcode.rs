@@ -78,8 +78,10 @@ opcodes! {
     BatchExecute = 0x0003, "BATCH_EXECUTE", Control;
     /// Subscribe to invalidations of a Map for a near cache.
     NearCacheSubscribe = 0x0004, "NEAR_CACHE_SUBSCRIBE", Subscription;
-    /// Pushed: entries of a near-cached Map changed.
+        /// Pushed: entries of a near-cached Map changed.
     NearCacheInvalidate = 0x0005, "NEAR_CACHE_INVALIDATE", Push;
+    /// Node statistics as name/value pairs.
+    NodeInfo = 0x0006, "NODE_INFO", Control;
 
     /// Store a value, answering the previous one.
     MapPut = 0x0101, "MAP_PUT", Write;

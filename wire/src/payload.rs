@@ -95,6 +95,11 @@ impl<'a> Body<'a> for BatchOp<'a> {
     }
 }
 
+body! {
+    /// `NODE_INFO`: no fields; answered with statistics as entries.
+    pub struct NodeInfoRequest {}
+}
+
 // ---- data structures ---------------------------------------------------
 
 body! {
@@ -590,7 +595,8 @@ payloads! {
     Auth(Auth<'a>),
     BatchExecute(Batch<'a>),
     NearCacheSubscribe(Named<'a>),
-    NearCacheInvalidate(NearCacheInvalidate<'a>),
+        NearCacheInvalidate(NearCacheInvalidate<'a>),
+    NodeInfo(NodeInfoRequest),
 
     MapPut(MapWrite<'a>),
     MapSet(MapWrite<'a>),

@@ -309,6 +309,7 @@ impl OkShape {
             Hello => OkShape::HelloAck,
             Auth | ClusterJoin | ClusterLeave => OkShape::Empty,
             BatchExecute => OkShape::Batch,
+            NodeInfo => OkShape::Entries,
             NearCacheSubscribe => OkShape::Count,
             MapPut | MapGet | MapPutIfAbsent | MapReplace => OkShape::Value,
             MapSet | MapPutAll => OkShape::Empty,

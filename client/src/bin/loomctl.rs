@@ -36,7 +36,7 @@ struct Cli {
 enum Command {
     /// Round trip to the node.
     Ping,
-    /// Node statistics (not served by this node build yet).
+    /// Node statistics: connections, queued work, memory, writes applied.
     Info,
     /// The routing partition of a key (murmur3_32 % 271).
     Partition { key: String },
@@ -168,6 +168,7 @@ fn render(out: Out, json: bool) -> String {
     let quote = |s: &str| format!("{s:?}");
     match (out, json) {
         (Out::Text(s), false) => s,
+        (Out::Text(s), true) if s.starts_with('{') => s,
         (Out::Text(s), true) => quote(&s),
         (Out::Value(None), false) => "(none)".into(),
         (Out::Value(None), true) => "null".into(),
@@ -207,9 +208,13 @@ fn run(cli: &Cli) -> Result<Out, ClientError> {
                 .collect(),
         ),
         Command::Info => {
-            return Err(ClientError::Unsupported(
-                "node statistics are not served by this build".into(),
-            ))
+            let pairs = connect()?.info()?;
+            if cli.json {
+                let fields: Vec<String> = pairs.iter().map(|(k, v)| format!("{k:?}:{v:?}")).collect();
+                Out::Text(format!("{{{}}}", fields.join(",")))
+            } else {
+                Out::List(pairs.iter().map(|(k, v)| format!("{k}: {v}")).collect())
+            }
         }
         Command::Cluster { .. } => {
             return Err(ClientError::Unsupported(

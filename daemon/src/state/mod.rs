@@ -88,6 +88,8 @@ pub struct StateMachine {
     /// The highest leader timestamp applied; time never runs backwards here.
     now_ms: u64,
     applied: u64,
+    /// The last `apply` answered a retry from the deduplication table.
+    last_was_replay: bool,
 }
 
 impl StateMachine {
@@ -102,6 +104,7 @@ impl StateMachine {
             next_id: 1,
             now_ms: 0,
             applied: 0,
+            last_was_replay: false,
         }
     }
 
@@ -113,6 +116,13 @@ impl StateMachine {
     /// Entries applied so far.
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// True if the last [`StateMachine::apply`] answered a retried write
+    /// from the deduplication table instead of applying it (so its effects,
+    /// such as a topic push, must not happen again).
+    pub fn last_was_replay(&self) -> bool {
+        self.last_was_replay
     }
 
     /// Items in a queue (0 if there is no queue of that name).
@@ -133,6 +143,7 @@ impl StateMachine {
     /// answer an error (the same on every replica) and change nothing.
     pub fn apply(&mut self, entry: &[u8], leader_ms: u64, out: &mut Vec<u8>) -> Outcome {
         self.applied += 1;
+        self.last_was_replay = false;
         self.now_ms = self.now_ms.max(leader_ms);
         self.reclaim_expired();
         let frame = match parse_frame(entry, &self.config.limits) {
@@ -144,6 +155,7 @@ impl StateMachine {
             match self.dedup.check(client, seq) {
                 Verdict::Apply => {}
                 Verdict::Duplicate(cached) => {
+                    self.last_was_replay = true;
                     out.extend_from_slice(cached.body.as_deref().unwrap_or_default());
                     return cached.outcome;
                 }

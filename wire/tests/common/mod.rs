@@ -116,6 +116,7 @@ pub fn payloads() -> Vec<Payload<'static>> {
             ops: Seq::Items(batch_ops()),
         }),
         Payload::NearCacheSubscribe(Named { name: "users" }),
+        Payload::NodeInfo(NodeInfoRequest {}),
         Payload::NearCacheInvalidate(NearCacheInvalidate {
             map: "users",
             sequence: 12,
