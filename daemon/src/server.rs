@@ -33,6 +33,10 @@ const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
 /// How often the loop wakes to enforce idle and frame deadlines.
 const TICK: Duration = Duration::from_millis(100);
+/// Connections accepted per loop turn while throttled.
+const ACCEPT_PER_TURN_THROTTLED: usize = 4;
+/// Loop turn length while accepting is throttled.
+const ACCEPT_THROTTLE_TICK: Duration = Duration::from_millis(10);
 /// Buffers written per vectored write.
 const IOV_MAX: usize = 64;
 
@@ -172,6 +176,7 @@ impl Server {
             topics: HashMap::new(),
             next_subscription: 1,
             parked: HashMap::new(),
+            accept_pending: false,
         };
         threads.push(
             std::thread::Builder::new()
@@ -393,6 +398,8 @@ struct EventLoop {
     next_subscription: u64,
     /// Queue name → polls waiting for an item, oldest first.
     parked: HashMap<Box<str>, VecDeque<ParkedPoll>>,
+    /// Accepting was cut short by throttling; continue on the next turn.
+    accept_pending: bool,
 }
 
 enum Step {
@@ -413,6 +420,8 @@ impl EventLoop {
             // unless the node is paused; otherwise wait for events.
             let timeout = if !self.stalled.is_empty() && !self.shared.backpressure.is_paused() {
                 Duration::ZERO
+            } else if self.accept_pending {
+                ACCEPT_THROTTLE_TICK
             } else {
                 TICK
             };
@@ -440,6 +449,9 @@ impl EventLoop {
             }
             self.deliver();
             self.retry_stalled();
+            if self.accept_pending {
+                self.accept_all();
+            }
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 self.enforce_deadlines();
@@ -454,7 +466,16 @@ impl EventLoop {
     }
 
     fn accept_all(&mut self) {
+        self.accept_pending = false;
+        let mut accepted = 0;
         loop {
+            // Between the watermarks accepting slows down: a few per turn
+            // of the loop, the rest left in the listen backlog.
+            if accepted >= ACCEPT_PER_TURN_THROTTLED && self.shared.backpressure.level() == Level::Throttle {
+                self.accept_pending = true;
+                return;
+            }
+            accepted += 1;
             let (mut stream, addr) = match self.listener.accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
