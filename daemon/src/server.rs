@@ -37,6 +37,9 @@ const TICK: Duration = Duration::from_millis(100);
 const ACCEPT_PER_TURN_THROTTLED: usize = 4;
 /// Loop turn length while accepting is throttled.
 const ACCEPT_THROTTLE_TICK: Duration = Duration::from_millis(10);
+/// Answer buffers kept for reuse, and the largest kept.
+const SPARE_BUFFERS_MAX: usize = 4096;
+const SPARE_BUFFER_BYTES_MAX: usize = 64 << 10;
 /// Buffers written per vectored write.
 const IOV_MAX: usize = 64;
 
@@ -177,6 +180,7 @@ impl Server {
             next_subscription: 1,
             parked: HashMap::new(),
             accept_pending: false,
+            spare: Vec::new(),
         };
         threads.push(
             std::thread::Builder::new()
@@ -245,7 +249,7 @@ fn error_frame(request_id: u64, code: ErrorCode, message: &str) -> Vec<u8> {
 /// A worker: takes jobs until the queue closes.
 fn worker(shared: &Shared, jobs: &Receiver<Job>, done: &Sender<Done>) {
     while let Ok(job) = jobs.recv() {
-        let result = execute(shared, &job.frame);
+        let result = execute(shared, &job.frame, Vec::new());
         let frame = result.parked.is_some().then_some(job.frame);
         let _ = done.send(Done {
             conn: job.conn,
@@ -279,7 +283,10 @@ impl Executed {
 /// also answers the message to push; an offer names its queue; a poll
 /// that would wait on an empty queue is parked instead of applied, so it
 /// is neither applied nor deduplicated until it can take an item.
-fn execute(shared: &Shared, frame_bytes: &[u8]) -> Executed {
+///
+/// The answer is written into `out` (empty; a recycled buffer on the event
+/// loop, so a steady stream of requests allocates no answer buffers).
+fn execute(shared: &Shared, frame_bytes: &[u8], mut out: Vec<u8>) -> Executed {
     let frame = match parse_frame(frame_bytes, &shared.limits) {
         Ok(Parsed::Frame(f)) => f,
         _ => {
@@ -292,7 +299,9 @@ fn execute(shared: &Shared, frame_bytes: &[u8]) -> Executed {
     };
     let (request_id, partition) = (frame.request_id(), frame.header().partition());
     let decoded = frame.decode(&shared.limits);
-    let mut body = Vec::new();
+    // Room for the header, written once the body's length is known.
+    out.clear();
+    out.resize(loomcache_wire::HEADER_LEN, 0);
     let now = now_ms();
     let mut replayed = false;
     let outcome = {
@@ -309,11 +318,11 @@ fn execute(shared: &Shared, frame_bytes: &[u8]) -> Executed {
         }
         if frame.opcode().class() == OpClass::Read {
             match decoded {
-                Ok(payload) => state.read(&payload, now, &mut body),
+                Ok(payload) => state.read(&payload, now, &mut out),
                 Err(e) => return Executed::answer(error_frame(request_id, e.code(), &e.to_string())),
             }
         } else {
-            let outcome = state.apply(frame.bytes(), now, &mut body);
+            let outcome = state.apply(frame.bytes(), now, &mut out);
             replayed = state.last_was_replay();
             outcome
         }
@@ -333,7 +342,11 @@ fn execute(shared: &Shared, frame_bytes: &[u8]) -> Executed {
     };
     let publication = match decoded {
         Ok(Payload::TopicPublish(p)) if ok => {
-            match OkBody::decode(loomcache_wire::OkShape::Count, &body, &shared.limits) {
+            match OkBody::decode(
+                loomcache_wire::OkShape::Count,
+                &out[loomcache_wire::HEADER_LEN..],
+                &shared.limits,
+            ) {
                 Ok(OkBody::Count(sequence)) => Some(Publication {
                     topic: p.name.into(),
                     sequence,
@@ -344,9 +357,8 @@ fn execute(shared: &Shared, frame_bytes: &[u8]) -> Executed {
         }
         _ => None,
     };
-    let mut out = Vec::with_capacity(loomcache_wire::HEADER_LEN + body.len());
-    out.extend_from_slice(&header_bytes(&fields, body.len()));
-    out.extend_from_slice(&body);
+    let body_len = out.len() - loomcache_wire::HEADER_LEN;
+    out[..loomcache_wire::HEADER_LEN].copy_from_slice(&header_bytes(&fields, body_len));
     Executed {
         bytes: out,
         publication,
@@ -400,6 +412,8 @@ struct EventLoop {
     parked: HashMap<Box<str>, VecDeque<ParkedPoll>>,
     /// Accepting was cut short by throttling; continue on the next turn.
     accept_pending: bool,
+    /// Written answer buffers kept for the next answers.
+    spare: Vec<Vec<u8>>,
 }
 
 enum Step {
@@ -742,7 +756,8 @@ impl EventLoop {
             }
             if self.jobs.is_empty() {
                 // No worker pool: apply on the loop thread, in order.
-                let result = execute(&self.shared, frame.bytes());
+                let buf = self.spare.pop().unwrap_or_default();
+                let result = execute(&self.shared, frame.bytes(), buf);
                 conn.start += len;
                 conn.partial_since = None;
                 if result.parked.is_some() {
@@ -854,7 +869,7 @@ impl EventLoop {
             if self.conn(poll.conn).is_none_or(|c| c.generation != poll.generation) {
                 continue;
             }
-            let result = execute(&self.shared, &poll.frame);
+            let result = execute(&self.shared, &poll.frame, Vec::new());
             if result.parked.is_some() {
                 waiting.push_front(poll);
                 break;
@@ -982,7 +997,12 @@ impl EventLoop {
                         let front = conn.out.front().map_or(0, |b| b.len() - conn.out_offset);
                         if written >= front {
                             written -= front;
-                            conn.out.pop_front();
+                            if let Some(done) = conn.out.pop_front() {
+                                // Keep answer buffers for reuse, a bounded number.
+                                if self.spare.len() < SPARE_BUFFERS_MAX && done.capacity() <= SPARE_BUFFER_BYTES_MAX {
+                                    self.spare.push(done);
+                                }
+                            }
                             conn.out_offset = 0;
                         } else {
                             conn.out_offset += written;

@@ -66,12 +66,17 @@ impl MapState {
             id,
             cost: entry_cost(key.len(), value.len()),
         };
-        let previous = self.entries.insert(key.into(), entry);
-        if let Some(p) = &previous {
-            self.order.remove(&p.id);
+        if let Some(existing) = self.entries.get_mut(key) {
+            // Overwrite in place: only the value is stored anew; the key's
+            // copy in the order index moves to the new id.
+            let previous = core::mem::replace(existing, entry);
+            let key_copy = self.order.remove(&previous.id).unwrap_or_else(|| key.into());
+            self.order.insert(id, key_copy);
+            return Some(previous);
         }
+        self.entries.insert(key.into(), entry);
         self.order.insert(id, key.into());
-        previous
+        None
     }
 
     /// Removes `key`: `(was live, bytes freed)`.
