@@ -359,3 +359,33 @@ fn a_retried_publish_is_pushed_once_and_quiet_subscribers_stay_open() {
     );
     server.shutdown();
 }
+
+#[test]
+fn a_waiting_poll_answers_retries_and_wrong_types_at_once() {
+    let server = node();
+    let c = client(&server);
+    c.map("m").set(b"k", b"v").unwrap();
+    let started = std::time::Instant::now();
+    match c.queue("m").poll_wait(Duration::from_secs(5)) {
+        Err(ClientError::Server {
+            code: ErrorCode::WrongType,
+            ..
+        }) => {}
+        other => panic!("expected WRONG_TYPE, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "a wrong type must not wait");
+    c.queue("q").offer(b"item").unwrap();
+    let mut conn =
+        Connection::connect(server.local_addr(), 31, Duration::from_secs(2), Duration::from_secs(10)).unwrap();
+    let poll = Payload::QueuePoll(loomcache_wire::QueuePoll {
+        name: "q",
+        wait_ms: 5_000,
+    });
+    assert_eq!(conn.call(&poll, Some(1)).unwrap(), Reply::Value(Some(b"item".to_vec())));
+    // The answer was lost, say: the retry gets the same item, at once,
+    // though the queue is empty now.
+    let started = std::time::Instant::now();
+    assert_eq!(conn.call(&poll, Some(1)).unwrap(), Reply::Value(Some(b"item".to_vec())));
+    assert!(started.elapsed() < Duration::from_secs(2), "a retry must not wait");
+    server.shutdown();
+}

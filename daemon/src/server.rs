@@ -307,7 +307,7 @@ fn execute(shared: &Shared, frame_bytes: &[u8], mut out: Vec<u8>) -> Executed {
     let outcome = {
         let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Ok(Payload::QueuePoll(p)) = decoded {
-            if p.wait_ms > 0 && state.queue_len(p.name) == 0 {
+            if p.wait_ms > 0 && state.poll_would_wait(p.name, &frame) {
                 return Executed {
                     bytes: Vec::new(),
                     publication: None,
@@ -747,7 +747,7 @@ impl EventLoop {
                 self.flush(idx);
                 continue;
             }
-            if self.jobs.is_empty() && conn.out.len() >= in_flight_max as usize {
+            if self.jobs.is_empty() && conn.in_flight as usize + conn.out.len() >= in_flight_max as usize {
                 conn.stalled = true;
                 conn.partial_since = None;
                 // Writing the answers is what lets this connection go on.

@@ -125,12 +125,21 @@ impl StateMachine {
         self.last_was_replay
     }
 
-    /// Items in a queue (0 if there is no queue of that name).
-    pub fn queue_len(&self, name: &str) -> usize {
-        match self.structures.get(name) {
-            Some(Structure::Queue(q)) => q.len(),
-            _ => 0,
-        }
+    /// Whether a `QUEUE_POLL` with a wait should wait rather than be
+    /// applied now: the queue is empty (or does not exist yet), the name is
+    /// not bound to another type (that answers `WRONG_TYPE` at once), and
+    /// the frame is not a retry of a write already applied (that answers
+    /// from the deduplication table at once).
+    pub fn poll_would_wait(&self, name: &str, frame: &Frame<'_>) -> bool {
+        let empty = match self.structures.get(name) {
+            Some(Structure::Queue(q)) => q.len() == 0,
+            Some(_) => false,
+            None => true,
+        };
+        let retry = frame
+            .sequence()
+            .is_some_and(|s| !matches!(self.dedup.check(s.client_id(), s.sequence()), Verdict::Apply));
+        empty && !retry
     }
 
     /// Number of named structures.
