@@ -162,22 +162,34 @@ impl Connection {
                     .and_then(|r| Reply::from_response(request, r));
                 return Ok((id, reply));
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if !self.fill(deadline)? {
                 return Err(ClientError::Timeout(self.timeout));
             }
+        }
+    }
+
+    /// Reads more bytes into the receive buffer, waiting until `deadline`;
+    /// `false` if nothing arrived in time.
+    fn fill(&mut self, deadline: Instant) -> Result<bool> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
             self.stream.set_read_timeout(Some(left))?;
-            let spare = self.framer.spare_mut();
-            match self.stream.read(spare) {
+            match self.stream.read(self.framer.spare_mut()) {
                 Ok(0) => {
                     return Err(ClientError::Io(std::io::Error::new(
                         std::io::ErrorKind::ConnectionAborted,
                         "the node closed the connection",
                     )))
                 }
-                Ok(n) => self.framer.filled(n),
+                Ok(n) => {
+                    self.framer.filled(n);
+                    return Ok(true);
+                }
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    return Err(ClientError::Timeout(self.timeout))
+                    return Ok(false)
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
@@ -210,25 +222,8 @@ impl Connection {
                 }
                 continue;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if !self.fill(deadline)? {
                 return Ok(None);
-            }
-            self.stream.set_read_timeout(Some(left))?;
-            let spare = self.framer.spare_mut();
-            match self.stream.read(spare) {
-                Ok(0) => {
-                    return Err(ClientError::Io(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionAborted,
-                        "the node closed the connection",
-                    )))
-                }
-                Ok(n) => self.framer.filled(n),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    return Ok(None)
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
             }
         }
     }
