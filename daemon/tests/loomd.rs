@@ -2,60 +2,16 @@
 //! serves pipelined requests, refuses bad input with readable errors, and
 //! shuts down cleanly on SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use loomcache_wire::*;
 
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-}
+mod common;
 
-impl Node {
-    fn start() -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_loomd"))
-            .args(["--listen", "127.0.0.1:0", "--workers", "2"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn loomd");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split_whitespace()
-            .skip_while(|w| *w != "on")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .parse()
-            .unwrap();
-        Node { child, addr }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        for _ in 0..100 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        panic!("loomd did not stop on SIGTERM");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Node;
 
 fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
@@ -94,7 +50,7 @@ fn receive(stream: &mut TcpStream, n: usize) -> Vec<(u64, Opcode, u16, Vec<u8>)>
 
 #[test]
 fn serves_pipelined_requests_and_stops_on_sigterm() {
-    let node = Node::start();
+    let node = Node::start(&[]);
     let mut s = connect(node.addr);
     send(
         &mut s,
@@ -182,7 +138,7 @@ fn serves_pipelined_requests_and_stops_on_sigterm() {
 
 #[test]
 fn bad_bytes_get_a_readable_error_then_the_connection_closes() {
-    let node = Node::start();
+    let node = Node::start(&[]);
     let mut s = connect(node.addr);
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n--------").unwrap();
     let mut reply = Vec::new();

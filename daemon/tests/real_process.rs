@@ -4,9 +4,8 @@
 //! close, the node's memory stays bounded, and a well-behaved client on
 //! another connection is answered throughout.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,54 +13,9 @@ use std::time::{Duration, Instant};
 use loomcache_client::{Client, ClientConfig, Connection, Reply};
 use loomcache_wire::*;
 
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-}
+mod common;
 
-impl Node {
-    fn start(env: &[(&str, &str)]) -> Node {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_loomd"));
-        cmd.args(["--listen", "127.0.0.1:0", "--workers", "2", "--log-level", "warn"]);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn loomd");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split_whitespace()
-            .skip_while(|w| *w != "on")
-            .nth(1)
-            .expect("address")
-            .parse()
-            .unwrap();
-        Node { child, addr }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Node;
 
 fn client(node: &Node) -> Client {
     Client::connect(ClientConfig {
