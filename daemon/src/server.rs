@@ -298,7 +298,13 @@ fn execute(shared: &Shared, frame_bytes: &[u8], mut out: Vec<u8>) -> Executed {
         }
     };
     let (request_id, partition) = (frame.request_id(), frame.header().partition());
-    let decoded = frame.decode(&shared.limits);
+    // The payload is decoded here only where the node itself needs it
+    // (reads, and the writes with effects beyond the state machine); other
+    // writes are decoded once, by the state machine.
+    let opcode = frame.opcode();
+    let needs_payload = opcode.class() == OpClass::Read
+        || matches!(opcode, Opcode::QueuePoll | Opcode::QueueOffer | Opcode::TopicPublish);
+    let decoded = needs_payload.then(|| frame.decode(&shared.limits));
     // Room for the header, written once the body's length is known.
     out.clear();
     out.resize(loomcache_wire::HEADER_LEN, 0);
@@ -306,7 +312,7 @@ fn execute(shared: &Shared, frame_bytes: &[u8], mut out: Vec<u8>) -> Executed {
     let mut replayed = false;
     let outcome = {
         let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Ok(Payload::QueuePoll(p)) = decoded {
+        if let Some(Ok(Payload::QueuePoll(p))) = decoded {
             if p.wait_ms > 0 && state.poll_would_wait(p.name, &frame) {
                 return Executed {
                     bytes: Vec::new(),
@@ -318,8 +324,11 @@ fn execute(shared: &Shared, frame_bytes: &[u8], mut out: Vec<u8>) -> Executed {
         }
         if frame.opcode().class() == OpClass::Read {
             match decoded {
-                Ok(payload) => state.read(&payload, now, &mut out),
-                Err(e) => return Executed::answer(error_frame(request_id, e.code(), &e.to_string())),
+                Some(Ok(payload)) => state.read(&payload, now, &mut out),
+                Some(Err(e)) => return Executed::answer(error_frame(request_id, e.code(), &e.to_string())),
+                None => {
+                    return Executed::answer(error_frame(request_id, ErrorCode::Internal, "a read was not decoded"))
+                }
             }
         } else {
             let outcome = state.apply(frame.bytes(), now, &mut out);
@@ -337,11 +346,11 @@ fn execute(shared: &Shared, frame_bytes: &[u8], mut out: Vec<u8>) -> Executed {
     // A replayed retry already had its effects.
     let ok = outcome.status == ErrorCode::Ok && !replayed;
     let offered = match decoded {
-        Ok(Payload::QueueOffer(o)) if ok => Some(o.name.into()),
+        Some(Ok(Payload::QueueOffer(o))) if ok => Some(o.name.into()),
         _ => None,
     };
     let publication = match decoded {
-        Ok(Payload::TopicPublish(p)) if ok => {
+        Some(Ok(Payload::TopicPublish(p))) if ok => {
             match OkBody::decode(
                 loomcache_wire::OkShape::Count,
                 &out[loomcache_wire::HEADER_LEN..],
