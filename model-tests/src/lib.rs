@@ -8,3 +8,6 @@
 //! ordinary multi-threaded stress tests. This crate is tests only: nothing
 //! in the product depends on it.
 #![forbid(unsafe_code)]
+
+pub mod sim;
+pub mod wgl;
