@@ -534,6 +534,12 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// Starts an election now, as if the election timeout had passed
+    /// (with a pre-vote first when configured).
+    pub fn campaign(&mut self) {
+        self.hup(false);
+    }
+
     fn tick_election(&mut self) {
         self.election_elapsed += 1;
         if self.promotable() && self.election_elapsed >= self.randomized_election_timeout {
@@ -602,16 +608,16 @@ impl<S: Storage> Raft<S> {
         if self.cfg.pre_vote && !transfer {
             self.become_pre_candidate();
             if self.poll(self.id, true, true) == VoteResult::Won {
-                self.campaign(false);
+                self.start_campaign(false);
                 return;
             }
             self.request_votes(true, false);
         } else {
-            self.campaign(transfer);
+            self.start_campaign(transfer);
         }
     }
 
-    fn campaign(&mut self, transfer: bool) {
+    fn start_campaign(&mut self, transfer: bool) {
         self.become_candidate();
         if self.poll(self.id, false, true) == VoteResult::Won {
             self.become_leader();
@@ -790,7 +796,7 @@ impl<S: Storage> Raft<S> {
             MessageBody::VoteResponse { pre, granted } => match self.poll(m.from, pre, granted) {
                 VoteResult::Won => {
                     if self.role == Role::PreCandidate {
-                        self.campaign(false);
+                        self.start_campaign(false);
                     } else {
                         self.become_leader();
                     }
@@ -1078,6 +1084,12 @@ impl<S: Storage> Raft<S> {
         }
         if reject {
             pr.become_probe();
+            return;
+        }
+        // One chunk is in flight at a time. An answer that asks for the
+        // chunk already out is a duplicate: heartbeat answers resend it if it
+        // was lost, so resending here would multiply chunks in flight.
+        if next_offset == pr.snapshot_offset {
             return;
         }
         pr.snapshot_offset = next_offset;
