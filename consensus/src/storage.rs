@@ -109,16 +109,6 @@ impl MemStorage {
         self.entries.extend_from_slice(entries);
     }
 
-    /// Drops the entries before `index`, which a snapshot already covers.
-    pub fn compact(&mut self, index: Index) {
-        let snap = self.snapshot.meta.index;
-        if index <= snap + 1 {
-            return;
-        }
-        let drop = ((index - snap - 1) as usize).min(self.entries.len());
-        self.entries.drain(..drop);
-    }
-
     /// Records a snapshot built locally at `index` (already applied), then
     /// keeps the entries after it.
     ///
