@@ -96,7 +96,53 @@ impl ConfState {
     pub fn is_joint(&self) -> bool {
         !self.voters_outgoing.is_empty()
     }
+
+    /// Encoding, as stored beside a snapshot: the four lists in field
+    /// order, each a `u16` LE count then `u64` LE ids.
+    pub fn encode(&self) -> Vec<u8> {
+        let lists = [&self.voters, &self.learners, &self.voters_outgoing, &self.learners_next];
+        let mut out = Vec::with_capacity(8 + 8 * lists.iter().map(|l| l.len()).sum::<usize>());
+        for list in lists {
+            out.extend_from_slice(&(list.len() as u16).to_le_bytes());
+            for id in list.iter() {
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Decodes [`ConfState::encode`]'s output; `None` for anything else.
+    /// Each list holds at most [`CONF_MEMBERS_MAX`] ids.
+    pub fn decode(mut bytes: &[u8]) -> Option<ConfState> {
+        let mut lists: [Vec<NodeId>; 4] = Default::default();
+        for list in &mut lists {
+            let (count, rest) = bytes.split_first_chunk::<2>()?;
+            let count = u16::from_le_bytes(*count) as usize;
+            if count > CONF_MEMBERS_MAX || rest.len() < count * 8 {
+                return None;
+            }
+            let (ids, rest) = rest.split_at(count * 8);
+            list.extend(
+                ids.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+            );
+            bytes = rest;
+        }
+        if !bytes.is_empty() {
+            return None;
+        }
+        let [voters, learners, voters_outgoing, learners_next] = lists;
+        Some(ConfState {
+            voters,
+            learners,
+            voters_outgoing,
+            learners_next,
+        })
+    }
 }
+
+/// Most ids in one membership list.
+pub const CONF_MEMBERS_MAX: usize = 1024;
 
 /// What a snapshot covers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -232,6 +278,31 @@ impl MessageBody {
             MessageBody::TimeoutNow => "timeout-now",
             MessageBody::Heartbeat { .. } => "heartbeat",
             MessageBody::HeartbeatResponse { .. } => "heartbeat-response",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_state_encoding_round_trips_and_rejects_garbage() {
+        let conf = ConfState {
+            voters: vec![1, 2, 4],
+            learners: vec![5],
+            voters_outgoing: vec![1, 2, 3],
+            learners_next: vec![3],
+        };
+        assert_eq!(ConfState::decode(&conf.encode()), Some(conf));
+        assert_eq!(
+            ConfState::decode(&ConfState::default().encode()),
+            Some(ConfState::default())
+        );
+        let mut long = ConfState::default().encode();
+        long.push(0);
+        for bad in [&[][..], &[1, 0], &long, &[0xFF, 0xFF, 0, 0, 0, 0, 0, 0]] {
+            assert_eq!(ConfState::decode(bad), None, "{bad:?}");
         }
     }
 }

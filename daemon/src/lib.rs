@@ -17,6 +17,7 @@
 
 pub mod backpressure;
 pub mod config;
+pub mod raft;
 pub mod server;
 pub mod settings;
 pub mod state;

@@ -1,16 +1,20 @@
 //! Raft messages and membership changes from arbitrary bytes: the first two
 //! bytes pick a Raft opcode, the rest is the body. Whatever decodes must
 //! encode back to a frame that decodes to the same message; a membership
-//! change that decodes must encode to the same bytes.
+//! change or a stored membership that decodes must encode to the same
+//! bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use loomcache_consensus::{codec, ConfChange};
+use loomcache_consensus::{codec, ConfChange, ConfState};
 use loomcache_wire::{parse_frame, Limits, OpClass, Opcode, Parsed};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(change) = ConfChange::decode(data) {
         assert_eq!(change.encode(), data, "membership change encoding is not canonical");
+    }
+    if let Some(conf) = ConfState::decode(data) {
+        assert_eq!(conf.encode(), data, "membership encoding is not canonical");
     }
     let [a, b, rest @ ..] = data else { return };
     let raft: Vec<Opcode> = Opcode::ALL.iter().copied().filter(|o| o.class() == OpClass::Raft).collect();

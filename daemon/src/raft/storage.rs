@@ -1,0 +1,449 @@
+//! The consensus [`Storage`] over the durable log: entries in the segmented
+//! log (`<dir>/log/`), hard state in its two-slot file (`<dir>/hardstate`),
+//! snapshots in `<dir>/snap/` with the membership stored as their metadata.
+//! The core only reads through the trait; the Raft driver persists each
+//! Ready through the methods here before it calls `advance`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use loomcache_consensus::{
+    ConfState, Entry, EntryKind, HardState, Index, Snapshot, SnapshotMeta, Storage, StorageError, Term,
+};
+use loomcache_log::{
+    HardState as LogHardState, HardStateFile, Log, LogConfig, LogError, Record, RecordKind, Snapshots,
+};
+
+/// Why the stored state cannot be opened or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RaftStorageError {
+    /// The log, hard state or snapshot files failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The group's directory cannot be created.
+    #[error("cannot create {dir}: {source}")]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The stored pieces contradict each other; the node must not start.
+    #[error("stored Raft state in {dir} is inconsistent: {reason}")]
+    Inconsistent {
+        /// The group's directory.
+        dir: PathBuf,
+        /// What contradicts what.
+        reason: String,
+    },
+}
+
+/// The durable state of one Raft group on this node.
+#[derive(Debug)]
+pub struct LogStorage {
+    dir: PathBuf,
+    log: Log,
+    hard_state: HardStateFile,
+    snapshots: Snapshots,
+    /// The latest snapshot, held in memory so followers can be sent chunks
+    /// of it without reading the file per chunk.
+    snapshot: Snapshot,
+}
+
+fn record_kind(kind: EntryKind) -> RecordKind {
+    match kind {
+        EntryKind::Normal => RecordKind::Normal,
+        EntryKind::ConfChange => RecordKind::ConfChange,
+        EntryKind::Noop => RecordKind::Noop,
+    }
+}
+
+fn entry_kind(kind: RecordKind) -> EntryKind {
+    match kind {
+        RecordKind::Normal => EntryKind::Normal,
+        RecordKind::ConfChange => EntryKind::ConfChange,
+        RecordKind::Noop => EntryKind::Noop,
+    }
+}
+
+fn failed(e: LogError) -> StorageError {
+    StorageError::Failed(e.to_string())
+}
+
+impl LogStorage {
+    /// Opens (creating if absent) the group's state in `dir`. A group with
+    /// no snapshot starts from `initial_conf`.
+    pub fn open(dir: &Path, config: LogConfig, initial_conf: ConfState) -> Result<LogStorage, RaftStorageError> {
+        let inconsistent = |reason: String| RaftStorageError::Inconsistent {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|source| RaftStorageError::CreateDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let io = Arc::clone(&config.io);
+        let snapshots = Snapshots::open(&dir.join("snap"), Arc::clone(&io))?;
+        let snapshot = match snapshots.latest()? {
+            Some(reader) => {
+                let meta = reader.meta();
+                let conf = ConfState::decode(&reader.read_meta()?)
+                    .ok_or_else(|| inconsistent(format!("snapshot {} holds undecodable membership", meta.index)))?;
+                let len = usize::try_from(meta.data_len)
+                    .map_err(|_| inconsistent(format!("snapshot {} is too large", meta.index)))?;
+                let mut data = vec![0u8; len];
+                let mut offset = 0;
+                while offset < len {
+                    let n = reader.read_chunk(offset as u64, &mut data[offset..])?;
+                    if n == 0 {
+                        return Err(inconsistent(format!("snapshot {} ends early", meta.index)));
+                    }
+                    offset += n;
+                }
+                Snapshot {
+                    meta: SnapshotMeta {
+                        index: meta.index,
+                        term: meta.term,
+                        conf,
+                    },
+                    data: Arc::from(data),
+                }
+            }
+            None => Snapshot {
+                meta: SnapshotMeta {
+                    index: 0,
+                    term: 0,
+                    conf: initial_conf,
+                },
+                data: Arc::from(&[][..]),
+            },
+        };
+        let log = Log::open_after(&dir.join("log"), config, snapshot.meta.index)?;
+        let hard_state = HardStateFile::open(dir, io)?;
+        let storage = LogStorage {
+            dir: dir.to_path_buf(),
+            log,
+            hard_state,
+            snapshots,
+            snapshot,
+        };
+        let snap = storage.snapshot.meta.index;
+        if storage.log.first_index() > snap + 1 {
+            return Err(inconsistent(format!(
+                "the log starts at {} but the snapshot ends at {snap}",
+                storage.log.first_index()
+            )));
+        }
+        let commit = storage.hard_state.state().commit;
+        if commit > storage.last_index() {
+            return Err(inconsistent(format!(
+                "hard state commit {commit} is past the last entry {}",
+                storage.last_index()
+            )));
+        }
+        Ok(storage)
+    }
+
+    /// The group's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The log, for waiting on durability.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Appends entries, replacing any held from the first one's index on,
+    /// and answers the last index. Durability follows through
+    /// [`Log::wait_durable`] (group commit).
+    pub fn append(&mut self, entries: &[Entry]) -> Result<Index, RaftStorageError> {
+        let Some(first) = entries.first() else {
+            return Ok(self.last_index());
+        };
+        if first.index <= self.snapshot.meta.index {
+            return Err(RaftStorageError::Inconsistent {
+                dir: self.dir.clone(),
+                reason: format!(
+                    "append at {} would rewrite snapshot at {}",
+                    first.index, self.snapshot.meta.index
+                ),
+            });
+        }
+        if first.index <= self.log.last_index() {
+            self.log.truncate_after(first.index - 1)?;
+        }
+        let records: Vec<Record<'_>> = entries
+            .iter()
+            .map(|e| Record {
+                kind: record_kind(e.kind),
+                term: e.term,
+                index: e.index,
+                timestamp_ms: e.timestamp_ms,
+                payload: &e.data,
+            })
+            .collect();
+        Ok(self.log.append(&records)?.last)
+    }
+
+    /// Persists the hard state (synced before this returns).
+    pub fn set_hard_state(&mut self, hs: HardState) -> Result<(), RaftStorageError> {
+        let state = LogHardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit: hs.commit,
+        };
+        if state != self.hard_state.state() {
+            self.hard_state.save(state)?;
+        }
+        Ok(())
+    }
+
+    fn write_snapshot(&mut self, snapshot: Snapshot) -> Result<(), RaftStorageError> {
+        let meta = &snapshot.meta;
+        let mut writer = self.snapshots.begin(meta.index, meta.term, &meta.conf.encode())?;
+        writer.write(0, &snapshot.data)?;
+        writer.finish()?;
+        self.log.compact_through(meta.index)?;
+        self.snapshots.remove_older_than(meta.index)?;
+        self.snapshot = snapshot;
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader: written durably, then
+    /// the log is compacted through it.
+    pub fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), RaftStorageError> {
+        if snapshot.meta.index <= self.snapshot.meta.index {
+            return Ok(());
+        }
+        self.write_snapshot(snapshot)
+    }
+
+    /// Records a snapshot of the state machine taken at `index` (applied
+    /// here), then compacts the log through it.
+    pub fn create_snapshot(&mut self, index: Index, conf: ConfState, data: Arc<[u8]>) -> Result<(), RaftStorageError> {
+        if index <= self.snapshot.meta.index {
+            return Ok(());
+        }
+        let term = self.term(index).map_err(|e| RaftStorageError::Inconsistent {
+            dir: self.dir.clone(),
+            reason: format!("snapshot at {index}: {e}"),
+        })?;
+        self.write_snapshot(Snapshot {
+            meta: SnapshotMeta { index, term, conf },
+            data,
+        })
+    }
+
+    /// Stops the log's flush thread after a final flush.
+    pub fn close(&self) -> Result<(), RaftStorageError> {
+        Ok(self.log.close()?)
+    }
+}
+
+impl Storage for LogStorage {
+    fn initial_state(&self) -> (HardState, ConfState) {
+        let hs = self.hard_state.state();
+        (
+            HardState {
+                term: hs.term,
+                vote: hs.vote,
+                commit: hs.commit.max(self.snapshot.meta.index),
+            },
+            self.snapshot.meta.conf.clone(),
+        )
+    }
+
+    fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        let first = self.first_index();
+        if lo < first {
+            return Err(StorageError::Compacted { index: lo, first });
+        }
+        let last = self.last_index();
+        if hi > last + 1 {
+            return Err(StorageError::Unavailable { index: hi - 1, last });
+        }
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        let guard = loomcache_log::pin();
+        let max = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+        let records = self.log.entries(lo, hi - 1, max, &guard).map_err(failed)?;
+        Ok(records
+            .into_iter()
+            .map(|r| Entry {
+                term: r.term,
+                index: r.index,
+                kind: entry_kind(r.kind),
+                timestamp_ms: r.timestamp_ms,
+                data: Arc::from(r.payload),
+            })
+            .collect())
+    }
+
+    fn term(&self, index: Index) -> Result<Term, StorageError> {
+        let snap = self.snapshot.meta.index;
+        if index == snap {
+            return Ok(self.snapshot.meta.term);
+        }
+        if index < snap {
+            return Err(StorageError::Compacted { index, first: snap + 1 });
+        }
+        let last = self.last_index();
+        if index > last {
+            return Err(StorageError::Unavailable { index, last });
+        }
+        self.log.term(index).map_err(failed)
+    }
+
+    fn first_index(&self) -> Index {
+        self.snapshot.meta.index + 1
+    }
+
+    fn last_index(&self) -> Index {
+        self.log.last_index().max(self.snapshot.meta.index)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        Ok(self.snapshot.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loomcache_consensus::{Config, Raft, Role};
+
+    fn entry(index: Index, term: Term, data: &[u8]) -> Entry {
+        Entry {
+            term,
+            index,
+            kind: EntryKind::Normal,
+            timestamp_ms: 7,
+            data: Arc::from(data),
+        }
+    }
+
+    fn open(dir: &Path) -> LogStorage {
+        let config = LogConfig {
+            segment_bytes: 64 << 10,
+            ..LogConfig::default()
+        };
+        LogStorage::open(dir, config, ConfState::with_voters([1])).unwrap()
+    }
+
+    #[test]
+    fn entries_hard_state_and_snapshots_survive_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut s = open(tmp.path());
+            s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
+                .unwrap();
+            // A conflicting suffix is replaced.
+            let last = s.append(&[entry(3, 2, b"C"), entry(4, 2, b"d")]).unwrap();
+            s.log().wait_durable(last).unwrap();
+            s.set_hard_state(HardState {
+                term: 2,
+                vote: 1,
+                commit: 4,
+            })
+            .unwrap();
+            s.create_snapshot(2, ConfState::with_voters([1, 2]), Arc::from(&b"state@2"[..]))
+                .unwrap();
+            s.close().unwrap();
+        }
+        let s = open(tmp.path());
+        let (hs, conf) = s.initial_state();
+        assert_eq!((hs.term, hs.vote, hs.commit), (2, 1, 4));
+        assert_eq!(conf.voters, vec![1, 2], "membership comes from the snapshot");
+        assert_eq!(s.first_index(), 3);
+        assert_eq!(s.last_index(), 4);
+        assert_eq!(s.term(2), Ok(1));
+        assert_eq!(s.term(3), Ok(2));
+        let got = s.entries(3, 5, u64::MAX).unwrap();
+        assert_eq!(got.iter().map(|e| &e.data[..]).collect::<Vec<_>>(), [&b"C"[..], b"d"]);
+        assert_eq!(got[0].timestamp_ms, 7);
+        assert!(matches!(s.entries(2, 5, u64::MAX), Err(StorageError::Compacted { .. })));
+        assert!(matches!(s.term(5), Err(StorageError::Unavailable { .. })));
+        assert_eq!(&s.snapshot().unwrap().data[..], b"state@2");
+    }
+
+    #[test]
+    fn a_received_snapshot_replaces_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut s = open(tmp.path());
+            s.append(&[entry(1, 1, b"a")]).unwrap();
+            let snap = Snapshot {
+                meta: SnapshotMeta {
+                    index: 10,
+                    term: 3,
+                    conf: ConfState::with_voters([1, 2, 3]),
+                },
+                data: Arc::from(&b"leader state"[..]),
+            };
+            s.apply_snapshot(snap).unwrap();
+            assert_eq!((s.first_index(), s.last_index()), (11, 10));
+            s.append(&[entry(11, 3, b"next")]).unwrap();
+            s.close().unwrap();
+        }
+        let s = open(tmp.path());
+        assert_eq!((s.first_index(), s.last_index()), (11, 11));
+        assert_eq!(s.term(10), Ok(3));
+        assert_eq!(&s.entries(11, 12, 0).unwrap()[0].data[..], b"next");
+    }
+
+    /// A group of one over the durable log: what it committed before a
+    /// restart is committed after it.
+    #[test]
+    fn a_single_node_group_recovers_its_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let persist = |raft: &mut Raft<LogStorage>| {
+            while raft.has_ready() {
+                let rd = raft.ready();
+                let s = raft.storage_mut();
+                let last = s.append(&rd.entries).unwrap();
+                s.log().wait_durable(last).unwrap();
+                if let Some(hs) = rd.hard_state {
+                    s.set_hard_state(hs).unwrap();
+                }
+                raft.advance();
+            }
+        };
+        let committed = {
+            let mut raft = Raft::new(Config::new(1, 0), open(tmp.path())).unwrap();
+            raft.campaign();
+            persist(&mut raft);
+            assert_eq!(raft.role(), Role::Leader);
+            for i in 0..20u8 {
+                raft.propose(Arc::from(&[i][..]), 0).unwrap();
+                persist(&mut raft);
+            }
+            raft.storage().close().unwrap();
+            raft.committed()
+        };
+        assert_eq!(committed, 21, "the term's first entry and 20 proposals");
+        let raft = Raft::new(Config::new(1, 0), open(tmp.path())).unwrap();
+        assert_eq!(raft.committed(), committed);
+        assert_eq!(raft.last_index(), committed);
+    }
+
+    #[test]
+    fn a_commit_past_the_log_refuses_to_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut s = open(tmp.path());
+            s.set_hard_state(HardState {
+                term: 1,
+                vote: 1,
+                commit: 5,
+            })
+            .unwrap();
+            s.close().unwrap();
+        }
+        let config = LogConfig::default();
+        let err = LogStorage::open(tmp.path(), config, ConfState::with_voters([1])).unwrap_err();
+        assert!(err.to_string().contains("past the last entry"), "{err}");
+    }
+}
