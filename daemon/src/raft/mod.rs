@@ -1,6 +1,8 @@
-//! Replication: the consensus core's durable storage, and (to come) the
-//! Raft driver thread and the peer transport.
+//! Replication: the consensus core's durable storage, the peer transport,
+//! and (to come) the Raft driver thread.
 
 pub mod storage;
+pub mod transport;
 
 pub use storage::{LogStorage, RaftStorageError};
+pub use transport::{Transport, TransportConfig, TransportStats};

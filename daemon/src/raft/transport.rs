@@ -1,0 +1,725 @@
+//! Peer transport: Raft messages between nodes over TCP, on one mio thread.
+//!
+//! Each pair of nodes shares one connection, dialed by the lower id. The
+//! dialer's first frame is `CLUSTER_PING` whose nonce is its node id, so
+//! the acceptor knows who called; after that both directions carry Raft
+//! frames (`0x07xx`). Messages for a peer are encoded back to back into
+//! its outgoing buffer, so one write carries a whole Ready's batch. The
+//! buffer is bounded: when a peer is down or slow, new frames are dropped
+//! and counted, which Raft tolerates (it retransmits). A broken
+//! connection is redialed with exponential backoff and jitter.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use loomcache_consensus::{codec, Message, NodeId};
+use loomcache_wire::{encode_frame, frame_len, Framer, HeaderFields, Limits, OpClass, Opcode, Payload, Ping};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// Transport settings.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// This node.
+    pub node_id: NodeId,
+    /// Where peers reach this node.
+    pub listen: SocketAddr,
+    /// Every other member's peer address.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Frame limits for peer traffic; the receive buffer of each connection
+    /// holds one maximal frame.
+    pub limits: Limits,
+    /// Most encoded bytes waiting for one peer; frames beyond are dropped.
+    pub queue_bytes_max: usize,
+    /// Most messages handed over and not yet encoded; beyond, dropped.
+    pub outbox_messages_max: usize,
+    /// First redial delay after a failure…
+    pub reconnect_min: Duration,
+    /// …doubling up to this.
+    pub reconnect_max: Duration,
+}
+
+impl TransportConfig {
+    /// Defaults: peer frame limits, 64 MiB per peer, 65 536 queued
+    /// messages, redials from 50 ms backing off to 2 s.
+    pub fn new(node_id: NodeId, listen: SocketAddr, peers: BTreeMap<NodeId, SocketAddr>) -> TransportConfig {
+        TransportConfig {
+            node_id,
+            listen,
+            peers,
+            limits: Limits::PEER,
+            queue_bytes_max: 64 << 20,
+            outbox_messages_max: 65_536,
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Counters, for status reports and tests.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Frames written to sockets.
+    pub frames_sent: AtomicU64,
+    /// Frames dropped because a queue was full.
+    pub frames_dropped: AtomicU64,
+    /// Raft messages received and delivered.
+    pub messages_received: AtomicU64,
+    /// Connections closed for a protocol violation.
+    pub connections_rejected: AtomicU64,
+    /// Connections established (dialed or accepted).
+    pub connections_established: AtomicU64,
+}
+
+/// A running transport.
+#[derive(Debug)]
+pub struct Transport {
+    outbox: Arc<Mutex<Vec<Message>>>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    local_addr: SocketAddr,
+    stats: Arc<TransportStats>,
+    outbox_max: usize,
+}
+
+impl Transport {
+    /// Binds the peer address and starts the transport thread. `deliver`
+    /// receives every valid inbound message, on that thread.
+    pub fn start(config: TransportConfig, deliver: impl FnMut(Message) + Send + 'static) -> io::Result<Transport> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut listener = TcpListener::bind(config.listen)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let outbox = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(TransportStats::default());
+        let outbox_max = config.outbox_messages_max;
+        let mut lp = Loop {
+            links: config
+                .peers
+                .iter()
+                .filter(|(&id, _)| id != config.node_id)
+                .map(|(&id, &addr)| (id, Link::new(addr, config.reconnect_min)))
+                .collect(),
+            conns: Vec::new(),
+            poll,
+            listener,
+            outbox: Arc::clone(&outbox),
+            stop: Arc::clone(&stop),
+            stats: Arc::clone(&stats),
+            deliver: Box::new(deliver),
+            rng: fastrand::Rng::with_seed(config.node_id),
+            config,
+        };
+        let thread = std::thread::Builder::new()
+            .name("loomcache-peers".into())
+            .spawn(move || lp.run())?;
+        Ok(Transport {
+            outbox,
+            waker,
+            stop,
+            thread: Some(thread),
+            local_addr,
+            stats,
+            outbox_max,
+        })
+    }
+
+    /// Queues messages for their peers; never blocks. Messages beyond the
+    /// outbox bound are dropped and counted.
+    pub fn send(&self, messages: impl IntoIterator<Item = Message>) {
+        {
+            let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            for m in messages {
+                if outbox.len() >= self.outbox_max {
+                    self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                outbox.push(m);
+            }
+        }
+        let _ = self.waker.wake();
+    }
+
+    /// The bound peer address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &TransportStats {
+        &self.stats
+    }
+
+    /// Stops the thread and closes every connection.
+    pub fn shutdown(mut self) {
+        self.stop_thread();
+    }
+
+    fn stop_thread(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+/// Outgoing state for one peer.
+#[derive(Debug)]
+struct Link {
+    addr: SocketAddr,
+    conn: Option<usize>,
+    /// Encoded frames not yet written, back to back…
+    pending: Vec<u8>,
+    /// …their lengths, oldest first…
+    frames: VecDeque<usize>,
+    /// …and how much of the oldest is already written.
+    head_written: usize,
+    next_dial: Instant,
+    backoff: Duration,
+}
+
+impl Link {
+    fn new(addr: SocketAddr, backoff: Duration) -> Link {
+        Link {
+            addr,
+            conn: None,
+            pending: Vec::new(),
+            frames: VecDeque::new(),
+            head_written: 0,
+            next_dial: Instant::now(),
+            backoff,
+        }
+    }
+
+    /// Forgets the rest of a frame cut short by a broken connection: a new
+    /// connection must start on a frame boundary.
+    fn drop_partial_head(&mut self) {
+        if self.head_written > 0 {
+            let len = self.frames.pop_front().expect("a frame is partly written");
+            self.pending.drain(..len - self.head_written);
+            self.head_written = 0;
+        }
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: Option<NodeId>,
+    framer: Framer<Box<[u8]>>,
+    /// Dialed and not yet known to be connected.
+    connecting: bool,
+    /// Bytes to send before the link's frames (the opening ping).
+    preamble: Vec<u8>,
+}
+
+struct Loop {
+    config: TransportConfig,
+    links: BTreeMap<NodeId, Link>,
+    conns: Vec<Option<Conn>>,
+    poll: Poll,
+    listener: TcpListener,
+    outbox: Arc<Mutex<Vec<Message>>>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<TransportStats>,
+    deliver: Box<dyn FnMut(Message) + Send>,
+    rng: fastrand::Rng,
+}
+
+fn hello_frame(node_id: NodeId) -> Vec<u8> {
+    let payload = Payload::ClusterPing(Ping { nonce: node_id });
+    let mut out = vec![0u8; frame_len(None, &payload)];
+    let fields = HeaderFields::request(Opcode::ClusterPing, 0);
+    encode_frame(&mut out, &fields, None, &payload).expect("sized above");
+    out
+}
+
+impl Loop {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut batch = Vec::new();
+        while !self.stop.load(Ordering::Acquire) {
+            self.dial_due();
+            let timeout = self.next_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "peer transport poll failed");
+                return;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {}
+                    Token(t) => {
+                        let idx = t - FIRST_CONN;
+                        if event.is_writable() {
+                            self.on_writable(idx);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(idx);
+                        }
+                    }
+                }
+            }
+            std::mem::swap(&mut batch, &mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()));
+            for m in batch.drain(..) {
+                self.enqueue(&m);
+            }
+            let peers: Vec<NodeId> = self.links.keys().copied().collect();
+            for peer in peers {
+                self.flush(peer);
+            }
+        }
+        for idx in 0..self.conns.len() {
+            self.close(idx, false);
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.links
+            .iter()
+            .filter(|(&id, l)| l.conn.is_none() && self.config.node_id < id)
+            .map(|(_, l)| l.next_dial.saturating_duration_since(now))
+            .min()
+            .map(|d| d.max(Duration::from_millis(1)))
+    }
+
+    fn add_conn(&mut self, conn: Conn) -> io::Result<usize> {
+        let idx = match self.conns.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        let mut conn = conn;
+        self.poll.registry().register(
+            &mut conn.stream,
+            Token(idx + FIRST_CONN),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.conns[idx] = Some(conn);
+        Ok(idx)
+    }
+
+    fn new_conn(&self, stream: TcpStream, peer: Option<NodeId>, connecting: bool) -> Conn {
+        let buf = vec![0u8; self.config.limits.payload_max_bytes as usize + loomcache_wire::HEADER_LEN + 64];
+        Conn {
+            stream,
+            peer,
+            framer: Framer::new(buf.into_boxed_slice(), self.config.limits).expect("buffer holds a maximal frame"),
+            connecting,
+            preamble: Vec::new(),
+        }
+    }
+
+    /// Dials the peers this node is responsible for (those with higher ids).
+    fn dial_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<NodeId> = self
+            .links
+            .iter()
+            .filter(|(&id, l)| self.config.node_id < id && l.conn.is_none() && l.next_dial <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for peer in due {
+            let addr = self.links[&peer].addr;
+            match TcpStream::connect(addr) {
+                Ok(stream) => {
+                    let mut conn = self.new_conn(stream, Some(peer), true);
+                    conn.preamble = hello_frame(self.config.node_id);
+                    match self.add_conn(conn) {
+                        Ok(idx) => {
+                            let link = self.links.get_mut(&peer).expect("listed");
+                            link.conn = Some(idx);
+                        }
+                        Err(e) => self.dial_failed(peer, &e),
+                    }
+                }
+                Err(e) => self.dial_failed(peer, &e),
+            }
+        }
+    }
+
+    fn dial_failed(&mut self, peer: NodeId, e: &io::Error) {
+        let max = self.config.reconnect_max;
+        let jitter = self.rng.f64() * 0.5 + 0.75;
+        let link = self.links.get_mut(&peer).expect("listed");
+        link.conn = None;
+        link.next_dial = Instant::now() + link.backoff.mul_f64(jitter);
+        link.backoff = (link.backoff * 2).min(max);
+        tracing::debug!(peer, error = %e, "peer dial failed");
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = self.new_conn(stream, None, false);
+                    let _ = self.add_conn(conn);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn enqueue(&mut self, m: &Message) {
+        let Some(link) = self.links.get_mut(&m.to) else {
+            self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let start = link.pending.len();
+        if codec::encode(m, 0, &mut link.pending).is_err() {
+            link.pending.truncate(start);
+            self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let len = link.pending.len() - start;
+        if link.pending.len() > self.config.queue_bytes_max {
+            link.pending.truncate(start);
+            self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        link.frames.push_back(len);
+    }
+
+    fn on_writable(&mut self, idx: usize) {
+        let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        if conn.connecting {
+            match conn.stream.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => {
+                    let peer = conn.peer;
+                    self.close(idx, true);
+                    if let Some(peer) = peer {
+                        self.dial_failed(peer, &e);
+                    }
+                    return;
+                }
+            }
+            if conn.stream.peer_addr().is_err() {
+                return; // still connecting
+            }
+            conn.connecting = false;
+            let _ = conn.stream.set_nodelay(true);
+            self.stats.connections_established.fetch_add(1, Ordering::Relaxed);
+            if let Some(peer) = conn.peer {
+                let min = self.config.reconnect_min;
+                if let Some(link) = self.links.get_mut(&peer) {
+                    link.backoff = min;
+                }
+            }
+        }
+        if let Some(peer) = self.conns[idx].as_ref().and_then(|c| c.peer) {
+            self.flush(peer);
+        }
+    }
+
+    /// Writes what the peer's connection will take.
+    fn flush(&mut self, peer: NodeId) {
+        let Some(link) = self.links.get_mut(&peer) else { return };
+        let Some(idx) = link.conn else { return };
+        let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+            link.conn = None;
+            return;
+        };
+        if conn.connecting {
+            return;
+        }
+        while !conn.preamble.is_empty() {
+            match conn.stream.write(&conn.preamble) {
+                Ok(0) => return self.close(idx, true),
+                Ok(n) => {
+                    conn.preamble.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(idx, true),
+            }
+        }
+        let mut written = 0;
+        let result = loop {
+            if written == link.pending.len() {
+                break Ok(());
+            }
+            match conn.stream.write(&link.pending[written..]) {
+                Ok(0) => break Err(()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break Err(()),
+            }
+        };
+        // Account whole frames written; a partial one stays at the head.
+        let mut consumed = link.head_written + written;
+        let mut sent = 0;
+        while let Some(&len) = link.frames.front() {
+            if consumed < len {
+                break;
+            }
+            consumed -= len;
+            link.frames.pop_front();
+            sent += 1;
+        }
+        link.head_written = consumed;
+        link.pending.drain(..written);
+        self.stats.frames_sent.fetch_add(sent, Ordering::Relaxed);
+        if result.is_err() {
+            self.close(idx, true);
+        }
+    }
+
+    fn on_readable(&mut self, idx: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+                return;
+            };
+            let spare = conn.framer.spare_mut();
+            match conn.stream.read(spare) {
+                Ok(0) => return self.close(idx, true),
+                Ok(n) => {
+                    conn.framer.filled(n);
+                    if !self.drain_frames(idx) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(idx, true),
+            }
+        }
+    }
+
+    /// Handles every complete frame; false if the connection was closed.
+    fn drain_frames(&mut self, idx: usize) -> bool {
+        let me = self.config.node_id;
+        let limits = self.config.limits;
+        loop {
+            let conn = self.conns[idx].as_mut().expect("open");
+            let peer = conn.peer;
+            let frame = match conn.framer.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return true,
+                Err(_) => return self.reject(idx, "malformed frame"),
+            };
+            match (peer, frame.opcode()) {
+                (None, Opcode::ClusterPing) => {
+                    let Ok(Payload::ClusterPing(ping)) = frame.decode(&limits) else {
+                        return self.reject(idx, "malformed opening ping");
+                    };
+                    let from = ping.nonce;
+                    if from >= me || !self.links.contains_key(&from) {
+                        return self.reject(idx, "opening ping from a node that does not dial this one");
+                    }
+                    conn.peer = Some(from);
+                    self.stats.connections_established.fetch_add(1, Ordering::Relaxed);
+                    let link = self.links.get_mut(&from).expect("checked");
+                    if let Some(old) = link.conn.replace(idx) {
+                        if old != idx {
+                            self.close_conn_only(old);
+                        }
+                    }
+                    self.flush(from);
+                    if self.conns[idx].is_none() {
+                        return false;
+                    }
+                }
+                (Some(peer), op) if op.class() == OpClass::Raft => match codec::decode(op, frame.body(), &limits) {
+                    Ok(m) if m.from == peer && m.to == me => {
+                        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+                        (self.deliver)(m);
+                    }
+                    _ => return self.reject(idx, "invalid Raft message"),
+                },
+                _ => return self.reject(idx, "unexpected frame on a peer connection"),
+            }
+        }
+    }
+
+    fn reject(&mut self, idx: usize, why: &str) -> bool {
+        self.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(reason = why, "closing peer connection");
+        self.close(idx, true);
+        false
+    }
+
+    /// Closes a connection without touching its link (it was replaced).
+    fn close_conn_only(&mut self, idx: usize) {
+        if let Some(mut conn) = self.conns.get_mut(idx).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+    }
+
+    fn close(&mut self, idx: usize, redial: bool) {
+        let Some(mut conn) = self.conns.get_mut(idx).and_then(Option::take) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let Some(peer) = conn.peer else { return };
+        let me = self.config.node_id;
+        let Some(link) = self.links.get_mut(&peer) else { return };
+        if link.conn != Some(idx) {
+            return;
+        }
+        link.conn = None;
+        link.drop_partial_head();
+        if redial && me < peer {
+            let e = io::Error::new(io::ErrorKind::ConnectionReset, "peer connection closed");
+            self.dial_failed(peer, &e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loomcache_consensus::MessageBody;
+    use std::sync::mpsc;
+
+    fn free_addr() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    fn hb(from: NodeId, to: NodeId, context: u64) -> Message {
+        Message {
+            group: 0,
+            from,
+            to,
+            term: 1,
+            body: MessageBody::Heartbeat { commit: 0, context },
+        }
+    }
+
+    fn start(id: NodeId, addrs: &BTreeMap<NodeId, SocketAddr>) -> (Transport, mpsc::Receiver<Message>) {
+        let (tx, rx) = mpsc::channel();
+        let mut cfg = TransportConfig::new(id, addrs[&id], addrs.clone());
+        cfg.limits.payload_max_bytes = 1 << 20;
+        cfg.reconnect_min = Duration::from_millis(10);
+        cfg.reconnect_max = Duration::from_millis(100);
+        let t = Transport::start(cfg, move |m| {
+            let _ = tx.send(m);
+        })
+        .unwrap();
+        (t, rx)
+    }
+
+    fn recv_contexts(rx: &mpsc::Receiver<Message>, n: usize) -> Vec<u64> {
+        (0..n)
+            .map(
+                |_| match rx.recv_timeout(Duration::from_secs(10)).expect("message arrives").body {
+                    MessageBody::Heartbeat { context, .. } => context,
+                    other => panic!("unexpected {other:?}"),
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn two_nodes_exchange_messages_over_one_connection_in_order() {
+        let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (2, free_addr())].into();
+        let (t1, rx1) = start(1, &addrs);
+        let (t2, rx2) = start(2, &addrs);
+        t1.send((0..500).map(|i| hb(1, 2, i)));
+        assert_eq!(recv_contexts(&rx2, 500), (0..500).collect::<Vec<_>>());
+        t2.send((0..500).map(|i| hb(2, 1, i)));
+        assert_eq!(recv_contexts(&rx1, 500), (0..500).collect::<Vec<_>>());
+        // One connection, counted once by each side.
+        assert_eq!(t1.stats().connections_established.load(Ordering::Relaxed), 1);
+        assert_eq!(t2.stats().connections_established.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_restarted_peer_is_redialed() {
+        let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (2, free_addr())].into();
+        let (t1, _rx1) = start(1, &addrs);
+        let (t2, rx2) = start(2, &addrs);
+        t1.send([hb(1, 2, 1)]);
+        assert_eq!(recv_contexts(&rx2, 1), [1]);
+        t2.shutdown();
+        drop(rx2);
+        std::thread::sleep(Duration::from_millis(50));
+        let (_t2, rx2) = start(2, &addrs);
+        // Messages sent while the peer was down or reconnecting may be
+        // lost; keep sending until one arrives.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            t1.send([hb(1, 2, 7)]);
+            if let Ok(m) = rx2.recv_timeout(Duration::from_millis(50)) {
+                assert_eq!(m.from, 1);
+                break;
+            }
+            assert!(Instant::now() < deadline, "never reconnected");
+        }
+    }
+
+    #[test]
+    fn garbage_and_impostors_are_rejected_without_harm() {
+        let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (2, free_addr())].into();
+        let (t2, rx2) = start(2, &addrs);
+        // Garbage instead of an opening ping.
+        let mut raw = std::net::TcpStream::connect(addrs[&2]).unwrap();
+        raw.write_all(b"definitely not a frame, but long enough to hold a header")
+            .unwrap();
+        let mut buf = [0u8; 8];
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(raw.read(&mut buf).unwrap_or(0), 0, "closed");
+        // A ping claiming an id that does not dial node 2.
+        let mut raw = std::net::TcpStream::connect(addrs[&2]).unwrap();
+        raw.write_all(&hello_frame(3)).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(raw.read(&mut buf).unwrap_or(0), 0, "closed");
+        assert_eq!(t2.stats().connections_rejected.load(Ordering::Relaxed), 2);
+        // The real peer still gets through.
+        let (t1, _rx1) = start(1, &addrs);
+        t1.send([hb(1, 2, 5)]);
+        assert_eq!(recv_contexts(&rx2, 1), [5]);
+    }
+
+    #[test]
+    fn a_down_peer_costs_bounded_memory() {
+        let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (2, free_addr())].into();
+        let (tx, _rx) = mpsc::channel();
+        let mut cfg = TransportConfig::new(1, addrs[&1], addrs.clone());
+        cfg.queue_bytes_max = 4096;
+        let t1 = Transport::start(cfg, move |m| {
+            let _ = tx.send(m);
+        })
+        .unwrap();
+        t1.send((0..10_000).map(|i| hb(1, 2, i)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while t1.stats().frames_dropped.load(Ordering::Relaxed) < 9_000 {
+            assert!(Instant::now() < deadline, "frames were not dropped");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
