@@ -1,8 +1,10 @@
-//! Replication: the consensus core's durable storage, the peer transport,
-//! and (to come) the Raft driver thread.
+//! Replication: the Raft driver thread, the consensus core's durable
+//! storage, and the peer transport.
 
+pub mod driver;
 pub mod storage;
 pub mod transport;
 
+pub use driver::{Driver, DriverConfig, DriverError, DriverHandle, Outcome, Replicated, Reply};
 pub use storage::{LogStorage, RaftStorageError};
 pub use transport::{Transport, TransportConfig, TransportStats};
