@@ -140,6 +140,30 @@ impl DedupTable {
         }
     }
 
+    /// Every client by id: (id, highest, last seen, answers by sequence).
+    pub fn clients_ordered(&self) -> Vec<(u64, u64, u64, Vec<(u64, &Cached)>)> {
+        let mut out: Vec<_> = self
+            .clients
+            .iter()
+            .map(|(&id, c)| (id, c.highest, c.at_ms, c.applied.iter().map(|(&s, a)| (s, a)).collect()))
+            .collect();
+        out.sort_by_key(|c| c.0);
+        out
+    }
+
+    /// Puts back a client read from a snapshot.
+    pub fn restore_client(&mut self, id: u64, highest: u64, at_ms: u64, answers: Vec<(u64, Cached)>) {
+        self.by_age.insert((at_ms, id));
+        self.clients.insert(
+            id,
+            ClientState {
+                highest,
+                at_ms,
+                applied: answers.into_iter().collect(),
+            },
+        );
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.clients.len()

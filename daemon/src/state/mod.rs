@@ -15,6 +15,7 @@
 //! visibility of an already-expired entry.
 
 mod dedup;
+mod snapshot;
 mod structures;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +26,7 @@ use loomcache_wire::{
 
 pub use dedup::DedupConfig;
 use dedup::{DedupTable, Verdict};
+pub use snapshot::SnapshotError;
 use structures::{Atomic, MapState, QueueState, SetState, Structure, TopicState};
 
 /// Limits of the state machine; every one comes from configuration.

@@ -42,6 +42,21 @@ pub(crate) struct MapState {
 }
 
 impl MapState {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Every entry, expired or not, in insertion-id order.
+    pub fn ordered(&self) -> impl Iterator<Item = (&[u8], &MapEntry)> {
+        self.order.values().map(|k| (&**k, &self.entries[k]))
+    }
+
+    /// Puts back an entry read from a snapshot.
+    pub fn restore(&mut self, key: &[u8], entry: MapEntry) {
+        self.order.insert(entry.id, key.into());
+        self.entries.insert(key.into(), entry);
+    }
+
     pub fn get(&self, key: &[u8], now: u64) -> Option<&[u8]> {
         self.entries.get(key).filter(|e| !e.expired_at(now)).map(|e| &*e.value)
     }
@@ -136,6 +151,9 @@ impl QueueState {
     pub fn pop(&mut self) -> Option<Box<[u8]>> {
         self.items.pop_front()
     }
+    pub fn items(&self) -> impl Iterator<Item = &[u8]> {
+        self.items.iter().map(|b| &**b)
+    }
     pub fn peek(&self) -> Option<&[u8]> {
         self.items.front().map(|b| &**b)
     }
@@ -156,6 +174,10 @@ pub(crate) struct SetState {
 }
 
 impl SetState {
+    /// Members with their insertion ids, in id order.
+    pub fn ordered(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.order.iter().map(|(&id, m)| (id, &**m))
+    }
     pub fn contains(&self, member: &[u8]) -> bool {
         self.members.contains_key(member)
     }
@@ -212,6 +234,14 @@ pub(crate) struct TopicState {
 }
 
 impl TopicState {
+    /// A topic whose next message gets `last + 1`.
+    pub fn starting_after(last: u64) -> TopicState {
+        TopicState { next_sequence: last }
+    }
+    /// The sequence of the last message published.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
     /// Assigns the next message sequence (from 1).
     pub fn publish(&mut self) -> u64 {
         self.next_sequence += 1;
