@@ -1,7 +1,8 @@
 //! The blocking client: a small connection pool, bounded retries with
-//! backoff and jitter, and a typed handle per structure. Redirects are
-//! returned as [`ClientError::Redirect`]; following them (leader tracking)
-//! comes with the replicated cluster.
+//! backoff and jitter, leader tracking, and a typed handle per structure.
+//! A `REDIRECT` names the leader: the client remembers it, drops its pooled
+//! connections and sends the request there, at most
+//! [`ClientConfig::redirects_max`] times per request.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,6 +40,9 @@ pub struct ClientConfig {
     /// Client id for write deduplication; 0 picks one from the clock and
     /// process id.
     pub client_id: u64,
+    /// Redirects followed for one request before the redirect is returned
+    /// as an error. Default 8.
+    pub redirects_max: u32,
 }
 
 impl Default for ClientConfig {
@@ -52,6 +56,7 @@ impl Default for ClientConfig {
             backoff_max: Duration::from_secs(2),
             pool_size: 4,
             client_id: 0,
+            redirects_max: 8,
         }
     }
 }
@@ -65,6 +70,8 @@ pub struct Client {
     next_sequence: AtomicU64,
     next_addr: AtomicUsize,
     jitter: AtomicU64,
+    /// The leader named by the last redirect, tried first.
+    leader: Mutex<Option<SocketAddr>>,
 }
 
 fn pick_client_id() -> u64 {
@@ -94,6 +101,7 @@ impl Client {
             next_sequence: AtomicU64::new(1),
             next_addr: AtomicUsize::new(0),
             jitter: AtomicU64::new(client_id | 1),
+            leader: Mutex::new(None),
             config,
         };
         let conn = client.open()?;
@@ -106,8 +114,28 @@ impl Client {
         self.client_id
     }
 
+    /// The leader this client last learned of, if any.
+    pub fn leader(&self) -> Option<SocketAddr> {
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn open(&self) -> Result<Connection> {
         let mut last = None;
+        if let Some(leader) = self.leader() {
+            match Connection::connect(
+                leader,
+                self.client_id,
+                self.config.connect_timeout,
+                self.config.request_timeout,
+            ) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    // The leader moved or failed: forget it, try the seeds.
+                    *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    last = Some(e);
+                }
+            }
+        }
         for _ in 0..self.config.addrs.len() {
             let i = self.next_addr.fetch_add(1, Ordering::Relaxed) % self.config.addrs.len();
             match Connection::connect(
@@ -164,6 +192,7 @@ impl Client {
             .then(|| self.next_sequence.fetch_add(1, Ordering::Relaxed));
         let start = Instant::now();
         let mut attempt = 0;
+        let mut redirects = 0;
         loop {
             let result = self.take().and_then(|mut conn| {
                 let r = conn.call(payload, sequence);
@@ -174,6 +203,20 @@ impl Client {
                 r
             });
             match result {
+                Err(ClientError::Redirect { leader_addr, .. })
+                    if redirects < self.config.redirects_max && start.elapsed() < self.config.retry_budget =>
+                {
+                    let Ok(addr) = leader_addr.parse::<SocketAddr>() else {
+                        return Err(ClientError::Unexpected {
+                            request: payload.opcode().wire_name(),
+                            detail: format!("redirect to an unparsable address {leader_addr:?}"),
+                        });
+                    };
+                    *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+                    // Pooled connections go to the old node.
+                    self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    redirects += 1;
+                }
                 Err(e) if e.is_retryable() && start.elapsed() < self.config.retry_budget => {
                     let wait = match &e {
                         ClientError::Busy { retry_after_ms } => {

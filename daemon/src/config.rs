@@ -1,6 +1,7 @@
 //! Node configuration: every bound the daemon enforces, with its default.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 
 use loomcache_wire::Limits;
 
@@ -47,6 +48,91 @@ pub struct Config {
     /// State-machine bounds: data memory (default 1 GiB), queue capacity,
     /// deduplication.
     pub state: StateConfig,
+    /// Replication. `None` (the default) runs a single memory-only node
+    /// that applies writes directly; `Some` runs the node as a member of a
+    /// Raft group whose writes commit on a majority, durably.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// One member of the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    /// Node id (never 0).
+    pub id: u64,
+    /// Where clients reach it (named in redirects).
+    pub client_addr: SocketAddr,
+    /// Where peers reach it.
+    pub peer_addr: SocketAddr,
+}
+
+/// Replication settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Every member at bootstrap, this node included.
+    pub members: Vec<Member>,
+    /// Where the group's log, hard state and snapshots live. Default
+    /// `./loomcache-data/node-<id>`.
+    pub data_dir: Option<PathBuf>,
+    /// Length of a consensus tick in ms. Default 10.
+    pub tick_ms: u64,
+    /// Election timeout in ticks (randomized up to twice this). Default 30.
+    pub election_timeout_ticks: u64,
+    /// Heartbeat interval in ticks. Default 3.
+    pub heartbeat_interval_ticks: u64,
+    /// Lease margin in ticks: the lease lasts the election timeout minus
+    /// this. Default 6 (20 % of the election timeout).
+    pub lease_margin_ticks: u64,
+    /// Snapshot after this many applied entries. Default 100 000.
+    pub snapshot_every_entries: u64,
+    /// Flush the log before acknowledging (group commit). Default true;
+    /// false keeps replication but gives up durability on power loss.
+    pub fsync: bool,
+}
+
+impl ClusterConfig {
+    /// Defaults for these members.
+    pub fn new(members: Vec<Member>) -> ClusterConfig {
+        ClusterConfig {
+            members,
+            data_dir: None,
+            tick_ms: 10,
+            election_timeout_ticks: 30,
+            heartbeat_interval_ticks: 3,
+            lease_margin_ticks: 6,
+            snapshot_every_entries: 100_000,
+            fsync: true,
+        }
+    }
+
+    /// Parses `id=client_addr/peer_addr` items separated by commas.
+    pub fn parse_members(text: &str) -> Result<Vec<Member>, String> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|item| {
+                let bad = || format!("member {item:?} is not id=client_addr/peer_addr");
+                let (id, addrs) = item.split_once('=').ok_or_else(bad)?;
+                let (client, peer) = addrs.split_once('/').ok_or_else(bad)?;
+                Ok(Member {
+                    id: id.trim().parse().map_err(|_| bad())?,
+                    client_addr: client.trim().parse().map_err(|_| bad())?,
+                    peer_addr: peer.trim().parse().map_err(|_| bad())?,
+                })
+            })
+            .collect()
+    }
+
+    /// This node's entry.
+    pub fn member(&self, id: u64) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// The data directory for node `id`.
+    pub fn dir_for(&self, id: u64) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("loomcache-data").join(format!("node-{id}")))
+    }
 }
 
 impl Default for Config {
@@ -66,6 +152,7 @@ impl Default for Config {
             node_id: 1,
             subscriber_queue_max: 1_024,
             state: StateConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -186,16 +273,79 @@ impl Config {
                 "at least 1",
             ),
         ];
-        match checks.into_iter().find(|(_, _, ok, _)| !ok) {
-            Some((field, value, _, reason)) => Err(ConfigError { field, value, reason }),
+        if let Some((field, value, _, reason)) = checks.into_iter().find(|(_, _, ok, _)| !ok) {
+            return Err(ConfigError { field, value, reason });
+        }
+        match &self.cluster {
+            Some(cluster) => cluster.validate(self.node_id),
             None => Ok(()),
         }
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self, node_id: u64) -> Result<(), ConfigError> {
+        let err = |field, value, reason| Err(ConfigError { field, value, reason });
+        let ids: std::collections::BTreeSet<u64> = self.members.iter().map(|m| m.id).collect();
+        if self.members.is_empty() {
+            return err("cluster.members", 0, "at least one member");
+        }
+        if ids.len() != self.members.len() || ids.contains(&0) {
+            return err(
+                "cluster.members",
+                self.members.len() as u64,
+                "ids must be unique and nonzero",
+            );
+        }
+        if self.member(node_id).is_none() {
+            return err("server.node_id", node_id, "must be one of cluster.members");
+        }
+        if self.tick_ms == 0 {
+            return err("cluster.tick_ms", 0, "at least 1");
+        }
+        if self.heartbeat_interval_ticks == 0 || self.election_timeout_ticks <= self.heartbeat_interval_ticks {
+            return err(
+                "cluster.election_timeout_ticks",
+                self.election_timeout_ticks,
+                "above cluster.heartbeat_interval_ticks, which is at least 1",
+            );
+        }
+        if self.lease_margin_ticks == 0 || self.lease_margin_ticks >= self.election_timeout_ticks {
+            return err(
+                "cluster.lease_margin_ticks",
+                self.lease_margin_ticks,
+                "1..cluster.election_timeout_ticks",
+            );
+        }
+        if self.snapshot_every_entries == 0 {
+            return err("cluster.snapshot_every_entries", 0, "at least 1");
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_members_parse_and_are_checked() {
+        let members =
+            ClusterConfig::parse_members("1=127.0.0.1:7001/127.0.0.1:7101, 2=127.0.0.1:7002/127.0.0.1:7102").unwrap();
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[1].peer_addr.port(), 7102);
+        assert!(ClusterConfig::parse_members("1=127.0.0.1:7001").is_err());
+        let mut c = Config {
+            cluster: Some(ClusterConfig::new(members)),
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        c.node_id = 3;
+        assert_eq!(c.validate().unwrap_err().field, "server.node_id");
+        c.node_id = 1;
+        c.cluster.as_mut().unwrap().lease_margin_ticks = 30;
+        assert_eq!(c.validate().unwrap_err().field, "cluster.lease_margin_ticks");
+    }
 
     #[test]
     fn defaults_are_valid_and_local() {

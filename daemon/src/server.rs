@@ -17,15 +17,17 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use loomcache_consensus::Entry;
 use loomcache_wire::{
-    parse_frame, ErrorCode, Flags, HeaderFields, HelloAck, Limits, OkBody, OpClass, Opcode, Parsed, Payload, Response,
-    Writer, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    parse_frame, Busy, ErrorCode, Flags, HeaderFields, HelloAck, Limits, OkBody, OpClass, Opcode, Parsed, Payload,
+    Redirect, Response, Writer, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::backpressure::{Backpressure, Level};
-use crate::config::Config;
+use crate::config::{ClusterConfig, Config};
+use crate::raft::{Driver, DriverConfig, DriverHandle, Outcome, Replicated, Transport, TransportConfig};
 use crate::state::StateMachine;
 
 const LISTENER: Token = Token(0);
@@ -60,6 +62,9 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     threads: Vec<JoinHandle<()>>,
+    /// In cluster mode: the Raft driver and the peer transport.
+    driver: Option<Driver>,
+    transport: Option<Arc<Transport>>,
 }
 
 struct Job {
@@ -120,6 +125,9 @@ struct Shared {
     /// it drains responses, so a burst of completions costs one wake-up.
     wake_pending: AtomicBool,
     limits: Limits,
+    /// In cluster mode, effects of entries applied by the Raft driver that
+    /// the loop carries out: topic pushes and parked polls to retry.
+    effects: Mutex<Vec<(Option<Publication>, Option<Box<str>>)>>,
 }
 
 impl Server {
@@ -144,6 +152,7 @@ impl Server {
             waker: Arc::clone(&waker),
             wake_pending: AtomicBool::new(false),
             limits: config.limits,
+            effects: Mutex::new(Vec::new()),
         });
         // One queue per worker; a connection's requests all go to the same
         // worker, so they are applied in the order they arrived.
@@ -151,7 +160,8 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let mut job_txs = Vec::new();
-        for i in 0..config.workers {
+        let workers = if config.cluster.is_some() { 0 } else { config.workers };
+        for i in 0..workers {
             let (job_tx, job_rx) = mpsc::sync_channel::<Job>(config.work_queue_high as usize);
             job_txs.push(job_tx);
             let (shared, tx) = (Arc::clone(&shared), done_tx.clone());
@@ -161,8 +171,26 @@ impl Server {
                     .spawn(move || worker(&shared, &job_rx, &tx))?,
             );
         }
+        let (driver, transport, cluster) = match &config.cluster {
+            Some(cluster) => {
+                let (driver, transport) = start_cluster(&config, cluster, &shared)?;
+                let leaders = cluster.members.iter().map(|m| (m.id, m.client_addr)).collect();
+                let handle = driver.handle().clone();
+                (
+                    Some(driver),
+                    Some(transport),
+                    Some(ClusterFront {
+                        driver: handle,
+                        done: done_tx.clone(),
+                        leaders: Arc::new(leaders),
+                    }),
+                )
+            }
+            None => (None, None, None),
+        };
         drop(done_tx);
         let mut event_loop = EventLoop {
+            cluster,
             poll,
             listener,
             conns: Vec::new(),
@@ -192,6 +220,8 @@ impl Server {
             stop,
             waker,
             threads,
+            driver,
+            transport,
         })
     }
 
@@ -206,6 +236,12 @@ impl Server {
         let _ = self.waker.wake();
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(driver) = self.driver {
+            driver.stop();
+        }
+        if let Some(transport) = self.transport {
+            drop(transport);
         }
     }
 }
@@ -286,7 +322,13 @@ impl Executed {
 ///
 /// The answer is written into `out` (empty; a recycled buffer on the event
 /// loop, so a steady stream of requests allocates no answer buffers).
-fn execute(shared: &Shared, frame_bytes: &[u8], mut out: Vec<u8>) -> Executed {
+fn execute(shared: &Shared, frame_bytes: &[u8], out: Vec<u8>) -> Executed {
+    execute_at(shared, frame_bytes, out, now_ms(), true)
+}
+
+/// [`execute`] at time `now`; `park` says whether a poll may wait (not for
+/// a committed entry, which is applied as it stands).
+fn execute_at(shared: &Shared, frame_bytes: &[u8], mut out: Vec<u8>, now: u64, park: bool) -> Executed {
     let frame = match parse_frame(frame_bytes, &shared.limits) {
         Ok(Parsed::Frame(f)) => f,
         _ => {
@@ -308,12 +350,11 @@ fn execute(shared: &Shared, frame_bytes: &[u8], mut out: Vec<u8>) -> Executed {
     // Room for the header, written once the body's length is known.
     out.clear();
     out.resize(loomcache_wire::HEADER_LEN, 0);
-    let now = now_ms();
     let mut replayed = false;
     let outcome = {
         let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(Ok(Payload::QueuePoll(p))) = decoded {
-            if p.wait_ms > 0 && state.poll_would_wait(p.name, &frame) {
+            if park && p.wait_ms > 0 && state.poll_would_wait(p.name, &frame) {
                 return Executed {
                     bytes: Vec::new(),
                     publication: None,
@@ -399,7 +440,17 @@ struct Conn {
     subscriptions: u32,
 }
 
+/// What the loop needs in cluster mode: the driver to hand requests to,
+/// the channel answers come back on, and the members' client addresses
+/// for redirects.
+struct ClusterFront {
+    driver: DriverHandle,
+    done: Sender<Done>,
+    leaders: Arc<HashMap<u64, SocketAddr>>,
+}
+
 struct EventLoop {
+    cluster: Option<ClusterFront>,
     poll: Poll,
     listener: TcpListener,
     conns: Vec<Option<Conn>>,
@@ -687,6 +738,7 @@ impl EventLoop {
                     request_id,
                     &self.shared,
                     &self.config,
+                    self.cluster.as_ref().map(|c| c.driver.summary()),
                     self.open,
                     &self.topics,
                     &self.parked,
@@ -754,6 +806,39 @@ impl EventLoop {
                 conn.partial_since = None;
                 conn.out.push_back(reply);
                 self.flush(idx);
+                continue;
+            }
+            if let Some(front) = &self.cluster {
+                let busy = conn.in_flight as usize + conn.out.len() >= in_flight_max as usize;
+                if busy || !self.shared.backpressure.try_admit() {
+                    conn.stalled = true;
+                    conn.partial_since = None;
+                    if !busy && conn.in_flight == 0 && !self.stalled.contains(&idx) {
+                        self.stalled.push(idx);
+                    }
+                    if busy {
+                        self.flush(idx);
+                    }
+                    return Step::Pause;
+                }
+                let bytes: Arc<[u8]> = Arc::from(frame.bytes());
+                let is_read = opcode.class() == OpClass::Read;
+                let reply = cluster_reply(
+                    Arc::clone(&self.shared),
+                    front.done.clone(),
+                    Arc::clone(&front.leaders),
+                    (idx, conn.generation),
+                    (request_id, frame.header().partition()),
+                    is_read.then(|| Arc::clone(&bytes)),
+                );
+                conn.start += len;
+                conn.partial_since = None;
+                conn.in_flight += 1;
+                if is_read {
+                    front.driver.read(reply);
+                } else {
+                    front.driver.propose(bytes, reply);
+                }
                 continue;
             }
             if self.jobs.is_empty() && conn.in_flight as usize + conn.out.len() >= in_flight_max as usize {
@@ -824,6 +909,10 @@ impl EventLoop {
         // wake the loop) sent its response before setting it, so the drain
         // below sees that response.
         self.shared.wake_pending.swap(false, Ordering::AcqRel);
+        let effects = std::mem::take(&mut *self.shared.effects.lock().unwrap_or_else(|p| p.into_inner()));
+        for (publication, offered) in effects {
+            self.after_execute(publication, offered);
+        }
         while let Ok(done) = self.done.try_recv() {
             let Some(conn) = self.conn(done.conn) else { continue };
             if conn.generation != done.generation {
@@ -1103,6 +1192,7 @@ fn node_info(
     request_id: u64,
     shared: &Shared,
     config: &Config,
+    raft: Option<crate::raft::Summary>,
     open: u32,
     topics: &HashMap<Box<str>, Vec<Subscription>>,
     parked: &HashMap<Box<str>, VecDeque<ParkedPoll>>,
@@ -1113,10 +1203,15 @@ fn node_info(
     };
     let subscriptions: usize = topics.values().map(Vec::len).sum();
     let parked: usize = parked.values().map(VecDeque::len).sum();
-    let pairs: Vec<(&str, String)> = vec![
+    let mode = if config.cluster.is_some() {
+        "cluster member"
+    } else {
+        "memory-only single node"
+    };
+    let mut pairs: Vec<(&str, String)> = vec![
         ("version", env!("CARGO_PKG_VERSION").to_string()),
         ("node_id", config.node_id.to_string()),
-        ("mode", "memory-only single node".to_string()),
+        ("mode", mode.to_string()),
         ("workers", config.workers.to_string()),
         ("connections", open.to_string()),
         ("connections_max", config.connections_max.to_string()),
@@ -1129,6 +1224,23 @@ fn node_info(
         ("topic_subscriptions", subscriptions.to_string()),
         ("parked_polls", parked.to_string()),
     ];
+    if let Some(r) = raft {
+        let role = match r.role {
+            Some(loomcache_consensus::Role::Leader) => "leader",
+            Some(loomcache_consensus::Role::Candidate) => "candidate",
+            Some(loomcache_consensus::Role::PreCandidate) => "pre-candidate",
+            Some(loomcache_consensus::Role::Follower) => "follower",
+            None => "starting",
+        };
+        pairs.extend([
+            ("raft_role", role.to_string()),
+            ("raft_term", r.term.to_string()),
+            ("raft_leader", r.leader.to_string()),
+            ("raft_commit", r.commit.to_string()),
+            ("raft_applied", r.applied.to_string()),
+            ("raft_last_index", r.last_index.to_string()),
+        ]);
+    }
     let entries: Vec<loomcache_wire::KeyValue<'_>> = pairs
         .iter()
         .map(|(k, v)| loomcache_wire::KeyValue {
@@ -1166,4 +1278,143 @@ fn hello(frame: &loomcache_wire::Frame<'_>, config: &Config) -> Vec<u8> {
         in_flight_max: config.in_flight_per_connection_max,
     };
     response_frame(request_id, 0, &Response::Ok(OkBody::HelloAck(ack)))
+}
+
+/// The state machine as the Raft driver sees it: committed entries are
+/// client frames, applied at the leader's timestamp.
+struct ClusterMachine {
+    shared: Arc<Shared>,
+}
+
+impl Replicated for ClusterMachine {
+    fn apply(&mut self, entry: &Entry) -> Vec<u8> {
+        let executed = execute_at(&self.shared, &entry.data, Vec::new(), entry.timestamp_ms, false);
+        if executed.publication.is_some() || executed.offered.is_some() {
+            self.shared
+                .effects
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((executed.publication, executed.offered));
+            if !self.shared.wake_pending.swap(true, Ordering::AcqRel) {
+                let _ = self.shared.waker.wake();
+            }
+        }
+        executed.bytes
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).snapshot()
+    }
+
+    fn restore(&mut self, data: &[u8]) {
+        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = state.restore(data) {
+            // A snapshot that passed its checksums but does not load is a
+            // bug or corruption the node cannot serve through.
+            panic!("cannot load the state machine snapshot: {e}");
+        }
+    }
+}
+
+/// Opens the group's storage, starts the peer transport and the Raft
+/// driver.
+fn start_cluster(
+    config: &Config,
+    cluster: &ClusterConfig,
+    shared: &Arc<Shared>,
+) -> io::Result<(Driver, Arc<Transport>)> {
+    let me = cluster
+        .member(config.node_id)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "this node is not a cluster member"))?;
+    let mut driver_config = DriverConfig::new(
+        config.node_id,
+        0,
+        cluster.dir_for(config.node_id),
+        cluster.members.iter().map(|m| m.id).collect(),
+    );
+    driver_config.tick = Duration::from_millis(cluster.tick_ms);
+    driver_config.snapshot_every_entries = cluster.snapshot_every_entries;
+    driver_config.raft.election_timeout_ticks = cluster.election_timeout_ticks;
+    driver_config.raft.heartbeat_interval_ticks = cluster.heartbeat_interval_ticks;
+    driver_config.raft.lease_margin_ticks = cluster.lease_margin_ticks;
+    driver_config.raft.seed = config.node_id ^ now_ms();
+    if !cluster.fsync {
+        driver_config.log.persist = loomcache_log::PersistMode::None;
+    }
+    let (handle, inbox) = Driver::inbox_pair(driver_config.inbox_max);
+    let peers = cluster.members.iter().map(|m| (m.id, m.peer_addr)).collect();
+    let mut transport_config = TransportConfig::new(config.node_id, me.peer_addr, peers);
+    // A peer frame carries whole client frames plus Raft framing.
+    transport_config.limits.payload_max_bytes = transport_config
+        .limits
+        .payload_max_bytes
+        .max(config.limits.payload_max_bytes.saturating_mul(2));
+    let deliver = handle.clone();
+    let transport = Arc::new(Transport::start(transport_config, move |m| deliver.deliver(m))?);
+    let machine = ClusterMachine {
+        shared: Arc::clone(shared),
+    };
+    let driver = Driver::start_on(driver_config, machine, Some(Arc::clone(&transport)), handle, inbox)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok((driver, transport))
+}
+
+/// The answer path of a request handed to the Raft driver: the outcome
+/// becomes a response frame on the request's connection.
+fn cluster_reply(
+    shared: Arc<Shared>,
+    done: Sender<Done>,
+    leaders: Arc<HashMap<u64, SocketAddr>>,
+    (conn, generation): (usize, u64),
+    (request_id, partition): (u64, u16),
+    read: Option<Arc<[u8]>>,
+) -> crate::raft::Reply {
+    Box::new(move |outcome| {
+        let bytes = match outcome {
+            Outcome::Applied(bytes) => bytes,
+            Outcome::ReadReady => match &read {
+                Some(frame) => execute(&shared, frame, Vec::new()).bytes,
+                None => error_frame(request_id, ErrorCode::Internal, "a write was answered as a read"),
+            },
+            Outcome::NotLeader(Some(id)) => match leaders.get(&id) {
+                Some(addr) => {
+                    let addr = addr.to_string();
+                    let redirect = Redirect {
+                        group: 0,
+                        leader_id: id,
+                        leader_addr: &addr,
+                    };
+                    response_frame(request_id, partition, &Response::Redirect(redirect))
+                }
+                None => error_frame(
+                    request_id,
+                    ErrorCode::NoLeader,
+                    "the leader is not a known member; retry",
+                ),
+            },
+            Outcome::NotLeader(None) => error_frame(request_id, ErrorCode::NoLeader, "no leader is known yet; retry"),
+            Outcome::Busy(_) => response_frame(
+                request_id,
+                partition,
+                &Response::ServerBusy(Busy { retry_after_ms: 10 }),
+            ),
+            Outcome::Lost => error_frame(
+                request_id,
+                ErrorCode::NoLeader,
+                "leadership changed before the write committed; it did not take effect",
+            ),
+            Outcome::Stopped => error_frame(request_id, ErrorCode::ShuttingDown, "the node is stopping"),
+            Outcome::Refused(why) => error_frame(request_id, ErrorCode::Internal, &why),
+        };
+        let _ = done.send(Done {
+            conn,
+            generation,
+            result: Executed::answer(bytes),
+            frame: None,
+        });
+        let resume = shared.backpressure.complete();
+        if !shared.wake_pending.swap(true, Ordering::AcqRel) || resume {
+            let _ = shared.waker.wake();
+        }
+    })
 }

@@ -37,6 +37,17 @@
 //! dedup_ttl_ms = 60000
 //! dedup_window = 16
 //! dedup_answer_max_bytes = 1024
+//!
+//! # Replication: absent = a single memory-only node.
+//! [cluster]
+//! members = "1=127.0.0.1:7001/127.0.0.1:7101,2=127.0.0.1:7002/127.0.0.1:7102,3=127.0.0.1:7003/127.0.0.1:7103"
+//! data_dir = "loomcache-data/node-1"   # default loomcache-data/node-<id>
+//! tick_ms = 10
+//! election_timeout_ticks = 30
+//! heartbeat_interval_ticks = 3
+//! lease_margin_ticks = 6
+//! snapshot_every_entries = 100000
+//! fsync = true
 //! ```
 //! The environment variable for a key is `LOOMD_<SECTION>_<KEY>` in
 //! capitals, e.g. `LOOMD_SERVER_LISTEN`, `LOOMD_STATE_QUEUE_CAPACITY`.
@@ -166,6 +177,16 @@ sections! {
         low: u32 => |s, v| s.config.work_queue_low = v,
         high: u32 => |s, v| s.config.work_queue_high = v,
     }
+    cluster: ClusterSection {
+        members: String => |s, v| cluster(s).members = crate::config::ClusterConfig::parse_members(&v)?,
+        data_dir: std::path::PathBuf => |s, v| cluster(s).data_dir = Some(v),
+        tick_ms: u64 => |s, v| cluster(s).tick_ms = v,
+        election_timeout_ticks: u64 => |s, v| cluster(s).election_timeout_ticks = v,
+        heartbeat_interval_ticks: u64 => |s, v| cluster(s).heartbeat_interval_ticks = v,
+        lease_margin_ticks: u64 => |s, v| cluster(s).lease_margin_ticks = v,
+        snapshot_every_entries: u64 => |s, v| cluster(s).snapshot_every_entries = v,
+        fsync: bool => |s, v| cluster(s).fsync = v,
+    }
     state: StateSection {
         data_memory_max_bytes: u64 => |s, v| s.config.state.data_memory_max_bytes = v,
         queue_capacity: u32 => |s, v| s.config.state.queue_capacity = v,
@@ -175,6 +196,14 @@ sections! {
         dedup_window: u32 => |s, v| s.config.state.dedup.window = v,
         dedup_answer_max_bytes: u32 => |s, v| s.config.state.dedup.answer_max_bytes = v,
     }
+}
+
+/// The cluster settings, created with defaults when a first cluster key
+/// is set.
+fn cluster(s: &mut Settings) -> &mut crate::config::ClusterConfig {
+    s.config
+        .cluster
+        .get_or_insert_with(|| crate::config::ClusterConfig::new(Vec::new()))
 }
 
 impl Settings {
@@ -235,5 +264,21 @@ mod tests {
         let env = |k: &str| (k == "LOOMD_CONNECTIONS_MAX").then(|| "many".to_string());
         let err = Settings::load(None, &env).unwrap_err();
         assert!(err.contains("LOOMD_CONNECTIONS_MAX"), "{err}");
+    }
+
+    #[test]
+    fn cluster_settings_come_from_the_file_or_the_environment() {
+        let env = |k: &str| match k {
+            "LOOMD_CLUSTER_MEMBERS" => Some("1=127.0.0.1:7001/127.0.0.1:7101,2=127.0.0.1:7002/127.0.0.1:7102".into()),
+            "LOOMD_CLUSTER_TICK_MS" => Some("5".into()),
+            _ => None,
+        };
+        let s = Settings::load(None, &env).unwrap();
+        let cluster = s.config.cluster.unwrap();
+        assert_eq!(cluster.members.len(), 2);
+        assert_eq!(cluster.tick_ms, 5);
+        assert!(cluster.fsync);
+        let env = |k: &str| (k == "LOOMD_CLUSTER_MEMBERS").then(|| "1=nonsense".to_string());
+        assert!(Settings::load(None, &env).is_err());
     }
 }

@@ -17,7 +17,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The LoomCache node daemon.
 ///
 /// With no arguments it starts a single memory-only node on 127.0.0.1:7070
-/// with built-in defaults and serves until SIGINT or SIGTERM. Settings come
+/// with built-in defaults and serves until SIGINT or SIGTERM. With
+/// --members it joins a replicated group (see scripts/local-cluster.sh). Settings come
 /// from the defaults, then the TOML file given by --config, then LOOMD_*
 /// environment variables (LOOMD_<SECTION>_<KEY>, e.g. LOOMD_SERVER_LISTEN),
 /// then these flags; each overrides the one before. The file's format is
@@ -44,6 +45,14 @@ struct Args {
     /// Log level: error, warn, info, debug, trace [default: info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<LogLevel>,
+    /// Run as a member of a replicated group: every member as
+    /// id=client_addr/peer_addr, comma-separated, this node included.
+    #[arg(long, value_name = "MEMBERS")]
+    members: Option<String>,
+    /// Directory of this node's log, hard state and snapshots (cluster
+    /// mode) [default: loomcache-data/node-<id>].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 fn settings(args: &Args) -> Result<Settings, String> {
@@ -62,6 +71,19 @@ fn settings(args: &Args) -> Result<Settings, String> {
     }
     if let Some(v) = args.log_level {
         s.log_level = v;
+    }
+    if let Some(v) = &args.members {
+        let members = loomcache_daemon::config::ClusterConfig::parse_members(v)?;
+        s.config
+            .cluster
+            .get_or_insert_with(|| loomcache_daemon::config::ClusterConfig::new(Vec::new()))
+            .members = members;
+    }
+    if let Some(v) = &args.data_dir {
+        match &mut s.config.cluster {
+            Some(c) => c.data_dir = Some(v.clone()),
+            None => return Err("--data-dir needs cluster mode (--members or [cluster] members)".into()),
+        }
     }
     s.config.validate().map_err(|e| e.to_string())?;
     Ok(s)
@@ -108,16 +130,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let mode = match &config.cluster {
+        Some(c) => format!(
+            "cluster member {} of {}, data in {}",
+            config.node_id,
+            c.members.len(),
+            c.dir_for(config.node_id).display()
+        ),
+        None => format!("memory-only single node, {workers} workers"),
+    };
     tracing::info!(
         addr = %server.local_addr(),
-        workers,
         node_id = config.node_id,
         data_memory_max_bytes = config.state.data_memory_max_bytes,
-        "node started (memory-only, single node)"
+        mode = %mode,
+        "node started"
     );
     // A machine-readable line for scripts and tests.
     println!(
-        "loomd {} listening on {} (memory-only single node, {workers} workers)",
+        "loomd {} listening on {} ({mode})",
         env!("CARGO_PKG_VERSION"),
         server.local_addr()
     );

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -126,10 +126,28 @@ pub enum DriverError {
     Spawn(std::io::Error),
 }
 
+/// The group's state as of the last Ready, readable from any thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// This node's role.
+    pub role: Option<Role>,
+    /// Current term.
+    pub term: Term,
+    /// Known leader; 0 for none.
+    pub leader: NodeId,
+    /// Commit index.
+    pub commit: Index,
+    /// Applied index.
+    pub applied: Index,
+    /// Last log index.
+    pub last_index: Index,
+}
+
 /// A handle to a running driver; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct DriverHandle {
     inbox: SyncSender<Input>,
+    summary: Arc<Mutex<Summary>>,
 }
 
 fn offer(inbox: &SyncSender<Input>, input: Input) {
@@ -176,6 +194,11 @@ impl DriverHandle {
         let _ = self.inbox.try_send(Input::Status(Box::new(reply)));
     }
 
+    /// The group's state as of the driver's last Ready.
+    pub fn summary(&self) -> Summary {
+        *self.summary.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Delivers a peer message (dropped when the inbox is full: Raft
     /// retransmits).
     pub fn deliver(&self, m: Message) {
@@ -208,7 +231,13 @@ impl Driver {
     /// before the transport so the two can be started in either order.
     pub fn inbox_pair(inbox_max: usize) -> (DriverHandle, InboxReceiver) {
         let (tx, rx) = mpsc::sync_channel(inbox_max);
-        (DriverHandle { inbox: tx }, InboxReceiver(rx))
+        (
+            DriverHandle {
+                inbox: tx,
+                summary: Arc::new(Mutex::new(Summary::default())),
+            },
+            InboxReceiver(rx),
+        )
     }
 
     /// Like [`Driver::start`] with an inbox made by [`Driver::inbox_pair`].
@@ -219,7 +248,7 @@ impl Driver {
         handle: DriverHandle,
         inbox: InboxReceiver,
     ) -> Result<Driver, DriverError> {
-        let (handle, run) = Self::start_with_inbox(config, &mut machine, transport, handle.inbox, inbox.0)?;
+        let (handle, run) = Self::start_with_inbox(config, &mut machine, transport, handle, inbox.0)?;
         let thread = std::thread::Builder::new()
             .name("loomcache-raft".into())
             .spawn(move || run.run(machine))
@@ -234,7 +263,7 @@ impl Driver {
         config: DriverConfig,
         machine: &mut M,
         transport: Option<Arc<Transport>>,
-        tx: SyncSender<Input>,
+        handle: DriverHandle,
         rx: Receiver<Input>,
     ) -> Result<(DriverHandle, Run), DriverError> {
         let storage = LogStorage::open(
@@ -254,9 +283,10 @@ impl Driver {
             confirmed: Vec::new(),
             next_read: 1,
             applied_since_snapshot: 0,
+            summary: Arc::clone(&handle.summary),
             config,
         };
-        Ok((DriverHandle { inbox: tx }, run))
+        Ok((handle, run))
     }
 
     /// The handle for requests.
@@ -316,6 +346,7 @@ struct Run {
     confirmed: Vec<(Index, Reply)>,
     next_read: u64,
     applied_since_snapshot: u64,
+    summary: Arc<Mutex<Summary>>,
 }
 
 fn now_ms() -> u64 {
@@ -343,6 +374,21 @@ impl Run {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            // Time first: the core's tick count must not lag the clock, or a
+            // lease checked by the inputs below would outlive its real
+            // duration after a stall (a long fsync, a paused process).
+            // Missed ticks are replayed, up to a few election timeouts:
+            // beyond that every lease has expired anyway.
+            let now = Instant::now();
+            let mut replayed = 0;
+            while next_tick <= now {
+                self.raft.tick();
+                next_tick += self.config.tick;
+                replayed += 1;
+                if replayed >= 4 * self.config.raft.election_timeout_ticks {
+                    next_tick = now + self.config.tick;
+                }
+            }
             if let Some(input) = first {
                 if !self.handle(input) {
                     break;
@@ -356,16 +402,6 @@ impl Run {
                         }
                         Err(_) => break,
                     }
-                }
-            }
-            let now = Instant::now();
-            if now >= next_tick {
-                self.raft.tick();
-                next_tick += self.config.tick;
-                if next_tick < now {
-                    // Fell behind (a long fsync): do not replay missed
-                    // ticks in a burst.
-                    next_tick = now + self.config.tick;
                 }
             }
             if let Err(e) = self.process_ready(&mut machine) {
@@ -483,6 +519,15 @@ impl Run {
             }
             self.raft.advance();
             let applied = self.raft.applied();
+            let summary = Summary {
+                role: Some(self.raft.role()),
+                term: self.raft.term(),
+                leader: self.raft.leader(),
+                commit: self.raft.committed(),
+                applied,
+                last_index: self.raft.last_index(),
+            };
+            *self.summary.lock().unwrap_or_else(|p| p.into_inner()) = summary;
             if self.confirmed.iter().any(|(index, _)| *index <= applied) {
                 let (ready_now, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.confirmed)
                     .into_iter()

@@ -5,6 +5,6 @@ pub mod driver;
 pub mod storage;
 pub mod transport;
 
-pub use driver::{Driver, DriverConfig, DriverError, DriverHandle, Outcome, Replicated, Reply};
+pub use driver::{Driver, DriverConfig, DriverError, DriverHandle, Outcome, Replicated, Reply, Summary};
 pub use storage::{LogStorage, RaftStorageError};
 pub use transport::{Transport, TransportConfig, TransportStats};
