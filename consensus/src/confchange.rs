@@ -129,6 +129,11 @@ pub fn apply(conf: &ConfState, change: &ConfChange) -> Result<ConfState, ConfCha
             learners_next: Vec::new(),
         });
     }
+    if conf.is_joint() {
+        // Only leaving is allowed while joint, so no node can end up both an
+        // outgoing voter and a learner.
+        return Err(ConfChangeError::AlreadyJoint);
+    }
     let before: BTreeSet<NodeId> = conf.voters.iter().copied().collect();
     let mut voters = before.clone();
     let mut learners: BTreeSet<NodeId> = conf.learners.iter().copied().collect();
@@ -172,12 +177,9 @@ pub fn apply(conf: &ConfState, change: &ConfChange) -> Result<ConfState, ConfCha
         return Ok(ConfState {
             voters: sorted(voters),
             learners: sorted(learners),
-            voters_outgoing: conf.voters_outgoing.clone(),
+            voters_outgoing: Vec::new(),
             learners_next: Vec::new(),
         });
-    }
-    if conf.is_joint() {
-        return Err(ConfChangeError::AlreadyJoint);
     }
     Ok(ConfState {
         voters: sorted(voters),
@@ -221,6 +223,7 @@ mod tests {
         assert_eq!(joint.voters, vec![2, 3, 4]);
         assert_eq!(joint.voters_outgoing, vec![1, 2, 3]);
         assert_eq!(apply(&joint, &cc(&[AddVoter(5)])), Err(ConfChangeError::AlreadyJoint));
+        assert_eq!(apply(&joint, &cc(&[AddLearner(9)])), Err(ConfChangeError::AlreadyJoint));
         let left = apply(&joint, &cc(&[])).unwrap();
         assert_eq!(left, ConfState::with_voters([2, 3, 4]));
         assert_eq!(apply(&left, &cc(&[])), Err(ConfChangeError::NotJoint));

@@ -2,7 +2,7 @@
 //! calls `tick` at a fixed interval, and every timeout is a tick count.
 
 use crate::error::Error;
-use crate::{GroupId, Index, NodeId};
+use crate::{GroupId, NodeId};
 
 /// Settings of one Raft group on one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +36,9 @@ pub struct Config {
     pub check_quorum: bool,
     /// Most entry bytes in one append message (at least one entry is sent).
     pub max_message_bytes: u64,
+    /// Most entries in one append message; must not exceed what receivers
+    /// decode (the wire's peer `items_max`, 16 384).
+    pub max_message_entries: usize,
     /// Most unacknowledged appends per follower in the replicate state.
     pub max_inflight_messages: usize,
     /// Most bytes of proposed, uncommitted entries a leader holds before it
@@ -49,9 +52,6 @@ pub struct Config {
     pub snapshot_max_bytes: u64,
     /// Most reads waiting for a ReadIndex round or the term's first commit.
     pub max_pending_reads: usize,
-    /// Index already applied by a state machine that survived a restart;
-    /// 0 means the state machine starts from the latest snapshot.
-    pub applied: Index,
     /// Seed of the election-timeout randomization.
     pub seed: u64,
 }
@@ -61,7 +61,7 @@ impl Config {
     /// heartbeats every tick, a 3-tick lease margin (10% drift), 1 MiB
     /// messages, a window of 256 appends, 64 MiB uncommitted, 16 MiB of
     /// committed entries per Ready, 1 MiB snapshot chunks, 4 GiB snapshots
-    /// and 65 536 pending reads.
+    /// and 65 536 pending reads; appends carry at most 4096 entries.
     pub fn new(id: NodeId, group: GroupId) -> Config {
         Config {
             id,
@@ -73,13 +73,13 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             max_message_bytes: 1 << 20,
+            max_message_entries: 4096,
             max_inflight_messages: 256,
             max_uncommitted_bytes: 64 << 20,
             max_committed_bytes_per_ready: 16 << 20,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_max_bytes: 4 << 30,
             max_pending_reads: 65_536,
-            applied: 0,
             seed: id,
         }
     }
@@ -106,6 +106,9 @@ impl Config {
         }
         if self.lease_reads && !self.check_quorum {
             return bad("lease_reads requires check_quorum");
+        }
+        if self.max_message_entries == 0 || self.max_message_entries > loomcache_wire::Limits::PEER.items_max as usize {
+            return bad("max_message_entries must be in 1..=16384 (the peer items_max)");
         }
         if self.max_inflight_messages == 0 {
             return bad("max_inflight_messages must be at least 1");

@@ -50,10 +50,6 @@ impl Inflights {
         }
     }
 
-    pub(crate) fn free_first(&mut self) {
-        self.last_indexes.pop_front();
-    }
-
     pub(crate) fn reset(&mut self) {
         self.last_indexes.clear();
     }
@@ -84,6 +80,10 @@ pub(crate) struct Progress {
     pub(crate) is_learner: bool,
     /// Newest heartbeat round the member acknowledged in this term.
     pub(crate) acked_round: u64,
+    /// `matched` when the latest heartbeat round went out: unchanged by
+    /// the time its answer arrives means nothing was acknowledged for a
+    /// heartbeat interval.
+    pub(crate) matched_at_round: Index,
 }
 
 impl Progress {
@@ -99,6 +99,7 @@ impl Progress {
             recent_active: false,
             is_learner,
             acked_round: 0,
+            matched_at_round: 0,
         }
     }
 

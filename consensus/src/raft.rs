@@ -229,10 +229,7 @@ impl<S: Storage> Raft<S> {
     pub fn new(cfg: Config, storage: S) -> Result<Raft<S>, Error> {
         cfg.validate()?;
         let (hard_state, conf) = storage.initial_state();
-        let mut log = RaftLog::new(storage, hard_state.commit);
-        if cfg.applied > log.applied {
-            log.applied = cfg.applied.min(log.committed);
-        }
+        let log = RaftLog::new(storage, hard_state.commit);
         let mut raft = Raft {
             id: cfg.id,
             term: hard_state.term,
@@ -1062,10 +1059,11 @@ impl<S: Storage> Raft<S> {
         if context <= round && context > pr.acked_round {
             pr.acked_round = context;
         }
-        if pr.state == ProgressState::Replicate && pr.inflights.full() {
-            // Appends in the window may have been lost; free a slot so the
-            // next append goes out, and a gap it reveals turns into a probe.
-            pr.inflights.free_first();
+        if pr.state == ProgressState::Replicate && pr.matched < last && pr.matched == pr.matched_at_round {
+            // No acknowledgement for a whole heartbeat interval while
+            // entries are outstanding: appends may have been lost. Probe
+            // again from the last known match.
+            pr.become_probe();
         }
         if pr.state == ProgressState::Snapshot {
             let offset = pr.snapshot_offset;
@@ -1083,6 +1081,8 @@ impl<S: Storage> Raft<S> {
             return;
         }
         if reject {
+            // Not installed: probe from what the follower is known to hold.
+            pr.pending_snapshot = 0;
             pr.become_probe();
             return;
         }
@@ -1125,7 +1125,10 @@ impl<S: Storage> Raft<S> {
         let next = pr.next;
         let prev_index = next - 1;
         let prev_term = self.log.term(prev_index);
-        let entries = self.log.entries_from(next, self.cfg.max_message_bytes);
+        let entries = self.log.entries_from(next, self.cfg.max_message_bytes).map(|mut e| {
+            e.truncate(self.cfg.max_message_entries);
+            e
+        });
         let (Some(prev_term), Ok(entries)) = (prev_term, entries) else {
             return self.send_snapshot(to);
         };
@@ -1304,6 +1307,9 @@ impl<S: Storage> Raft<S> {
             self.reads_in_flight.push_back((round, ctx, index));
         }
         let committed = self.log.committed;
+        for pr in self.progress.values_mut() {
+            pr.matched_at_round = pr.matched;
+        }
         let peers: Vec<(NodeId, Index)> = self
             .progress
             .iter()

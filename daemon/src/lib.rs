@@ -7,11 +7,13 @@
 //! backpressure, and later TLS, auth and the admin endpoints. It must never
 //! block its event loop.
 //!
-//! Built so far: a single memory-only node. The event loop, the worker
-//! pool (or inline apply), backpressure, limits, configuration from
-//! defaults, TOML, environment and flags, and the deterministic state
-//! machine are real; the Raft driver, peer transport, TLS, auth, topic and
-//! near-cache subscriptions and the admin endpoints are not built yet.
+//! Built so far: the event loop, the worker pool (or inline apply),
+//! backpressure, limits, configuration from defaults, TOML, environment
+//! and flags, the deterministic state machine with snapshots, and — in
+//! cluster mode — the Raft driver, the peer transport and the consensus
+//! storage over the durable log. Without `[cluster]` the node is a single
+//! memory-only node that applies writes directly. TLS, auth, near-cache
+//! subscriptions and the admin endpoints are not built yet.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

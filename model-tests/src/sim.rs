@@ -1191,9 +1191,21 @@ impl Sim {
             2 => self.change_membership(),
             _ => {
                 if let Some(l) = self.leader() {
-                    let voters = self.nodes[l].raft.as_ref().expect("up").conf_state().voters.clone();
-                    let to = voters[self.rng.usize(0..voters.len())];
-                    self.schedule(1, EventKind::Input(l, Input::Transfer(to)));
+                    let me = self.nodes[l].id;
+                    let voters: Vec<NodeId> = self.nodes[l]
+                        .raft
+                        .as_ref()
+                        .expect("up")
+                        .conf_state()
+                        .voters
+                        .iter()
+                        .copied()
+                        .filter(|&v| v != me)
+                        .collect();
+                    if !voters.is_empty() {
+                        let to = voters[self.rng.usize(0..voters.len())];
+                        self.schedule(1, EventKind::Input(l, Input::Transfer(to)));
+                    }
                 }
             }
         }

@@ -420,7 +420,8 @@ body! {
         pub snapshot_index: u64 = U64F,
         /// The offset the follower expects next.
         pub next_offset: u64 = U64F,
-        /// True if the follower refuses (stale term or snapshot).
+        /// True if the follower refuses the snapshot (larger than it
+        /// accepts, or chunks that do not add up).
         pub reject: bool = BoolF,
     }
 }
@@ -440,7 +441,8 @@ body! {
         pub header: RaftHeader = BodyF<RaftHeader>,
         /// Commit index the follower may advance to (at most its match).
         pub commit: u64 = U64F,
-        /// ReadIndex context echoed in the response; 0 = none.
+        /// The leader's heartbeat round, echoed in the response; rounds
+        /// acknowledged by a quorum confirm ReadIndex reads and the lease.
         pub context: u64 = U64F,
     }
 }
