@@ -80,10 +80,11 @@ pub(crate) struct Progress {
     pub(crate) is_learner: bool,
     /// Newest heartbeat round the member acknowledged in this term.
     pub(crate) acked_round: u64,
-    /// `matched` when the latest heartbeat round went out: unchanged by
-    /// the time its answer arrives means nothing was acknowledged for a
-    /// heartbeat interval.
+    /// `matched` when the latest heartbeat round went out…
     pub(crate) matched_at_round: Index,
+    /// …and when the one before it went out: unchanged since then means
+    /// nothing was acknowledged for at least a heartbeat interval.
+    pub(crate) matched_at_previous_round: Index,
 }
 
 impl Progress {
@@ -100,6 +101,7 @@ impl Progress {
             is_learner,
             acked_round: 0,
             matched_at_round: 0,
+            matched_at_previous_round: 0,
         }
     }
 

@@ -1059,7 +1059,7 @@ impl<S: Storage> Raft<S> {
         if context <= round && context > pr.acked_round {
             pr.acked_round = context;
         }
-        if pr.state == ProgressState::Replicate && pr.matched < last && pr.matched == pr.matched_at_round {
+        if pr.state == ProgressState::Replicate && pr.matched < last && pr.matched == pr.matched_at_previous_round {
             // No acknowledgement for a whole heartbeat interval while
             // entries are outstanding: appends may have been lost. Probe
             // again from the last known match.
@@ -1308,6 +1308,7 @@ impl<S: Storage> Raft<S> {
         }
         let committed = self.log.committed;
         for pr in self.progress.values_mut() {
+            pr.matched_at_previous_round = pr.matched_at_round;
             pr.matched_at_round = pr.matched;
         }
         let peers: Vec<(NodeId, Index)> = self

@@ -1404,6 +1404,11 @@ fn cluster_reply(
                 "leadership changed before the write committed; it did not take effect",
             ),
             Outcome::Stopped => error_frame(request_id, ErrorCode::ShuttingDown, "the node is stopping"),
+            Outcome::Indeterminate => error_frame(
+                request_id,
+                ErrorCode::NoLeader,
+                "the write's outcome is unknown (a snapshot replaced this node's log); a retry with the same sequence applies at most once",
+            ),
             Outcome::Refused(why) => error_frame(request_id, ErrorCode::Internal, &why),
         };
         let _ = done.send(Done {

@@ -54,6 +54,10 @@ pub enum Outcome {
     /// The driver stopped before the request finished; it may or may not
     /// have taken effect.
     Stopped,
+    /// The entry's index was covered by a snapshot from the leader before
+    /// it applied here, so whether it was this proposal is not known. A
+    /// sequenced retry is applied at most once.
+    Indeterminate,
     /// Any other refusal.
     Refused(String),
 }
@@ -426,7 +430,7 @@ impl Run {
         match input {
             Input::Propose(data, reply) => match self.raft.propose(data, now_ms()) {
                 Ok(p) => {
-                    self.writes.insert(p.index, (p.term, reply));
+                    self.track_write(p.index, p.term, reply);
                 }
                 Err(e) => reply(not_leader(&e)),
             },
@@ -442,7 +446,7 @@ impl Run {
             }
             Input::ConfChange(change, reply) => match self.raft.propose_conf_change(change, now_ms()) {
                 Ok(p) => {
-                    self.writes.insert(p.index, (p.term, reply));
+                    self.track_write(p.index, p.term, reply);
                 }
                 Err(e) => reply(not_leader(&e)),
             },
@@ -461,6 +465,16 @@ impl Run {
         true
     }
 
+    /// Remembers who waits for the entry at `index`. An earlier proposal
+    /// at the same index was overwritten by another leader's entry (this
+    /// node lost leadership, its log was cut back, and it leads again): it
+    /// never took effect.
+    fn track_write(&mut self, index: Index, term: Term, reply: Reply) {
+        if let Some((_, earlier)) = self.writes.insert(index, (term, reply)) {
+            earlier(Outcome::Lost);
+        }
+    }
+
     fn send(&self, messages: Vec<Message>) {
         if let (Some(t), false) = (&self.transport, messages.is_empty()) {
             t.send(messages);
@@ -477,6 +491,11 @@ impl Run {
                 storage.apply_snapshot(snapshot.clone())?;
                 machine.restore(&snapshot.data);
                 self.applied_since_snapshot = 0;
+                // Proposals the snapshot covers never apply here one by one.
+                let later = self.writes.split_off(&(snapshot.meta.index + 1));
+                for (_, (_, reply)) in std::mem::replace(&mut self.writes, later) {
+                    reply(Outcome::Indeterminate);
+                }
             }
             if !ready.entries.is_empty() {
                 let last = storage.append(&ready.entries)?;

@@ -229,7 +229,13 @@ struct Conn {
     connecting: bool,
     /// Bytes to send before the link's frames (the opening ping).
     preamble: Vec<u8>,
+    /// When an accepted connection opened: it must identify itself within
+    /// [`OPENING_DEADLINE`].
+    opened: Instant,
 }
+
+/// An accepted connection must send its opening ping within this.
+const OPENING_DEADLINE: Duration = Duration::from_secs(5);
 
 struct Loop {
     config: TransportConfig,
@@ -258,6 +264,7 @@ impl Loop {
         let mut batch = Vec::new();
         while !self.stop.load(Ordering::Acquire) {
             self.dial_due();
+            self.expire_unidentified();
             let timeout = self.next_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -295,14 +302,43 @@ impl Loop {
         }
     }
 
+    /// Closes accepted connections that did not identify themselves in
+    /// time.
+    fn expire_unidentified(&mut self) {
+        let late: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+            .filter(|(_, c)| c.peer.is_none() && c.opened.elapsed() > OPENING_DEADLINE)
+            .map(|(i, _)| i)
+            .collect();
+        for idx in late {
+            self.reject(idx, "no opening ping in time");
+        }
+    }
+
     fn next_timeout(&self) -> Option<Duration> {
+        // Wake at least every second while a connection must still
+        // identify itself, to enforce the opening deadline.
+        let opening = self
+            .conns
+            .iter()
+            .flatten()
+            .any(|c| c.peer.is_none())
+            .then_some(Duration::from_secs(1));
         let now = Instant::now();
-        self.links
+        let dial = self
+            .links
             .iter()
             .filter(|(&id, l)| l.conn.is_none() && self.config.node_id < id)
             .map(|(_, l)| l.next_dial.saturating_duration_since(now))
             .min()
-            .map(|d| d.max(Duration::from_millis(1)))
+            .map(|d| d.max(Duration::from_millis(1)));
+        match (opening, dial) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn add_conn(&mut self, conn: Conn) -> io::Result<usize> {
@@ -331,6 +367,7 @@ impl Loop {
             framer: Framer::new(buf.into_boxed_slice(), self.config.limits).expect("buffer holds a maximal frame"),
             connecting,
             preamble: Vec::new(),
+            opened: Instant::now(),
         }
     }
 
@@ -376,6 +413,13 @@ impl Loop {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    // Connections not yet identified are bounded: a peer
+                    // opens at most one at a time, plus a redial in flight.
+                    let unidentified = self.conns.iter().flatten().filter(|c| c.peer.is_none()).count();
+                    if unidentified >= 2 * self.links.len() + 2 {
+                        self.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     let conn = self.new_conn(stream, None, false);
                     let _ = self.add_conn(conn);
@@ -418,11 +462,9 @@ impl Loop {
             match conn.stream.take_error() {
                 Ok(None) => {}
                 Ok(Some(e)) | Err(e) => {
-                    let peer = conn.peer;
+                    // Closing a dialed connection schedules the redial.
+                    tracing::debug!(error = %e, "peer connect failed");
                     self.close(idx, true);
-                    if let Some(peer) = peer {
-                        self.dial_failed(peer, &e);
-                    }
                     return;
                 }
             }
@@ -545,6 +587,8 @@ impl Loop {
                     let link = self.links.get_mut(&from).expect("checked");
                     if let Some(old) = link.conn.replace(idx) {
                         if old != idx {
+                            // The new connection starts on a frame boundary.
+                            link.drop_partial_head();
                             self.close_conn_only(old);
                         }
                     }

@@ -9,6 +9,8 @@
 //! | now_ms, next_id, applied, memory_used | 4 × 8 |
 //! | structure count | 4 |
 //! | per structure, by name: name (u8 length + bytes), kind (u8), body | … |
+//! | TTL index record count | 4 |
+//! | per record, by (expiry, id): expiry u64, id u64, map name (u8 length + bytes), key (u16 length + bytes) | … |
 //! | dedup client count | 4 |
 //! | per client, by id: id, highest, at_ms (3 × u64), answers (u32 count), each: seq u64, opcode u16, status u16, kept u8, body (u32 length + bytes when kept) | … |
 //!
@@ -19,8 +21,13 @@
 //! member (u16 length + bytes). Atomic (3): i64. Topic (4): next sequence
 //! u64.
 //!
-//! Everything is ordered (names sorted, entries by insertion id, clients
-//! by id), so two replicas with equal state write equal bytes. Decoding
+//! Everything is ordered (names sorted, entries by insertion id, TTL
+//! records by expiry then id, clients by id), so two replicas with equal
+//! state write equal bytes. The TTL index is written as it stands,
+//! including records left stale by overwrites and deletes: reclaim pops a
+//! bounded number of records per apply, stale or not, so a replica
+//! restored from a snapshot must hold the same records to reclaim, and so
+//! to account memory, exactly as one that applied the log. Decoding
 //! checks every length against the bytes present and the configured
 //! limits, so a damaged snapshot is an error, never a panic or an
 //! unbounded allocation.
@@ -175,6 +182,13 @@ impl StateMachine {
                 }
             }
         }
+        w.u32(self.expiry.len() as u32);
+        for (&(at, id), (name, key)) in &self.expiry {
+            w.u64(at);
+            w.u64(id);
+            w.bytes8(name.as_bytes());
+            w.bytes16(key);
+        }
         let clients = self.dedup.clients_ordered();
         w.u32(clients.len() as u32);
         for (id, highest, at_ms, answers) in clients {
@@ -266,9 +280,6 @@ fn decode(config: StateConfig, data: &[u8]) -> Result<StateMachine, SnapshotErro
                     }
                     let cost = entry_cost(key.len(), value.len());
                     memory += cost;
-                    if let Some(at) = expires {
-                        sm.expiry.insert((at, id), (name_clone(&name), key.into()));
-                    }
                     m.restore(
                         key,
                         MapEntry {
@@ -324,6 +335,24 @@ fn decode(config: StateConfig, data: &[u8]) -> Result<StateMachine, SnapshotErro
         return r.fail("memory accounting does not match the contents");
     }
     sm.memory_used = memory;
+    let records = r.count(8 + 8 + 1 + 2)?;
+    let mut last_record = None;
+    for _ in 0..records {
+        let at = r.u64()?;
+        let id = r.u64()?;
+        if last_record.is_some_and(|l| l >= (at, id)) || id >= sm.next_id {
+            return r.fail("TTL records are not in order below next_id");
+        }
+        last_record = Some((at, id));
+        let len = r.u8()? as usize;
+        let name = std::str::from_utf8(r.bytes(len, limits.name_max_bytes)?).map_err(|_| SnapshotError {
+            offset: r.at,
+            reason: "TTL record name is not UTF-8",
+        })?;
+        let klen = r.u16()? as usize;
+        let key = r.bytes(klen, limits.key_max_bytes)?;
+        sm.expiry.insert((at, id), (name.into(), key.into()));
+    }
     let clients = r.count(8 * 3 + 4)?;
     let mut dedup = DedupTable::new(config.dedup);
     let mut last_client = None;
