@@ -79,7 +79,7 @@ for i in $(seq 1 "$n"); do
 done
 # Wait for an election.
 for _ in $(seq 1 100); do
-    if status | grep -q leader; then
+    if status | grep -c leader >/dev/null; then
         status
         echo "cluster up: try  $loomctl --addr 127.0.0.1:7001 map put m k v"
         echo "stop with:       $0 stop"
