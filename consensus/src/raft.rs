@@ -162,6 +162,17 @@ struct IncomingSnapshot {
     bytes: Vec<u8>,
 }
 
+/// A successful answer to an append (or a finished snapshot): the log
+/// matches up to `index`.
+fn append_ack(index: Index) -> MessageBody {
+    MessageBody::AppendResponse {
+        reject: false,
+        index,
+        hint_index: 0,
+        hint_term: 0,
+    }
+}
+
 /// Rounds remembered for the lease; older unacknowledged rounds are
 /// forgotten and simply give no lease.
 const ROUNDS_MAX: usize = 1024;
@@ -726,15 +737,7 @@ impl<S: Storage> Raft<S> {
                 {
                     // Tell a stale leader about the newer term so it steps
                     // down instead of retrying forever.
-                    self.send(
-                        m.from,
-                        MessageBody::AppendResponse {
-                            reject: false,
-                            index: 0,
-                            hint_index: 0,
-                            hint_term: 0,
-                        },
-                    );
+                    self.send(m.from, append_ack(0));
                 }
                 MessageBody::Vote { pre: true, .. } => {
                     self.send(
@@ -842,28 +845,14 @@ impl<S: Storage> Raft<S> {
         let term = self.term;
         if prev_index < self.log.committed {
             let committed = self.log.committed;
-            self.send_after_persist(
-                from,
-                term,
-                MessageBody::AppendResponse {
-                    reject: false,
-                    index: committed,
-                    hint_index: 0,
-                    hint_term: 0,
-                },
-            );
+            self.send_after_persist(from, term, append_ack(committed));
             return;
         }
         if let Some(ts) = entries.iter().map(|e| e.timestamp_ms).max() {
             self.last_timestamp_ms = self.last_timestamp_ms.max(ts);
         }
         let body = match self.log.maybe_append(prev_index, prev_term, commit, entries) {
-            Some(last) => MessageBody::AppendResponse {
-                reject: false,
-                index: last,
-                hint_index: 0,
-                hint_term: 0,
-            },
+            Some(last) => append_ack(last),
             None => {
                 let (hint_index, hint_term) = self.log.find_conflict_by_term(prev_index, prev_term);
                 MessageBody::AppendResponse {
@@ -891,16 +880,7 @@ impl<S: Storage> Raft<S> {
         if index <= self.log.committed {
             self.incoming_snapshot = None;
             let committed = self.log.committed;
-            self.send_after_persist(
-                from,
-                term,
-                MessageBody::AppendResponse {
-                    reject: false,
-                    index: committed,
-                    hint_index: 0,
-                    hint_term: 0,
-                },
-            );
+            self.send_after_persist(from, term, append_ack(committed));
             return;
         }
         let ack = |next_offset: u64, reject: bool| MessageBody::SnapshotResponse {
@@ -954,16 +934,7 @@ impl<S: Storage> Raft<S> {
         } else {
             self.log.committed
         };
-        self.send_after_persist(
-            from,
-            term,
-            MessageBody::AppendResponse {
-                reject: false,
-                index,
-                hint_index: 0,
-                hint_term: 0,
-            },
-        );
+        self.send_after_persist(from, term, append_ack(index));
     }
 
     /// Raft §7: installs a snapshot unless the log already covers it.
@@ -1480,9 +1451,9 @@ impl<S: Storage> Raft<S> {
         if self.lead_transferee != 0 && !self.is_voter(self.lead_transferee) {
             self.lead_transferee = 0;
         }
-        if self.maybe_commit() {
-            self.pending_broadcast = true;
-        }
+        // A new configuration may commit more (or need telling): send either
+        // way.
+        self.maybe_commit();
         self.pending_broadcast = true;
     }
 

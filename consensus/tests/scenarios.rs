@@ -298,10 +298,8 @@ fn joint_change_survives_a_leader_change_in_between() {
     }
     net.drop_queue();
     net.isolate(1);
-    assert!(
-        net.raft(2).conf_state().voters_outgoing.is_empty() || net.raft(2).conf_state().is_joint(),
-        "node 2 may or may not have applied the entering entry yet"
-    );
+    // Node 2 may or may not have applied the entering entry yet; either way
+    // it must be elected by both halves and finish the change.
     net.expire_leases(&[2, 3, 4]);
     net.campaign(2);
     net.stabilize();

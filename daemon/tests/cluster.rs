@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use loomcache_client::{Client, ClientConfig};
 
+#[derive(Clone, Copy)]
 struct Member {
     id: u64,
     client: SocketAddr,
@@ -33,6 +34,17 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Three members on free loopback ports.
+fn three_members() -> Vec<Member> {
+    (1..=3)
+        .map(|id| Member {
+            id,
+            client: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            peer: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        })
+        .collect()
 }
 
 fn members_arg(members: &[Member]) -> String {
@@ -113,13 +125,7 @@ fn leader_of(members: &[Member]) -> Option<usize> {
 #[test]
 fn three_processes_replicate_survive_kill_9_and_recover() {
     let tmp = tempfile::tempdir().unwrap();
-    let members: Vec<Member> = (1..=3)
-        .map(|id| Member {
-            id,
-            client: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            peer: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        })
-        .collect();
+    let members = three_members();
     let arg = members_arg(&members);
     let mut procs: Vec<Option<Proc>> = members.iter().map(|m| Some(start(m, &arg, tmp.path()))).collect();
     let c = client(&members);
@@ -189,13 +195,7 @@ fn three_processes_replicate_survive_kill_9_and_recover() {
 #[test]
 fn a_paused_leader_is_replaced_and_serves_no_stale_reads() {
     let tmp = tempfile::tempdir().unwrap();
-    let members: Vec<Member> = (1..=3)
-        .map(|id| Member {
-            id,
-            client: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            peer: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        })
-        .collect();
+    let members = three_members();
     let arg = members_arg(&members);
     let procs: Vec<Proc> = members.iter().map(|m| start(m, &arg, tmp.path())).collect();
     let c = client(&members);
@@ -209,11 +209,7 @@ fn a_paused_leader_is_replaced_and_serves_no_stale_reads() {
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != old)
-        .map(|(_, m)| Member {
-            id: m.id,
-            client: m.client,
-            peer: m.peer,
-        })
+        .map(|(_, m)| *m)
         .collect();
     let c2 = client(&others);
     put_until_ok(&c2, b"k", b"after");

@@ -1058,11 +1058,17 @@ impl Sim {
     }
 
     fn submit(&mut self, c: usize) {
+        self.send_outstanding(c, 50..500);
+    }
+
+    /// Sends client `c`'s outstanding request to its leader guess after a
+    /// delay drawn from `delays`.
+    fn send_outstanding(&mut self, c: usize, delays: std::ops::Range<u64>) {
         let client = &self.clients[c];
         let Some(out) = &client.outstanding else { return };
         let (request, op) = (out.request, out.op);
         let node = client.leader_guess;
-        let delay = self.rng.u64(50..500);
+        let delay = self.rng.u64(delays);
         self.schedule(delay, EventKind::Input(node, Input::Request { client: c, request, op }));
     }
 
@@ -1107,19 +1113,7 @@ impl Sim {
     fn resubmit_later(&mut self, c: usize) {
         // The request certainly did not execute: send it again after a
         // pause so a leaderless cluster is not flooded.
-        let Some(out) = &self.clients[c].outstanding else {
-            return;
-        };
-        let request = out.request;
-        let delay = self.rng.u64(TICK / 2..2 * TICK);
-        self.seq += 1;
-        let op = out.op;
-        let node = self.clients[c].leader_guess;
-        self.queue.push(Scheduled {
-            at: self.now + delay,
-            seq: self.seq,
-            kind: EventKind::Input(node, Input::Request { client: c, request, op }),
-        });
+        self.send_outstanding(c, TICK / 2..2 * TICK);
     }
 
     fn client_timeout(&mut self, c: usize, request: u64) {
@@ -1321,20 +1315,13 @@ impl Sim {
                 }
             }
             _ => {
-                // Bridge: the two sides meet only through one node.
-                if b.len() >= 2 {
-                    let bridge = b[0];
-                    for &x in a {
-                        for &y in &b[1..] {
-                            block_both(&mut self.blocked, x, y);
-                        }
-                    }
-                    let _ = bridge;
-                } else {
-                    for &x in a {
-                        for &y in b {
-                            block_both(&mut self.blocked, x, y);
-                        }
+                // Bridge: the two sides meet only through b[0], which
+                // keeps every link (with one node on that side, a plain
+                // split).
+                let far = if b.len() >= 2 { &b[1..] } else { b };
+                for &x in a {
+                    for &y in far {
+                        block_both(&mut self.blocked, x, y);
                     }
                 }
             }

@@ -262,6 +262,7 @@ impl Loop {
     fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         let mut batch = Vec::new();
+        let mut peers: Vec<NodeId> = Vec::with_capacity(self.links.len());
         while !self.stop.load(Ordering::Acquire) {
             self.dial_due();
             self.expire_unidentified();
@@ -292,8 +293,9 @@ impl Loop {
             for m in batch.drain(..) {
                 self.enqueue(&m);
             }
-            let peers: Vec<NodeId> = self.links.keys().copied().collect();
-            for peer in peers {
+            peers.clear();
+            peers.extend(self.links.keys().copied());
+            for &peer in &peers {
                 self.flush(peer);
             }
         }
