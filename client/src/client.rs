@@ -41,7 +41,8 @@ pub struct ClientConfig {
     /// process id.
     pub client_id: u64,
     /// Redirects followed for one request before the redirect is returned
-    /// as an error. Default 8.
+    /// as an error; from the second on, each waits a backoff first, so a
+    /// leader change in progress is ridden out. Default 8.
     pub redirects_max: u32,
 }
 
@@ -215,6 +216,16 @@ impl Client {
                     *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
                     // Pooled connections go to the old node.
                     self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    // A second redirect for the same request means the
+                    // members are still learning of the leader (or name
+                    // one that is gone): back off before asking again.
+                    if redirects > 0 {
+                        std::thread::sleep(
+                            self.backoff(attempt)
+                                .min(self.config.retry_budget.saturating_sub(start.elapsed())),
+                        );
+                        attempt += 1;
+                    }
                     redirects += 1;
                 }
                 Err(e) if e.is_retryable() && start.elapsed() < self.config.retry_budget => {

@@ -2,125 +2,13 @@
 //! through the leader, followers redirect, the leader's `kill -9` loses no
 //! acknowledged write, and a restarted member recovers from its directory.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::cluster::{client, leader_of, members_arg, put_until_ok, start, three_members, Member, Proc};
 use loomcache_client::{Client, ClientConfig};
-
-#[derive(Clone, Copy)]
-struct Member {
-    id: u64,
-    client: SocketAddr,
-    peer: SocketAddr,
-}
-
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Three members on free loopback ports.
-fn three_members() -> Vec<Member> {
-    (1..=3)
-        .map(|id| Member {
-            id,
-            client: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            peer: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        })
-        .collect()
-}
-
-fn members_arg(members: &[Member]) -> String {
-    members
-        .iter()
-        .map(|m| format!("{}={}/{}", m.id, m.client, m.peer))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn start(m: &Member, members: &str, dir: &Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loomd"))
-        .args([
-            "--node-id",
-            &m.id.to_string(),
-            "--listen",
-            &m.client.to_string(),
-            "--members",
-            members,
-            "--data-dir",
-            &dir.join(format!("node-{}", m.id)).display().to_string(),
-            "--log-level",
-            "warn",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn loomd");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("a first line");
-    assert!(line.contains("listening on"), "{line:?}");
-    assert!(line.contains("cluster member"), "{line:?}");
-    Proc { child }
-}
-
-fn client(members: &[Member]) -> Client {
-    Client::connect(ClientConfig {
-        addrs: members.iter().map(|m| m.client).collect(),
-        retry_budget: Duration::from_secs(20),
-        request_timeout: Duration::from_secs(5),
-        ..ClientConfig::default()
-    })
-    .expect("a member answers")
-}
-
-fn put_until_ok(c: &Client, key: &[u8], value: &[u8]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match c.map("m").set(key, value) {
-            Ok(()) => return,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("write never succeeded: {e}"),
-        }
-    }
-}
-
-/// The member whose NODE_INFO says it leads.
-fn leader_of(members: &[Member]) -> Option<usize> {
-    members.iter().position(|m| {
-        let Ok(c) = Client::connect(ClientConfig {
-            addrs: vec![m.client],
-            retry_budget: Duration::ZERO,
-            ..ClientConfig::default()
-        }) else {
-            return false;
-        };
-        c.info()
-            .map(|pairs| pairs.iter().any(|(k, v)| k == "raft_role" && v == "leader"))
-            .unwrap_or(false)
-    })
-}
 
 #[test]
 fn three_processes_replicate_survive_kill_9_and_recover() {

@@ -1,6 +1,8 @@
 //! A real `loomd` process on loopback, for the process-level tests.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
