@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use loomcache_wire::{
-    AtomicCompareAndSet, Key, KeyValue, Keyed, MapCompareAndSet, MapGetAll, MapPutAll, MapWrite, Named, NamedLong,
-    NamedValue, Opcode, Page, Payload, Ping, QueueDrain, QueuePoll, Seq,
+    AtomicCompareAndSet, Join, Key, KeyValue, Keyed, Leave, MapCompareAndSet, MapGetAll, MapPutAll, MapWrite, Named,
+    NamedLong, NamedValue, Opcode, Page, Payload, Ping, QueueDrain, QueuePoll, Seq, TransferLeader,
 };
 
 use crate::conn::Connection;
@@ -246,6 +246,35 @@ impl Client {
     /// Round trip to a node; answers the echoed nonce.
     pub fn ping(&self, nonce: u64) -> Result<u64> {
         expect_count(Opcode::ClusterPing, self.call(&Payload::ClusterPing(Ping { nonce }))?)
+    }
+
+    /// Adds a node to the group (at the leader): it joins as a learner and
+    /// the leader makes it a voter once it has caught up. The node must
+    /// be running, started to join (`loomd --join`).
+    pub fn cluster_add(&self, node_id: u64, client_addr: &str, peer_addr: &str) -> Result<()> {
+        let join = Join {
+            node_id,
+            client_addr,
+            peer_addr,
+        };
+        expect_empty(Opcode::ClusterJoin, self.call(&Payload::ClusterJoin(join))?)
+    }
+
+    /// Removes a node from the group (through a joint configuration).
+    pub fn cluster_remove(&self, node_id: u64) -> Result<()> {
+        expect_empty(
+            Opcode::ClusterLeave,
+            self.call(&Payload::ClusterLeave(Leave { node_id }))?,
+        )
+    }
+
+    /// Asks the leader to hand leadership to voter `node_id`; answered once
+    /// the handover has started.
+    pub fn transfer_leader(&self, node_id: u64) -> Result<()> {
+        expect_empty(
+            Opcode::ClusterTransferLeader,
+            self.call(&Payload::ClusterTransferLeader(TransferLeader { node_id }))?,
+        )
     }
 
     /// The node's statistics, as name/value pairs.

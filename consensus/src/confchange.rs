@@ -28,11 +28,19 @@ pub enum ConfChangeItem {
 pub struct ConfChange {
     /// The steps.
     pub items: Vec<ConfChangeItem>,
+    /// Opaque bytes that travel with the change and reach every member
+    /// when it applies (the embedding application's member addresses, for
+    /// example). The core never reads them. At most
+    /// [`CONF_CHANGE_CONTEXT_MAX`] bytes.
+    pub context: Vec<u8>,
 }
 
 /// Upper bound on steps in one change, so a decoder never allocates more
 /// than this.
 pub const CONF_CHANGE_ITEMS_MAX: usize = 64;
+
+/// Upper bound on a change's context.
+pub const CONF_CHANGE_CONTEXT_MAX: usize = 4096;
 
 /// Why a change cannot be applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -56,13 +64,17 @@ pub enum ConfChangeError {
     /// More steps than [`CONF_CHANGE_ITEMS_MAX`].
     #[error("more than {CONF_CHANGE_ITEMS_MAX} steps in one change")]
     TooManyItems,
+    /// A context longer than [`CONF_CHANGE_CONTEXT_MAX`].
+    #[error("membership change context longer than {CONF_CHANGE_CONTEXT_MAX} bytes")]
+    ContextTooLong,
 }
 
 impl ConfChange {
     /// Encoding: `u16` LE step count, then per step one kind byte (0 add
-    /// voter, 1 add learner, 2 remove) and a `u64` LE node id.
+    /// voter, 1 add learner, 2 remove) and a `u64` LE node id, then the
+    /// context's bytes to the end (none: no context).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(2 + 9 * self.items.len());
+        let mut out = Vec::with_capacity(2 + 9 * self.items.len() + self.context.len());
         out.extend_from_slice(&(self.items.len() as u16).to_le_bytes());
         for item in &self.items {
             let (kind, id) = match *item {
@@ -73,20 +85,25 @@ impl ConfChange {
             out.push(kind);
             out.extend_from_slice(&id.to_le_bytes());
         }
+        out.extend_from_slice(&self.context);
         out
     }
 
     /// Decodes [`ConfChange::encode`]'s output; anything else is an error.
     pub fn decode(bytes: &[u8]) -> Result<ConfChange, ConfChangeError> {
-        let (count, mut rest) = match bytes {
+        let (count, rest) = match bytes {
             [a, b, rest @ ..] => (u16::from_le_bytes([*a, *b]) as usize, rest),
             _ => return Err(ConfChangeError::Malformed),
         };
         if count > CONF_CHANGE_ITEMS_MAX {
             return Err(ConfChangeError::TooManyItems);
         }
-        if rest.len() != count * 9 {
+        if rest.len() < count * 9 {
             return Err(ConfChangeError::Malformed);
+        }
+        let (mut rest, context) = rest.split_at(count * 9);
+        if context.len() > CONF_CHANGE_CONTEXT_MAX {
+            return Err(ConfChangeError::ContextTooLong);
         }
         let mut items = Vec::with_capacity(count);
         while let [kind, id @ ..] = rest {
@@ -100,7 +117,10 @@ impl ConfChange {
             });
             rest = tail;
         }
-        Ok(ConfChange { items })
+        Ok(ConfChange {
+            items,
+            context: context.to_vec(),
+        })
     }
 }
 
@@ -112,6 +132,9 @@ fn sorted(set: BTreeSet<NodeId>) -> Vec<NodeId> {
 pub fn apply(conf: &ConfState, change: &ConfChange) -> Result<ConfState, ConfChangeError> {
     if change.items.len() > CONF_CHANGE_ITEMS_MAX {
         return Err(ConfChangeError::TooManyItems);
+    }
+    if change.context.len() > CONF_CHANGE_CONTEXT_MAX {
+        return Err(ConfChangeError::ContextTooLong);
     }
     if change.items.is_empty() {
         if !conf.is_joint() {
@@ -195,7 +218,10 @@ mod tests {
     use ConfChangeItem::*;
 
     fn cc(items: &[ConfChangeItem]) -> ConfChange {
-        ConfChange { items: items.to_vec() }
+        ConfChange {
+            items: items.to_vec(),
+            context: Vec::new(),
+        }
     }
 
     #[test]
@@ -203,6 +229,11 @@ mod tests {
         let change = cc(&[AddVoter(4), AddLearner(5), Remove(1)]);
         assert_eq!(ConfChange::decode(&change.encode()), Ok(change));
         assert_eq!(ConfChange::decode(&cc(&[]).encode()), Ok(cc(&[])));
+        let with_context = ConfChange {
+            items: vec![AddLearner(7)],
+            context: b"7=127.0.0.1:1/127.0.0.1:2".to_vec(),
+        };
+        assert_eq!(ConfChange::decode(&with_context.encode()), Ok(with_context));
         for bad in [
             &[][..],
             &[1],
@@ -212,6 +243,9 @@ mod tests {
         ] {
             assert!(ConfChange::decode(bad).is_err(), "{bad:?}");
         }
+        let mut long = cc(&[]).encode();
+        long.resize(2 + CONF_CHANGE_CONTEXT_MAX + 1, 0);
+        assert_eq!(ConfChange::decode(&long), Err(ConfChangeError::ContextTooLong));
     }
 
     /// Raft §6: a voter change goes through a joint configuration whose old

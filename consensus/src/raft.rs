@@ -848,6 +848,14 @@ impl<S: Storage> Raft<S> {
             self.send_after_persist(from, term, append_ack(committed));
             return;
         }
+        if prev_index == 0 && !entries.is_empty() && self.awaits_first_snapshot() {
+            // A node started to join knows no configuration: it must begin
+            // from a snapshot, which carries one, never from index 1, whose
+            // configuration it cannot know. No answer: the leader probes
+            // again after a silent heartbeat interval, by then perhaps
+            // with a snapshot to send.
+            return;
+        }
         if let Some(ts) = entries.iter().map(|e| e.timestamp_ms).max() {
             self.last_timestamp_ms = self.last_timestamp_ms.max(ts);
         }
@@ -1455,6 +1463,16 @@ impl<S: Storage> Raft<S> {
         // way.
         self.maybe_commit();
         self.pending_broadcast = true;
+    }
+
+    /// True for a node with an empty log and no configuration: one started
+    /// to join an existing group, which learns the group's configuration
+    /// from its first snapshot.
+    pub fn awaits_first_snapshot(&self) -> bool {
+        self.log.last_index() == 0
+            && self.conf.voters.is_empty()
+            && self.conf.learners.is_empty()
+            && self.conf.voters_outgoing.is_empty()
     }
 
     fn apply_conf_entry(&mut self, entry: &Entry) {

@@ -257,6 +257,7 @@ fn joint_change_that_removes_the_leader() {
     net.elect(1);
     let change = ConfChange {
         items: vec![ConfChangeItem::AddVoter(4), ConfChangeItem::Remove(1)],
+        context: Vec::new(),
     };
     net.raft_mut(1).propose_conf_change(change, 0).unwrap();
     net.stabilize();
@@ -287,6 +288,7 @@ fn joint_change_survives_a_leader_change_in_between() {
     net.elect(1);
     let change = ConfChange {
         items: vec![ConfChangeItem::AddVoter(4), ConfChangeItem::Remove(3)],
+        context: Vec::new(),
     };
     net.raft_mut(1).propose_conf_change(change, 0).unwrap();
     net.process(1);
@@ -452,6 +454,7 @@ fn learner_catches_up_then_is_promoted() {
     assert_eq!(net.raft(4).role(), Role::Follower, "learners never campaign");
     let change = ConfChange {
         items: vec![ConfChangeItem::AddVoter(4)],
+        context: Vec::new(),
     };
     net.raft_mut(1).propose_conf_change(change, 0).unwrap();
     net.stabilize();
@@ -463,6 +466,7 @@ fn learner_catches_up_then_is_promoted() {
     // A second change waits until the first is applied.
     let change = ConfChange {
         items: vec![ConfChangeItem::Remove(4)],
+        context: Vec::new(),
     };
     net.raft_mut(1).propose_conf_change(change.clone(), 0).unwrap();
     assert_eq!(
@@ -546,4 +550,61 @@ fn a_lost_last_append_is_resent_without_new_proposals() {
         "resent after a silent heartbeat round"
     );
     assert!(net.applied_data(3).contains(&b"lost".to_vec()));
+}
+
+/// Thesis §4.2 (catching up new servers): a node started empty to join
+/// knows no configuration, so it refuses to build its log from index 1 (it
+/// could not know the group's starting configuration) and waits for a
+/// snapshot. Once the leader has one, the joiner installs it, learns the
+/// configuration as a learner, and a promotion makes it a voter.
+#[test]
+fn an_empty_joiner_starts_from_a_snapshot_only() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    for i in 0..5u8 {
+        net.propose(1, &[i]);
+    }
+    net.stabilize();
+    net.add_empty_node(4);
+    assert!(net.raft(4).awaits_first_snapshot());
+    let learner = ConfChange {
+        items: vec![ConfChangeItem::AddLearner(4)],
+        context: b"address of 4".to_vec(),
+    };
+    net.raft_mut(1).propose_conf_change(learner, 0).unwrap();
+    for _ in 0..3 {
+        net.tick(1, 1);
+        net.stabilize();
+    }
+    assert_eq!(net.log_of(4), vec![], "no log from index 1 without a configuration");
+    assert!(net.raft(4).awaits_first_snapshot());
+
+    let applied = net.raft(1).applied();
+    let conf = net.raft(1).conf_state().clone();
+    assert_eq!(conf.learners, vec![4]);
+    net.raft_mut(1)
+        .storage_mut()
+        .create_snapshot(applied, conf.clone(), Arc::from(&b"state"[..]));
+    for _ in 0..3 {
+        net.tick(1, 1);
+        net.stabilize();
+    }
+    assert!(!net.raft(4).awaits_first_snapshot());
+    assert_eq!(net.raft(4).conf_state(), &conf);
+    assert_eq!(net.raft(4).committed(), net.raft(1).committed());
+
+    let promote = ConfChange {
+        items: vec![ConfChangeItem::AddVoter(4)],
+        context: Vec::new(),
+    };
+    net.raft_mut(1).propose_conf_change(promote, 0).unwrap();
+    for _ in 0..3 {
+        net.tick(1, 1);
+        net.stabilize();
+    }
+    assert_eq!(net.raft(4).conf_state().voters, vec![1, 2, 3, 4]);
+    assert!(net.raft(4).conf_state().voters_outgoing.is_empty());
+    let p = net.propose(1, b"after");
+    net.stabilize();
+    assert!(net.raft(4).committed() >= p.index);
 }

@@ -87,6 +87,10 @@ pub struct ClusterConfig {
     /// Flush the log before acknowledging (group commit). Default true;
     /// false keeps replication but gives up durability on power loss.
     pub fsync: bool,
+    /// Start with no configuration, to be added to an existing group
+    /// (`loomctl cluster add`); `members` then needs only this node's
+    /// entry. Ignored once the node has state. Default false.
+    pub join: bool,
 }
 
 impl ClusterConfig {
@@ -101,6 +105,7 @@ impl ClusterConfig {
             lease_margin_ticks: 6,
             snapshot_every_entries: 100_000,
             fsync: true,
+            join: false,
         }
     }
 

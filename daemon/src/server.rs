@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use loomcache_consensus::Entry;
+use loomcache_consensus::{ConfChange, ConfState, Entry};
 use loomcache_wire::{
     parse_frame, Busy, ErrorCode, Flags, HeaderFields, HelloAck, Limits, OkBody, OpClass, Opcode, Parsed, Payload,
     Redirect, Response, Writer, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
@@ -27,6 +27,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::backpressure::{Backpressure, Level};
 use crate::config::{ClusterConfig, Config};
+use crate::raft::members::{self, AddressBook};
 use crate::raft::{Driver, DriverConfig, DriverHandle, Outcome, Replicated, Transport, TransportConfig};
 use crate::state::StateMachine;
 
@@ -173,8 +174,7 @@ impl Server {
         }
         let (driver, transport, cluster) = match &config.cluster {
             Some(cluster) => {
-                let (driver, transport) = start_cluster(&config, cluster, &shared)?;
-                let leaders = cluster.members.iter().map(|m| (m.id, m.client_addr)).collect();
+                let (driver, transport, book) = start_cluster(&config, cluster, &shared)?;
                 let handle = driver.handle().clone();
                 (
                     Some(driver),
@@ -182,7 +182,7 @@ impl Server {
                     Some(ClusterFront {
                         driver: handle,
                         done: done_tx.clone(),
-                        leaders: Arc::new(leaders),
+                        book,
                     }),
                 )
             }
@@ -441,12 +441,12 @@ struct Conn {
 }
 
 /// What the loop needs in cluster mode: the driver to hand requests to,
-/// the channel answers come back on, and the members' client addresses
-/// for redirects.
+/// the channel answers come back on, and the members' addresses (client
+/// addresses for redirects).
 struct ClusterFront {
     driver: DriverHandle,
     done: Sender<Done>,
-    leaders: Arc<HashMap<u64, SocketAddr>>,
+    book: Arc<AddressBook>,
 }
 
 struct EventLoop {
@@ -738,7 +738,7 @@ impl EventLoop {
                     request_id,
                     &self.shared,
                     &self.config,
-                    self.cluster.as_ref().map(|c| c.driver.summary()),
+                    self.cluster.as_ref(),
                     self.open,
                     &self.topics,
                     &self.parked,
@@ -747,6 +747,44 @@ impl EventLoop {
                     Ok(Payload::ClusterPing(p)) => response_frame(request_id, 0, &Response::Ok(OkBody::Count(p.nonce))),
                     _ => error_frame(request_id, ErrorCode::Malformed, "bad ping"),
                 }),
+                OpClass::Cluster
+                    if matches!(
+                        opcode,
+                        Opcode::ClusterJoin | Opcode::ClusterLeave | Opcode::ClusterTransferLeader
+                    ) =>
+                {
+                    match (&self.cluster, membership_request(&frame, &limits)) {
+                        (None, _) => Some(error_frame(
+                            request_id,
+                            ErrorCode::Unsupported,
+                            "membership changes need cluster mode (--members)",
+                        )),
+                        (Some(_), Err(e)) => Some(error_frame(request_id, ErrorCode::Malformed, &e)),
+                        (Some(front), Ok(request)) => match request.check(&front.driver.membership().conf) {
+                            Err(why) => Some(error_frame(request_id, ErrorCode::InvalidArgument, &why)),
+                            Ok(()) if !self.shared.backpressure.try_admit() => Some(response_frame(
+                                request_id,
+                                0,
+                                &Response::ServerBusy(Busy { retry_after_ms: 10 }),
+                            )),
+                            Ok(()) => {
+                                let reply = cluster_reply(
+                                    Arc::clone(&self.shared),
+                                    front.done.clone(),
+                                    Arc::clone(&front.book),
+                                    (idx, conn.generation),
+                                    (request_id, frame.header().partition()),
+                                    Answer::Done,
+                                );
+                                conn.in_flight += 1;
+                                request.submit(&front.driver, reply);
+                                conn.start += len;
+                                conn.partial_since = None;
+                                continue;
+                            }
+                        },
+                    }
+                }
                 OpClass::Subscription if opcode == Opcode::TopicSubscribe => Some(match frame.decode(&limits) {
                     Ok(Payload::TopicSubscribe(n)) => {
                         let id = self.next_subscription;
@@ -826,10 +864,14 @@ impl EventLoop {
                 let reply = cluster_reply(
                     Arc::clone(&self.shared),
                     front.done.clone(),
-                    Arc::clone(&front.leaders),
+                    Arc::clone(&front.book),
                     (idx, conn.generation),
                     (request_id, frame.header().partition()),
-                    is_read.then(|| Arc::clone(&bytes)),
+                    if is_read {
+                        Answer::Read(Arc::clone(&bytes))
+                    } else {
+                        Answer::Applied
+                    },
                 );
                 conn.start += len;
                 conn.partial_since = None;
@@ -1192,7 +1234,7 @@ fn node_info(
     request_id: u64,
     shared: &Shared,
     config: &Config,
-    raft: Option<crate::raft::Summary>,
+    cluster: Option<&ClusterFront>,
     open: u32,
     topics: &HashMap<Box<str>, Vec<Subscription>>,
     parked: &HashMap<Box<str>, VecDeque<ParkedPoll>>,
@@ -1208,6 +1250,7 @@ fn node_info(
     } else {
         "memory-only single node"
     };
+    let mut peer_pairs: Vec<(String, String)> = Vec::new();
     let mut pairs: Vec<(&str, String)> = vec![
         ("version", env!("CARGO_PKG_VERSION").to_string()),
         ("node_id", config.node_id.to_string()),
@@ -1224,7 +1267,8 @@ fn node_info(
         ("topic_subscriptions", subscriptions.to_string()),
         ("parked_polls", parked.to_string()),
     ];
-    if let Some(r) = raft {
+    if let Some(front) = cluster {
+        let r = front.driver.summary();
         let role = match r.role {
             Some(loomcache_consensus::Role::Leader) => "leader",
             Some(loomcache_consensus::Role::Candidate) => "candidate",
@@ -1240,9 +1284,35 @@ fn node_info(
             ("raft_applied", r.applied.to_string()),
             ("raft_last_index", r.last_index.to_string()),
         ]);
+        let view = front.driver.membership();
+        let ids = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        pairs.extend([
+            (
+                "raft_leader_addr",
+                front
+                    .book
+                    .client_addr(r.leader)
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            ),
+            ("raft_voters", ids(&view.conf.voters)),
+            ("raft_learners", ids(&view.conf.learners)),
+            ("raft_voters_outgoing", ids(&view.conf.voters_outgoing)),
+            ("members", front.book.render()),
+        ]);
+        // On the leader: how far each member has replicated.
+        for p in &view.peers {
+            peer_pairs.push((format!("peer_{}_matched", p.id), p.matched.to_string()));
+            peer_pairs.push((
+                format!("peer_{}_lag", p.id),
+                r.last_index.saturating_sub(p.matched).to_string(),
+            ));
+        }
     }
     let entries: Vec<loomcache_wire::KeyValue<'_>> = pairs
         .iter()
+        .map(|(k, v)| (*k, v))
+        .chain(peer_pairs.iter().map(|(k, v)| (k.as_str(), v)))
         .map(|(k, v)| loomcache_wire::KeyValue {
             key: k.as_bytes(),
             value: v.as_bytes(),
@@ -1281,9 +1351,13 @@ fn hello(frame: &loomcache_wire::Frame<'_>, config: &Config) -> Vec<u8> {
 }
 
 /// The state machine as the Raft driver sees it: committed entries are
-/// client frames, applied at the leader's timestamp.
+/// client frames, applied at the leader's timestamp. Snapshots carry the
+/// address book ahead of the state, and membership changes keep the book
+/// and the peer transport current.
 struct ClusterMachine {
     shared: Arc<Shared>,
+    book: Arc<AddressBook>,
+    transport: Arc<Transport>,
 }
 
 impl Replicated for ClusterMachine {
@@ -1303,15 +1377,95 @@ impl Replicated for ClusterMachine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).snapshot()
+        let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).snapshot();
+        members::encode_envelope(&self.book.render(), &state)
     }
 
     fn restore(&mut self, data: &[u8]) {
+        // A snapshot that passed its checksums but does not load is a bug
+        // or corruption the node cannot serve through.
+        let (book, state_bytes) =
+            members::decode_envelope(data).unwrap_or_else(|e| panic!("cannot load the snapshot: {e}"));
+        if !book.is_empty() {
+            self.book.replace(&book);
+            self.transport.set_peers(self.book.peers());
+        }
         let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = state.restore(data) {
-            // A snapshot that passed its checksums but does not load is a
-            // bug or corruption the node cannot serve through.
+        if let Err(e) = state.restore(state_bytes) {
             panic!("cannot load the state machine snapshot: {e}");
+        }
+    }
+
+    fn conf_changed(&mut self, change: &ConfChange, conf: &ConfState) {
+        if let Some(joining) = members::member_from_context(&change.context) {
+            self.book.insert(joining);
+        }
+        self.book.retain_members_of(conf);
+        self.transport.set_peers(self.book.peers());
+        tracing::info!(voters = ?conf.voters, learners = ?conf.learners, outgoing = ?conf.voters_outgoing, "membership changed");
+    }
+}
+
+/// A membership request from a client, checked against the current
+/// configuration before it reaches the driver.
+#[derive(Debug, Clone, Copy)]
+enum MembershipRequest {
+    Join(crate::config::Member),
+    Leave(u64),
+    Transfer(u64),
+}
+
+fn membership_request(frame: &loomcache_wire::Frame<'_>, limits: &Limits) -> Result<MembershipRequest, String> {
+    let parse = |what: &str, text: &str| -> Result<SocketAddr, String> {
+        text.parse()
+            .map_err(|_| format!("{what} {text:?} is not an ip:port address"))
+    };
+    match frame.decode(limits).map_err(|e| e.to_string())? {
+        Payload::ClusterJoin(j) => Ok(MembershipRequest::Join(crate::config::Member {
+            id: j.node_id,
+            client_addr: parse("client address", j.client_addr)?,
+            peer_addr: parse("peer address", j.peer_addr)?,
+        })),
+        Payload::ClusterLeave(l) => Ok(MembershipRequest::Leave(l.node_id)),
+        Payload::ClusterTransferLeader(t) => Ok(MembershipRequest::Transfer(t.node_id)),
+        _ => Err("not a membership request".into()),
+    }
+}
+
+impl MembershipRequest {
+    /// Refuses what cannot be done in `conf`; the core re-checks when it
+    /// proposes (the configuration may change in between).
+    fn check(&self, conf: &ConfState) -> Result<(), String> {
+        let member = |id: u64| conf.voters.contains(&id) || conf.learners.contains(&id);
+        match *self {
+            MembershipRequest::Join(m) if m.id == 0 => Err("node id 0 is reserved".into()),
+            MembershipRequest::Join(m) if member(m.id) => Err(format!("node {} is already a member", m.id)),
+            MembershipRequest::Leave(id) if !member(id) => Err(format!("node {id} is not a member")),
+            MembershipRequest::Leave(id) if conf.voters == [id] => Err("the last voter cannot be removed".into()),
+            MembershipRequest::Transfer(id) if !conf.voters.contains(&id) => Err(format!("node {id} is not a voter")),
+            _ if conf.is_joint() => Err("a membership change is still in progress; retry".into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn submit(self, driver: &DriverHandle, reply: crate::raft::Reply) {
+        use loomcache_consensus::ConfChangeItem;
+        match self {
+            MembershipRequest::Join(m) => driver.change_membership(
+                ConfChange {
+                    items: vec![ConfChangeItem::AddLearner(m.id)],
+                    context: members::render([m]).into_bytes(),
+                },
+                reply,
+            ),
+            MembershipRequest::Leave(id) => driver.change_membership(
+                ConfChange {
+                    items: vec![ConfChangeItem::Remove(id)],
+                    context: Vec::new(),
+                },
+                reply,
+            ),
+            MembershipRequest::Transfer(id) => driver.transfer_leader(id, reply),
         }
     }
 }
@@ -1322,16 +1476,18 @@ fn start_cluster(
     config: &Config,
     cluster: &ClusterConfig,
     shared: &Arc<Shared>,
-) -> io::Result<(Driver, Arc<Transport>)> {
+) -> io::Result<(Driver, Arc<Transport>, Arc<AddressBook>)> {
     let me = cluster
         .member(config.node_id)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "this node is not a cluster member"))?;
-    let mut driver_config = DriverConfig::new(
-        config.node_id,
-        0,
-        cluster.dir_for(config.node_id),
-        cluster.members.iter().map(|m| m.id).collect(),
-    );
+    // A joining node starts with no configuration: it learns the group's
+    // from the leader's snapshot.
+    let initial_voters = if cluster.join {
+        Vec::new()
+    } else {
+        cluster.members.iter().map(|m| m.id).collect()
+    };
+    let mut driver_config = DriverConfig::new(config.node_id, 0, cluster.dir_for(config.node_id), initial_voters);
     driver_config.tick = Duration::from_millis(cluster.tick_ms);
     driver_config.snapshot_every_entries = cluster.snapshot_every_entries;
     driver_config.raft.election_timeout_ticks = cluster.election_timeout_ticks;
@@ -1342,8 +1498,8 @@ fn start_cluster(
         driver_config.log.persist = loomcache_log::PersistMode::None;
     }
     let (handle, inbox) = Driver::inbox_pair(driver_config.inbox_max);
-    let peers = cluster.members.iter().map(|m| (m.id, m.peer_addr)).collect();
-    let mut transport_config = TransportConfig::new(config.node_id, me.peer_addr, peers);
+    let book = Arc::new(AddressBook::new(*me, &cluster.members));
+    let mut transport_config = TransportConfig::new(config.node_id, me.peer_addr, book.peers());
     // A peer frame carries whole client frames plus Raft framing.
     transport_config.limits.payload_max_bytes = transport_config
         .limits
@@ -1353,10 +1509,22 @@ fn start_cluster(
     let transport = Arc::new(Transport::start(transport_config, move |m| deliver.deliver(m))?);
     let machine = ClusterMachine {
         shared: Arc::clone(shared),
+        book: Arc::clone(&book),
+        transport: Arc::clone(&transport),
     };
     let driver = Driver::start_on(driver_config, machine, Some(Arc::clone(&transport)), handle, inbox)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    Ok((driver, transport))
+    Ok((driver, transport, book))
+}
+
+/// What a request handed to the driver is answered with once it is done.
+enum Answer {
+    /// The state machine's answer to the applied entry.
+    Applied,
+    /// The read, executed once the read point is applied.
+    Read(Arc<[u8]>),
+    /// An empty success (membership requests).
+    Done,
 }
 
 /// The answer path of a request handed to the Raft driver: the outcome
@@ -1364,19 +1532,22 @@ fn start_cluster(
 fn cluster_reply(
     shared: Arc<Shared>,
     done: Sender<Done>,
-    leaders: Arc<HashMap<u64, SocketAddr>>,
+    book: Arc<AddressBook>,
     (conn, generation): (usize, u64),
     (request_id, partition): (u64, u16),
-    read: Option<Arc<[u8]>>,
+    answer: Answer,
 ) -> crate::raft::Reply {
     Box::new(move |outcome| {
         let bytes = match outcome {
-            Outcome::Applied(bytes) => bytes,
-            Outcome::ReadReady => match &read {
-                Some(frame) => execute(&shared, frame, Vec::new()).bytes,
-                None => error_frame(request_id, ErrorCode::Internal, "a write was answered as a read"),
+            Outcome::Applied(bytes) => match answer {
+                Answer::Done => response_frame(request_id, partition, &Response::Ok(OkBody::Empty)),
+                _ => bytes,
             },
-            Outcome::NotLeader(Some(id)) => match leaders.get(&id) {
+            Outcome::ReadReady => match &answer {
+                Answer::Read(frame) => execute(&shared, frame, Vec::new()).bytes,
+                _ => error_frame(request_id, ErrorCode::Internal, "a write was answered as a read"),
+            },
+            Outcome::NotLeader(Some(id)) => match book.client_addr(id) {
                 Some(addr) => {
                     let addr = addr.to_string();
                     let redirect = Redirect {
@@ -1409,7 +1580,7 @@ fn cluster_reply(
                 ErrorCode::NoLeader,
                 "the write's outcome is unknown (a snapshot replaced this node's log); a retry with the same sequence applies at most once",
             ),
-            Outcome::Refused(why) => error_frame(request_id, ErrorCode::Internal, &why),
+            Outcome::Refused(why) => error_frame(request_id, ErrorCode::InvalidArgument, &why),
         };
         let _ = done.send(Done {
             conn,

@@ -48,6 +48,7 @@
 //! lease_margin_ticks = 6
 //! snapshot_every_entries = 100000
 //! fsync = true
+//! join = false   # true: start empty, to be added with `loomctl cluster add`
 //! ```
 //! The environment variable for a key is `LOOMD_<SECTION>_<KEY>` in
 //! capitals, e.g. `LOOMD_SERVER_LISTEN`, `LOOMD_STATE_QUEUE_CAPACITY`.
@@ -186,6 +187,7 @@ sections! {
         lease_margin_ticks: u64 => |s, v| cluster(s).lease_margin_ticks = v,
         snapshot_every_entries: u64 => |s, v| cluster(s).snapshot_every_entries = v,
         fsync: bool => |s, v| cluster(s).fsync = v,
+        join: bool => |s, v| cluster(s).join = v,
     }
     state: StateSection {
         data_memory_max_bytes: u64 => |s, v| s.config.state.data_memory_max_bytes = v,

@@ -1349,7 +1349,16 @@ impl Sim {
         } else {
             return;
         };
-        self.schedule(1, EventKind::Input(l, Input::Propose(ConfChange { items: vec![item] })));
+        self.schedule(
+            1,
+            EventKind::Input(
+                l,
+                Input::Propose(ConfChange {
+                    items: vec![item],
+                    context: Vec::new(),
+                }),
+            ),
+        );
     }
 }
 

@@ -214,6 +214,8 @@ opcodes! {
     PartitionTableRequest = 0x0804, "PARTITION_TABLE_REQUEST", Cluster;
     /// The partition table.
     PartitionTableResponse = 0x0805, "PARTITION_TABLE_RESPONSE", Cluster;
+    /// Ask the leader to hand leadership to a voter.
+    ClusterTransferLeader = 0x0806, "CLUSTER_TRANSFER_LEADER", Cluster;
 
     /// Success; the body depends on the request's opcode.
     ResponseOk = 0xF001, "RESPONSE_OK", Response;

@@ -480,6 +480,14 @@ body! {
 }
 
 body! {
+    /// `CLUSTER_TRANSFER_LEADER`.
+    pub struct TransferLeader {
+        /// The voter to hand leadership to.
+        pub node_id: u64 = U64F,
+    }
+}
+
+body! {
     /// `CLUSTER_PING`; answered `RESPONSE_OK` with the same nonce.
     pub struct Ping {
         /// Echoed back.
@@ -657,6 +665,7 @@ payloads! {
     ClusterPing(Ping),
     PartitionTableRequest(PartitionTableRequest),
     PartitionTableResponse(PartitionTable<'a>),
+    ClusterTransferLeader(TransferLeader),
 }
 
 impl<'a> Payload<'a> {

@@ -59,8 +59,42 @@ enum Command {
     /// Topic operations.
     #[command(subcommand)]
     Topic(TopicCmd),
-    /// Cluster operations (not available on a single node build yet).
-    Cluster { args: Vec<String> },
+    /// Membership of a replicated group.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// Members, their roles, the term, commit and applied indexes, and how
+    /// far each member's log trails the leader's.
+    Status,
+    /// Add a node started with `loomd --join`: it joins as a learner, and
+    /// the leader makes it a voter once it has caught up. Waits for that.
+    Add {
+        /// The new node's id.
+        id: u64,
+        /// Where its clients connect.
+        client_addr: SocketAddr,
+        /// Where its peers connect.
+        peer_addr: SocketAddr,
+        /// How long to wait for it to become a voter.
+        #[arg(long, default_value_t = 60_000)]
+        wait_ms: u64,
+    },
+    /// Remove a node (voter or learner); waits until the group no longer
+    /// counts it.
+    Remove {
+        id: u64,
+        #[arg(long, default_value_t = 30_000)]
+        wait_ms: u64,
+    },
+    /// Hand leadership to a voter; waits until it leads.
+    TransferLeader {
+        id: u64,
+        #[arg(long, default_value_t = 30_000)]
+        wait_ms: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,11 +250,7 @@ fn run(cli: &Cli) -> Result<Out, ClientError> {
                 Out::List(pairs.iter().map(|(k, v)| format!("{k}: {v}")).collect())
             }
         }
-        Command::Cluster { .. } => {
-            return Err(ClientError::Unsupported(
-                "cluster commands need a replicated build".into(),
-            ))
-        }
+        Command::Cluster(cmd) => cluster(cli, cmd)?,
         Command::Ping => {
             let c = connect()?;
             let start = std::time::Instant::now();
@@ -335,6 +365,196 @@ fn run(cli: &Cli) -> Result<Out, ClientError> {
             Out::Text(format!("{seen} messages"))
         }
     })
+}
+
+type Info = std::collections::BTreeMap<String, String>;
+
+fn info_of(addr: SocketAddr, timeout: Duration) -> Result<Info, ClientError> {
+    let c = Client::connect(ClientConfig {
+        addrs: vec![addr],
+        request_timeout: timeout,
+        connect_timeout: timeout,
+        retry_budget: Duration::ZERO,
+        ..ClientConfig::default()
+    })?;
+    Ok(c.info()?.into_iter().collect())
+}
+
+/// NODE_INFO of the leader, found through the node at `--addr`.
+fn leader_info(cli: &Cli) -> Result<Info, ClientError> {
+    let timeout = Duration::from_millis(cli.timeout_ms);
+    let here = info_of(cli.addr, timeout)?;
+    if here.get("mode").map(String::as_str) != Some("cluster member") {
+        return Err(ClientError::Unsupported(format!(
+            "{} is not a cluster member (start loomd with --members)",
+            cli.addr
+        )));
+    }
+    if here.get("raft_role").map(String::as_str) == Some("leader") {
+        return Ok(here);
+    }
+    match here.get("raft_leader_addr").and_then(|a| a.parse::<SocketAddr>().ok()) {
+        Some(leader) => info_of(leader, timeout),
+        None => Err(ClientError::Server {
+            code: ErrorCode::NoLeader,
+            message: format!("{} knows no leader yet; retry", cli.addr),
+        }),
+    }
+}
+
+fn id_list(info: &Info, key: &str) -> Vec<u64> {
+    info.get(key)
+        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Polls the leader's view until `done` holds or `wait_ms` passes.
+fn wait_for(cli: &Cli, wait_ms: u64, done: impl Fn(&Info) -> bool) -> Result<Duration, ClientError> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(info) = leader_info(cli) {
+            if done(&info) {
+                return Ok(start.elapsed());
+            }
+        }
+        if start.elapsed() >= Duration::from_millis(wait_ms) {
+            return Err(ClientError::Timeout(start.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn cluster(cli: &Cli, cmd: &ClusterCmd) -> Result<Out, ClientError> {
+    let client = || {
+        Client::connect(ClientConfig {
+            addrs: vec![cli.addr],
+            request_timeout: Duration::from_millis(cli.timeout_ms),
+            connect_timeout: Duration::from_millis(cli.timeout_ms),
+            retry_budget: Duration::from_millis(cli.timeout_ms),
+            ..ClientConfig::default()
+        })
+    };
+    let member_of = |info: &Info, id: u64| {
+        ["raft_voters", "raft_learners", "raft_voters_outgoing"]
+            .iter()
+            .any(|k| id_list(info, k).contains(&id))
+    };
+    Ok(match cmd {
+        ClusterCmd::Status => cluster_status(cli, &leader_info(cli)?),
+        ClusterCmd::Add {
+            id,
+            client_addr,
+            peer_addr,
+            wait_ms,
+        } => {
+            client()?.cluster_add(*id, &client_addr.to_string(), &peer_addr.to_string())?;
+            let took = wait_for(cli, *wait_ms, |i| id_list(i, "raft_voters").contains(id)).map_err(|_| {
+                ClientError::Server {
+                    code: ErrorCode::Timeout,
+                    message: format!(
+                        "node {id} joined as a learner but is not a voter after {wait_ms} ms; \
+                         is it running with --join and reachable at {peer_addr}?"
+                    ),
+                }
+            })?;
+            Out::Text(format!("node {id} added; a voter after {took:?}"))
+        }
+        ClusterCmd::Remove { id, wait_ms } => {
+            client()?.cluster_remove(*id)?;
+            let took = wait_for(cli, *wait_ms, |i| !member_of(i, *id))?;
+            Out::Text(format!("node {id} removed after {took:?}"))
+        }
+        ClusterCmd::TransferLeader { id, wait_ms } => {
+            client()?.transfer_leader(*id)?;
+            let took = wait_for(cli, *wait_ms, |i| {
+                i.get("raft_leader").and_then(|l| l.parse::<u64>().ok()) == Some(*id)
+            })?;
+            Out::Text(format!("node {id} leads after {took:?}"))
+        }
+    })
+}
+
+/// One row per member, from the leader's view plus each member's own
+/// NODE_INFO (unreachable members say so).
+fn cluster_status(cli: &Cli, leader: &Info) -> Out {
+    let get = |k: &str| leader.get(k).cloned().unwrap_or_default();
+    let voters = id_list(leader, "raft_voters");
+    let learners = id_list(leader, "raft_learners");
+    let outgoing = id_list(leader, "raft_voters_outgoing");
+    let members: Vec<(u64, String)> = get("members")
+        .split(',')
+        .filter_map(|item| {
+            let (id, addrs) = item.split_once('=')?;
+            Some((id.parse().ok()?, addrs.to_string()))
+        })
+        .collect();
+    let probe = Duration::from_millis(cli.timeout_ms.min(1000));
+    let mut rows = Vec::new();
+    for (id, addrs) in &members {
+        let kind = if voters.contains(id) {
+            "voter"
+        } else if learners.contains(id) {
+            "learner"
+        } else if outgoing.contains(id) {
+            "leaving"
+        } else {
+            "not a member"
+        };
+        let own = addrs
+            .split('/')
+            .next()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .and_then(|a| info_of(a, probe).ok());
+        let (role, applied) = match &own {
+            Some(i) => (
+                i.get("raft_role").cloned().unwrap_or_default(),
+                i.get("raft_applied").cloned().unwrap_or_default(),
+            ),
+            None => ("unreachable".to_string(), "-".to_string()),
+        };
+        let matched = leader.get(&format!("peer_{id}_matched")).cloned().unwrap_or("-".into());
+        let lag = leader.get(&format!("peer_{id}_lag")).cloned().unwrap_or("-".into());
+        rows.push((*id, addrs.clone(), kind, role, applied, matched, lag));
+    }
+    if cli.json {
+        let members: Vec<String> = rows
+            .iter()
+            .map(|(id, addrs, kind, role, applied, matched, lag)| {
+                format!(
+                    "{{\"id\":{id},\"addrs\":{addrs:?},\"membership\":{kind:?},\"role\":{role:?},\
+                     \"applied\":{applied:?},\"matched\":{matched:?},\"lag\":{lag:?}}}"
+                )
+            })
+            .collect();
+        return Out::Text(format!(
+            "{{\"leader\":{:?},\"term\":{:?},\"commit\":{:?},\"last_index\":{:?},\"members\":[{}]}}",
+            get("raft_leader"),
+            get("raft_term"),
+            get("raft_commit"),
+            get("raft_last_index"),
+            members.join(",")
+        ));
+    }
+    let mut lines = vec![
+        format!(
+            "leader {} at {}, term {}, commit {}, last index {}",
+            get("raft_leader"),
+            get("raft_leader_addr"),
+            get("raft_term"),
+            get("raft_commit"),
+            get("raft_last_index")
+        ),
+        format!(
+            "{:<4} {:<44} {:<12} {:<12} {:>10} {:>10} {:>8}",
+            "id", "client/peer", "membership", "role", "applied", "matched", "lag"
+        ),
+    ];
+    for (id, addrs, kind, role, applied, matched, lag) in rows {
+        lines.push(format!(
+            "{id:<4} {addrs:<44} {kind:<12} {role:<12} {applied:>10} {matched:>10} {lag:>8}"
+        ));
+    }
+    Out::List(lines)
 }
 
 fn main() -> ExitCode {

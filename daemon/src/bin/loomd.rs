@@ -53,6 +53,10 @@ struct Args {
     /// mode) [default: loomcache-data/node-<id>].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Start empty, to be added to a running group with `loomctl cluster
+    /// add`; --members then needs only this node's own entry.
+    #[arg(long)]
+    join: bool,
 }
 
 fn settings(args: &Args) -> Result<Settings, String> {
@@ -83,6 +87,12 @@ fn settings(args: &Args) -> Result<Settings, String> {
         match &mut s.config.cluster {
             Some(c) => c.data_dir = Some(v.clone()),
             None => return Err("--data-dir needs cluster mode (--members or [cluster] members)".into()),
+        }
+    }
+    if args.join {
+        match &mut s.config.cluster {
+            Some(c) => c.join = true,
+            None => return Err("--join needs cluster mode (--members or [cluster] members)".into()),
         }
     }
     s.config.validate().map_err(|e| e.to_string())?;

@@ -18,8 +18,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use loomcache_consensus::{
-    ConfChange, ConfState, Config as RaftConfig, Entry, EntryKind, Error as RaftError, Index, Message, NodeId, Raft,
-    Role, Status, Term,
+    ConfChange, ConfState, Config as RaftConfig, Entry, EntryKind, Error as RaftError, Index, Message, NodeId,
+    PeerStatus, Raft, Role, Status, Term,
 };
 use loomcache_log::LogConfig;
 
@@ -35,6 +35,12 @@ pub trait Replicated: Send + 'static {
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the state with a snapshot's.
     fn restore(&mut self, data: &[u8]);
+    /// A committed membership change took effect; `conf` is the
+    /// configuration after every change of the same batch. Called on
+    /// every member, in log order.
+    fn conf_changed(&mut self, change: &ConfChange, conf: &ConfState) {
+        let _ = (change, conf);
+    }
 }
 
 /// How a request ended.
@@ -147,11 +153,22 @@ pub struct Summary {
     pub last_index: Index,
 }
 
+/// The group's membership and, on the leader, each member's progress, as
+/// of the last tick.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembershipView {
+    /// The configuration.
+    pub conf: ConfState,
+    /// On the leader: each member's progress (empty elsewhere).
+    pub peers: Vec<PeerStatus>,
+}
+
 /// A handle to a running driver; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct DriverHandle {
     inbox: SyncSender<Input>,
     summary: Arc<Mutex<Summary>>,
+    membership: Arc<Mutex<MembershipView>>,
 }
 
 fn offer(inbox: &SyncSender<Input>, input: Input) {
@@ -203,6 +220,11 @@ impl DriverHandle {
         *self.summary.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The membership as of the driver's last tick.
+    pub fn membership(&self) -> MembershipView {
+        self.membership.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Delivers a peer message (dropped when the inbox is full: Raft
     /// retransmits).
     pub fn deliver(&self, m: Message) {
@@ -239,6 +261,7 @@ impl Driver {
             DriverHandle {
                 inbox: tx,
                 summary: Arc::new(Mutex::new(Summary::default())),
+                membership: Arc::new(Mutex::new(MembershipView::default())),
             },
             InboxReceiver(rx),
         )
@@ -288,6 +311,7 @@ impl Driver {
             next_read: 1,
             applied_since_snapshot: 0,
             summary: Arc::clone(&handle.summary),
+            membership: Arc::clone(&handle.membership),
             config,
         };
         Ok((handle, run))
@@ -351,6 +375,7 @@ struct Run {
     next_read: u64,
     applied_since_snapshot: u64,
     summary: Arc<Mutex<Summary>>,
+    membership: Arc<Mutex<MembershipView>>,
 }
 
 fn now_ms() -> u64 {
@@ -392,6 +417,10 @@ impl Run {
                 if replayed >= 4 * self.config.raft.election_timeout_ticks {
                     next_tick = now + self.config.tick;
                 }
+            }
+            if replayed > 0 {
+                self.promote_caught_up_learners();
+                self.publish_membership();
             }
             if let Some(input) = first {
                 if !self.handle(input) {
@@ -465,6 +494,45 @@ impl Run {
         true
     }
 
+    /// On the leader, proposes making a learner a voter once it holds
+    /// everything committed. Learners exist only as joining members here,
+    /// so every learner is promoted when it has caught up (thesis §4.2.1);
+    /// one change at a time, never while a joint configuration is active.
+    fn promote_caught_up_learners(&mut self) {
+        if self.raft.role() != Role::Leader || self.raft.conf_state().learners.is_empty() {
+            return;
+        }
+        let conf = self.raft.conf_state();
+        if conf.is_joint() {
+            return;
+        }
+        let committed = self.raft.committed();
+        let status = self.raft.status();
+        let Some(ready) = status
+            .peers
+            .iter()
+            .find(|p| p.is_learner && p.matched >= committed && conf.learners.contains(&p.id))
+        else {
+            return;
+        };
+        let change = ConfChange {
+            items: vec![loomcache_consensus::ConfChangeItem::AddVoter(ready.id)],
+            context: Vec::new(),
+        };
+        match self.raft.propose_conf_change(change, now_ms()) {
+            Ok(_) => tracing::info!(node = ready.id, "promoting a caught-up learner to voter"),
+            Err(e) => tracing::debug!(node = ready.id, error = %e, "promotion deferred"),
+        }
+    }
+
+    fn publish_membership(&self) {
+        let status = self.raft.status();
+        *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = MembershipView {
+            conf: status.conf,
+            peers: status.peers,
+        };
+    }
+
     /// Remembers who waits for the entry at `index`. An earlier proposal
     /// at the same index was overwritten by another leader's entry (this
     /// node lost leadership, its log was cut back, and it leads again): it
@@ -517,17 +585,31 @@ impl Run {
                     }
                 }
             }
+            let mut conf_changes = Vec::new();
+            let mut conf_replies = Vec::new();
             for entry in &ready.committed_entries {
                 let answer = match entry.kind {
                     EntryKind::Normal => Some(machine.apply(entry)),
-                    EntryKind::ConfChange => Some(Vec::new()),
+                    EntryKind::ConfChange => {
+                        if let Ok(change) = ConfChange::decode(&entry.data) {
+                            conf_changes.push(change);
+                        }
+                        Some(Vec::new())
+                    }
                     EntryKind::Noop => None,
                 };
                 self.applied_since_snapshot += 1;
                 if let Some((term, reply)) = self.writes.remove(&entry.index) {
-                    match answer {
-                        Some(answer) if term == entry.term => reply(Outcome::Applied(answer)),
-                        _ => reply(Outcome::Lost),
+                    let outcome = match answer {
+                        Some(answer) if term == entry.term => Outcome::Applied(answer),
+                        _ => Outcome::Lost,
+                    };
+                    if entry.kind == EntryKind::ConfChange {
+                        // Answered once the configuration is in effect here
+                        // and visible in the membership view.
+                        conf_replies.push((outcome, reply));
+                    } else {
+                        reply(outcome);
                     }
                 }
             }
@@ -537,6 +619,15 @@ impl Run {
                 }
             }
             self.raft.advance();
+            for change in &conf_changes {
+                machine.conf_changed(change, self.raft.conf_state());
+            }
+            if !conf_changes.is_empty() {
+                self.publish_membership();
+            }
+            for (outcome, reply) in conf_replies {
+                reply(outcome);
+            }
             let applied = self.raft.applied();
             let summary = Summary {
                 role: Some(self.raft.role()),
@@ -558,7 +649,11 @@ impl Run {
             }
             // Writes proposed at indexes that another leader has since
             // overwritten will be answered when those indexes apply.
-            if self.applied_since_snapshot >= self.config.snapshot_every_entries {
+            // A group that never snapshotted takes one at its first
+            // membership change: a joining node can only start from a
+            // snapshot (it cannot know the configuration at index 1).
+            let first_snapshot = !conf_changes.is_empty() && self.raft.storage().snapshot_index() == 0;
+            if self.applied_since_snapshot >= self.config.snapshot_every_entries || first_snapshot {
                 let conf = self.raft.conf_state().clone();
                 let data: Arc<[u8]> = Arc::from(machine.snapshot());
                 self.raft.storage_mut().create_snapshot(applied, conf, data)?;

@@ -2,9 +2,12 @@
 //! storage, and the peer transport.
 
 pub mod driver;
+pub mod members;
 pub mod storage;
 pub mod transport;
 
-pub use driver::{Driver, DriverConfig, DriverError, DriverHandle, Outcome, Replicated, Reply, Summary};
+pub use driver::{
+    Driver, DriverConfig, DriverError, DriverHandle, MembershipView, Outcome, Replicated, Reply, Summary,
+};
 pub use storage::{LogStorage, RaftStorageError};
 pub use transport::{Transport, TransportConfig, TransportStats};

@@ -236,6 +236,11 @@ impl LogStorage {
         })
     }
 
+    /// Index of the newest snapshot held (0: none yet).
+    pub fn snapshot_index(&self) -> Index {
+        self.snapshot.meta.index
+    }
+
     /// Stops the log's flush thread after a final flush.
     pub fn close(&self) -> Result<(), RaftStorageError> {
         Ok(self.log.close()?)

@@ -8,6 +8,12 @@
 //! buffer is bounded: when a peer is down or slow, new frames are dropped
 //! and counted, which Raft tolerates (it retransmits). A broken
 //! connection is redialed with exponential backoff and jitter.
+//!
+//! The peer list changes with membership ([`Transport::set_peers`]). A
+//! node that has just joined does not know its lower-numbered peers yet;
+//! they dial it, and an opening ping from a lower id it does not list is
+//! accepted (at most [`UNLISTED_PEERS_MAX`] such peers at once) so that it
+//! can answer them before it learns their addresses.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -80,10 +86,15 @@ pub struct TransportStats {
     pub connections_established: AtomicU64,
 }
 
+/// Most peers known only from their opening ping at once.
+pub const UNLISTED_PEERS_MAX: usize = 64;
+
 /// A running transport.
 #[derive(Debug)]
 pub struct Transport {
     outbox: Arc<Mutex<Vec<Message>>>,
+    /// A replacement peer list, taken by the transport thread.
+    new_peers: Arc<Mutex<Option<BTreeMap<NodeId, SocketAddr>>>>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -102,6 +113,7 @@ impl Transport {
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let outbox = Arc::new(Mutex::new(Vec::new()));
+        let new_peers = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(TransportStats::default());
         let outbox_max = config.outbox_messages_max;
@@ -110,8 +122,9 @@ impl Transport {
                 .peers
                 .iter()
                 .filter(|(&id, _)| id != config.node_id)
-                .map(|(&id, &addr)| (id, Link::new(addr, config.reconnect_min)))
+                .map(|(&id, &addr)| (id, Link::new(Some(addr), config.reconnect_min)))
                 .collect(),
+            new_peers: Arc::clone(&new_peers),
             conns: Vec::new(),
             poll,
             listener,
@@ -127,6 +140,7 @@ impl Transport {
             .spawn(move || lp.run())?;
         Ok(Transport {
             outbox,
+            new_peers,
             waker,
             stop,
             thread: Some(thread),
@@ -149,6 +163,14 @@ impl Transport {
                 outbox.push(m);
             }
         }
+        let _ = self.waker.wake();
+    }
+
+    /// Replaces the peer list (this node's own entry is ignored). Links
+    /// to peers no longer listed close; new peers are dialed (by the lower
+    /// id of each pair); a changed address is used from the next dial.
+    pub fn set_peers(&self, peers: BTreeMap<NodeId, SocketAddr>) {
+        *self.new_peers.lock().unwrap_or_else(|p| p.into_inner()) = Some(peers);
         let _ = self.waker.wake();
     }
 
@@ -185,7 +207,8 @@ impl Drop for Transport {
 /// Outgoing state for one peer.
 #[derive(Debug)]
 struct Link {
-    addr: SocketAddr,
+    /// Where to dial; none for a peer known only from its opening ping.
+    addr: Option<SocketAddr>,
     conn: Option<usize>,
     /// Encoded frames not yet written, back to back…
     pending: Vec<u8>,
@@ -198,7 +221,7 @@ struct Link {
 }
 
 impl Link {
-    fn new(addr: SocketAddr, backoff: Duration) -> Link {
+    fn new(addr: Option<SocketAddr>, backoff: Duration) -> Link {
         Link {
             addr,
             conn: None,
@@ -240,6 +263,7 @@ const OPENING_DEADLINE: Duration = Duration::from_secs(5);
 struct Loop {
     config: TransportConfig,
     links: BTreeMap<NodeId, Link>,
+    new_peers: Arc<Mutex<Option<BTreeMap<NodeId, SocketAddr>>>>,
     conns: Vec<Option<Conn>>,
     poll: Poll,
     listener: TcpListener,
@@ -264,6 +288,10 @@ impl Loop {
         let mut batch = Vec::new();
         let mut peers: Vec<NodeId> = Vec::with_capacity(self.links.len());
         while !self.stop.load(Ordering::Acquire) {
+            let replaced = self.new_peers.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(peers) = replaced {
+                self.replace_peers(peers);
+            }
             self.dial_due();
             self.expire_unidentified();
             let timeout = self.next_timeout();
@@ -304,6 +332,31 @@ impl Loop {
         }
     }
 
+    fn replace_peers(&mut self, peers: BTreeMap<NodeId, SocketAddr>) {
+        let me = self.config.node_id;
+        let gone: Vec<NodeId> = self
+            .links
+            .iter()
+            .filter(|(id, l)| l.addr.is_some() && !peers.contains_key(id))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            if let Some(link) = self.links.remove(&id) {
+                if let Some(idx) = link.conn {
+                    self.close_conn_only(idx);
+                }
+            }
+        }
+        for (id, addr) in peers {
+            if id == me {
+                continue;
+            }
+            let min = self.config.reconnect_min;
+            let link = self.links.entry(id).or_insert_with(|| Link::new(None, min));
+            link.addr = Some(addr);
+        }
+    }
+
     /// Closes accepted connections that did not identify themselves in
     /// time.
     fn expire_unidentified(&mut self) {
@@ -333,7 +386,7 @@ impl Loop {
         let dial = self
             .links
             .iter()
-            .filter(|(&id, l)| l.conn.is_none() && self.config.node_id < id)
+            .filter(|(&id, l)| l.conn.is_none() && l.addr.is_some() && self.config.node_id < id)
             .map(|(_, l)| l.next_dial.saturating_duration_since(now))
             .min()
             .map(|d| d.max(Duration::from_millis(1)));
@@ -376,14 +429,13 @@ impl Loop {
     /// Dials the peers this node is responsible for (those with higher ids).
     fn dial_due(&mut self) {
         let now = Instant::now();
-        let due: Vec<NodeId> = self
+        let due: Vec<(NodeId, SocketAddr)> = self
             .links
             .iter()
             .filter(|(&id, l)| self.config.node_id < id && l.conn.is_none() && l.next_dial <= now)
-            .map(|(&id, _)| id)
+            .filter_map(|(&id, l)| Some((id, l.addr?)))
             .collect();
-        for peer in due {
-            let addr = self.links[&peer].addr;
+        for (peer, addr) in due {
             match TcpStream::connect(addr) {
                 Ok(stream) => {
                     let mut conn = self.new_conn(stream, Some(peer), true);
@@ -581,9 +633,18 @@ impl Loop {
                         return self.reject(idx, "malformed opening ping");
                     };
                     let from = ping.nonce;
-                    if from >= me || !self.links.contains_key(&from) {
+                    if from >= me || from == 0 {
                         return self.reject(idx, "opening ping from a node that does not dial this one");
                     }
+                    if !self.links.contains_key(&from) {
+                        let unlisted = self.links.values().filter(|l| l.addr.is_none()).count();
+                        if unlisted >= UNLISTED_PEERS_MAX {
+                            return self.reject(idx, "too many peers not in the member list");
+                        }
+                        let min = self.config.reconnect_min;
+                        self.links.insert(from, Link::new(None, min));
+                    }
+                    let conn = self.conns[idx].as_mut().expect("open");
                     conn.peer = Some(from);
                     self.stats.connections_established.fetch_add(1, Ordering::Relaxed);
                     let link = self.links.get_mut(&from).expect("checked");
@@ -638,6 +699,11 @@ impl Loop {
         }
         link.conn = None;
         link.drop_partial_head();
+        if link.addr.is_none() {
+            // Known only from its ping: it redials if it still cares.
+            self.links.remove(&peer);
+            return;
+        }
         if redial && me < peer {
             let e = io::Error::new(io::ErrorKind::ConnectionReset, "peer connection closed");
             self.dial_failed(peer, &e);
@@ -702,6 +768,36 @@ mod tests {
         // One connection, counted once by each side.
         assert_eq!(t1.stats().connections_established.load(Ordering::Relaxed), 1);
         assert_eq!(t2.stats().connections_established.load(Ordering::Relaxed), 1);
+    }
+
+    /// A joining node lists only itself; the lower-numbered member that
+    /// learns of it dials it, and it answers over that connection before
+    /// knowing the member's address. A peer dropped from the list is cut.
+    #[test]
+    fn a_joiner_is_dialed_and_answers_then_a_removed_peer_is_cut() {
+        let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (5, free_addr())].into();
+        let (t1, rx1) = start(1, &[(1, addrs[&1])].into());
+        let (t5, rx5) = start(5, &[(5, addrs[&5])].into());
+        t1.set_peers(addrs.clone());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            t1.send([hb(1, 5, 3)]);
+            if rx5.recv_timeout(Duration::from_millis(50)).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the joiner was never dialed");
+        }
+        t5.send([hb(5, 1, 9)]);
+        assert_eq!(recv_contexts(&rx1, 1), [9], "answered over the accepted connection");
+
+        t1.set_peers([(1, addrs[&1])].into());
+        std::thread::sleep(Duration::from_millis(100));
+        while rx5.try_recv().is_ok() {}
+        t1.send((0..10).map(|i| hb(1, 5, i)));
+        assert!(
+            rx5.recv_timeout(Duration::from_millis(300)).is_err(),
+            "nothing reaches a peer no longer listed"
+        );
     }
 
     #[test]

@@ -39,8 +39,20 @@ impl Drop for Proc {
     }
 }
 
+/// A loopback port free right now, drawn below the kernel's ephemeral
+/// range (32768 and up), so that outgoing connections, which take their
+/// local ports from that range, cannot grab it before `loomd` binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::AtomicU16;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 1_000) as u16 * 12;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
+        let port = 20_000 + (base - 20_000 + offset) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn free_addr() -> SocketAddr {

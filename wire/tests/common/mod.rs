@@ -281,6 +281,7 @@ pub fn payloads() -> Vec<Payload<'static>> {
             peer_addr: "127.0.0.1:8003",
         }),
         Payload::ClusterLeave(Leave { node_id: 4 }),
+        Payload::ClusterTransferLeader(TransferLeader { node_id: 2 }),
         Payload::ClusterPing(Ping { nonce: 0xDEAD_BEEF }),
         Payload::PartitionTableRequest(PartitionTableRequest { known_revision: 3 }),
         Payload::PartitionTableResponse(PartitionTable {

@@ -1,0 +1,157 @@
+//! Membership changes on real `loomd` processes: a node started with
+//! `--join` is added (learner, then voter once caught up), leadership is
+//! handed to it, the old leader is removed, the joined node restarts from
+//! its own directory, and no acknowledged write is lost on the way.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{client, members_arg, put_until_ok, start, three_members, wait_for_leader, Member, Proc};
+use loomcache_client::{Client, ClientConfig};
+
+fn info(m: &Member) -> Vec<(String, String)> {
+    Client::connect(ClientConfig {
+        addrs: vec![m.client],
+        retry_budget: Duration::ZERO,
+        request_timeout: Duration::from_secs(2),
+        ..ClientConfig::default()
+    })
+    .and_then(|c| c.info())
+    .unwrap_or_default()
+}
+
+fn field(info: &[(String, String)], key: &str) -> String {
+    info.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_joiner(m: &Member, dir: &std::path::Path) -> Proc {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_loomd"))
+        .args([
+            "--node-id",
+            &m.id.to_string(),
+            "--listen",
+            &m.client.to_string(),
+            "--members",
+            &members_arg(&[*m]),
+            "--join",
+            "--data-dir",
+            &dir.join(format!("node-{}", m.id)).display().to_string(),
+            "--log-level",
+            "warn",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn loomd");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.contains("listening on"), "{line:?}");
+    Proc { child }
+}
+
+#[test]
+fn a_joined_node_is_promoted_takes_over_and_the_old_leader_is_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut members = three_members();
+    let arg = members_arg(&members);
+    let mut procs: Vec<Option<Proc>> = members.iter().map(|m| Some(start(m, &arg, tmp.path()))).collect();
+    let c = client(&members);
+    put_until_ok(&c, b"k0", b"v0");
+    for i in 1..300u32 {
+        c.map("m").set(format!("k{i}").as_bytes(), b"before").unwrap();
+    }
+
+    // Membership requests are refused clearly when they cannot apply.
+    let err = c.cluster_remove(9).unwrap_err().to_string();
+    assert!(err.contains("not a member"), "{err}");
+    let err = c.transfer_leader(9).unwrap_err().to_string();
+    assert!(err.contains("not a voter"), "{err}");
+
+    let joiner = common::cluster::three_members()[0];
+    let joiner = Member { id: 4, ..joiner };
+    procs.push(Some(start_joiner(&joiner, tmp.path())));
+    c.cluster_add(4, &joiner.client.to_string(), &joiner.peer.to_string())
+        .expect("join accepted");
+    let err = c
+        .cluster_add(4, &joiner.client.to_string(), &joiner.peer.to_string())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already a member"), "{err}");
+    members.push(joiner);
+    wait_until("node 4 to become a voter", Duration::from_secs(30), || {
+        let l = wait_for_leader(&members, Duration::from_secs(5)).expect("a leader");
+        field(&info(&members[l]), "raft_voters") == "1,2,3,4"
+    });
+    // Writes go on during and after the change; the joiner holds them all.
+    for i in 300..400u32 {
+        c.map("m").set(format!("k{i}").as_bytes(), b"after").unwrap();
+    }
+    let leader_commit = {
+        let l = wait_for_leader(&members, Duration::from_secs(5)).unwrap();
+        field(&info(&members[l]), "raft_commit").parse::<u64>().unwrap()
+    };
+    wait_until("node 4 to apply everything committed", Duration::from_secs(30), || {
+        field(&info(&joiner), "raft_applied").parse::<u64>().unwrap_or(0) >= leader_commit
+    });
+
+    // Leadership moves to the joined node; the old leader is removed.
+    let old = wait_for_leader(&members, Duration::from_secs(5)).unwrap();
+    let old_id = members[old].id;
+    c.transfer_leader(4).expect("transfer accepted");
+    wait_until("node 4 to lead", Duration::from_secs(30), || {
+        field(&info(&joiner), "raft_role") == "leader"
+    });
+    c.cluster_remove(old_id).expect("removal accepted");
+    wait_until(
+        "the old leader to leave the configuration",
+        Duration::from_secs(30),
+        || {
+            let i = info(&joiner);
+            let voters = field(&i, "raft_voters");
+            !voters.split(',').any(|v| v == old_id.to_string()) && field(&i, "raft_voters_outgoing").is_empty()
+        },
+    );
+    drop(procs[old].take());
+    let remaining: Vec<Member> = members.iter().filter(|m| m.id != old_id).copied().collect();
+    let c = client(&remaining);
+    for i in 0..400u32 {
+        let want: &[u8] = match i {
+            0 => b"v0",
+            1..=299 => b"before",
+            _ => b"after",
+        };
+        assert_eq!(
+            c.map("m").get(format!("k{i}").as_bytes()).unwrap().as_deref(),
+            Some(want),
+            "k{i}"
+        );
+    }
+
+    // The joined node restarts from its own directory: it still knows the
+    // group (from its snapshot and log), and with one other voter down the
+    // remaining two still form a majority of the three voters.
+    drop(procs[3].take());
+    procs[3] = Some(start_joiner(&joiner, tmp.path()));
+    let other = remaining.iter().position(|m| m.id != 4).unwrap();
+    let other_id = remaining[other].id;
+    let idx = members.iter().position(|m| m.id == other_id).unwrap();
+    drop(procs[idx].take());
+    let survivors: Vec<Member> = remaining.iter().filter(|m| m.id != other_id).copied().collect();
+    put_until_ok(&client(&survivors), b"k400", b"two of three");
+    assert_eq!(
+        client(&survivors).map("m").get(b"k350").unwrap().as_deref(),
+        Some(&b"after"[..])
+    );
+}
