@@ -1,15 +1,17 @@
 //! `loomcache-bench`: a closed-loop load generator for LoomCache (native
-//! protocol) and Redis (RESP), so both are driven the same way.
+//! protocol), Redis (RESP) and, when built with the `etcd` feature, etcd
+//! (gRPC), so all of them are driven the same way.
 //!
-//! Each connection runs on its own thread: it sends `--pipeline` requests,
-//! then reads their answers, and records each request's latency (from the
-//! moment its batch was written to the moment its answer was read) in an
-//! HdrHistogram. Keys are drawn uniformly from `--keys`; `--read-ratio`
-//! chooses GET over SET. Nothing is measured during `--warmup`.
+//! Each connection sends `--pipeline` requests, then waits for their
+//! answers, and records each request's latency (from the moment its batch
+//! was written to the moment its answer was read) in an HdrHistogram. Keys
+//! are drawn uniformly from `--keys`; `--read-ratio` chooses GET over SET.
+//! Nothing is measured during `--warmup`. A native or RESP connection runs
+//! on its own thread; the etcd backend is described in its module, `etcd`.
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +19,9 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use loomcache_benches::resp;
-use loomcache_wire::{encode_frame, frame_len, Framer, HeaderFields, Keyed, Limits, MapWrite, Opcode, Payload};
+use loomcache_wire::{
+    encode_frame, frame_len, Frame, Framer, HeaderFields, Keyed, Limits, MapWrite, Opcode, Payload, Response,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -28,22 +32,36 @@ enum Backend {
     Native,
     /// The Redis protocol (SET / GET).
     Resp,
+    /// etcd's gRPC KV API (Put / linearizable Range); needs the `etcd` feature.
+    Etcd,
 }
 
-/// Closed-loop load against a LoomCache node or a Redis server.
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Native => "native",
+            Backend::Resp => "resp",
+            Backend::Etcd => "etcd",
+        }
+    }
+}
+
+/// Closed-loop load against a LoomCache node, a Redis server or an etcd cluster.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loomcache-bench", version)]
 struct Args {
     /// Protocol to speak.
     #[arg(long, value_enum, default_value_t = Backend::Native)]
     backend: Backend,
-    /// Server address.
+    /// Server address. For etcd, a comma-separated list of client endpoints
+    /// (`host:port` or `http://host:port`): each connection balances its
+    /// requests over all of them, and etcd forwards to its leader.
     #[arg(long, default_value = "127.0.0.1:7070")]
-    addr: SocketAddr,
-    /// Concurrent connections (one thread each).
+    addr: String,
+    /// Concurrent connections (a thread each; a task each for etcd).
     #[arg(long, default_value_t = 50)]
     connections: usize,
-    /// Requests in flight per connection.
+    /// Requests in flight per connection (concurrent gRPC calls for etcd).
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
     /// Value size in bytes.
@@ -67,6 +85,34 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// How long a connection waits after a batch in which a request failed, so
+/// a server that refuses everything is not spun against.
+const ERROR_PAUSE: Duration = Duration::from_millis(10);
+
+/// Requests that failed (an error answer, or for etcd a failed call), and
+/// the first one's message. They are counted, not measured.
+#[derive(Debug, Default)]
+struct Failures {
+    count: u64,
+    first: Option<String>,
+}
+
+impl Failures {
+    fn note(&mut self, message: impl FnOnce() -> String) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(message());
+        }
+    }
+
+    fn merge(&mut self, other: Failures) {
+        self.count += other.count;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
 }
 
 struct Rng(u64);
@@ -103,7 +149,7 @@ fn key_of(i: u64) -> Vec<u8> {
 
 impl Conn {
     fn open(args: &Args) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect(args.addr)?;
+        let stream = TcpStream::connect(args.addr.as_str())?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         Ok(match args.backend {
@@ -121,6 +167,7 @@ impl Conn {
                 end: 0,
                 out: Vec::with_capacity(64 << 10),
             },
+            Backend::Etcd => unreachable!("the etcd backend has no blocking connection"),
         })
     }
 
@@ -159,8 +206,9 @@ impl Conn {
         }
     }
 
-    /// Writes the batch and waits for `n` answers.
-    fn flush_and_wait(&mut self, n: usize) -> std::io::Result<()> {
+    /// Writes the batch and waits for `n` answers; error answers are noted
+    /// in `failures`. An `Err` is a failure of the connection itself.
+    fn flush_and_wait(&mut self, n: usize, failures: &mut Failures) -> std::io::Result<()> {
         match self {
             Conn::Native {
                 stream, framer, out, ..
@@ -171,7 +219,7 @@ impl Conn {
                 while got < n {
                     while let Some(frame) = framer.next_frame().map_err(std::io::Error::other)? {
                         if frame.opcode() != Opcode::ResponseOk {
-                            return Err(std::io::Error::other(format!("node answered {}", frame.opcode())));
+                            failures.note(|| describe_refusal(&frame));
                         }
                         got += 1;
                     }
@@ -197,7 +245,10 @@ impl Conn {
                 out.clear();
                 let mut got = 0;
                 while got < n {
-                    while let Some(used) = resp_reply_len(&buf[*start..*end])? {
+                    while let Some((used, error)) = resp_reply_len(&buf[*start..*end])? {
+                        if error {
+                            failures.note(|| String::from_utf8_lossy(&buf[*start + 1..*start + used - 2]).into_owned());
+                        }
                         *start += used;
                         got += 1;
                         if got == n {
@@ -227,28 +278,35 @@ impl Conn {
     }
 }
 
-/// Length of the complete RESP reply at the start of `buf`, if complete.
-/// Errors (`-`) fail the run.
-fn resp_reply_len(buf: &[u8]) -> std::io::Result<Option<usize>> {
+/// What a native answer other than `RESPONSE_OK` says.
+fn describe_refusal(frame: &Frame<'_>) -> String {
+    match frame.decode_response(Opcode::MapGet, &Limits::DEFAULT) {
+        Ok(Response::Error { code, message }) => format!("node answered {}: {message}", code.wire_name()),
+        Ok(Response::Redirect(redirect)) => format!("node answered REDIRECT to node {}", redirect.leader_id),
+        _ => format!("node answered {}", frame.opcode()),
+    }
+}
+
+/// Length of the complete RESP reply at the start of `buf`, if complete,
+/// and whether it is an error (`-`).
+fn resp_reply_len(buf: &[u8]) -> std::io::Result<Option<(usize, bool)>> {
     let Some(&kind) = buf.first() else { return Ok(None) };
     let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
         return Ok(None);
     };
     match kind {
-        b'+' | b':' => Ok(Some(line_end + 2)),
-        b'-' => Err(std::io::Error::other(
-            String::from_utf8_lossy(&buf[..line_end]).into_owned(),
-        )),
+        b'+' | b':' => Ok(Some((line_end + 2, false))),
+        b'-' => Ok(Some((line_end + 2, true))),
         b'$' => {
             let len: i64 = std::str::from_utf8(&buf[1..line_end])
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| std::io::Error::other("bad bulk length"))?;
             if len < 0 {
-                return Ok(Some(line_end + 2));
+                return Ok(Some((line_end + 2, false)));
             }
             let total = line_end + 2 + len as usize + 2;
-            Ok((buf.len() >= total).then_some(total))
+            Ok((buf.len() >= total).then_some((total, false)))
         }
         other => Err(std::io::Error::other(format!(
             "unexpected reply type {:?}",
@@ -257,9 +315,17 @@ fn resp_reply_len(buf: &[u8]) -> std::io::Result<Option<usize>> {
     }
 }
 
+/// What one connection measured.
 struct Outcome {
     hist: Histogram<u64>,
+    /// Requests answered successfully while measuring.
     ops: u64,
+    /// Requests that failed, at any time; they are not in `hist`.
+    failures: Failures,
+}
+
+fn new_histogram() -> std::io::Result<Histogram<u64>> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(std::io::Error::other)
 }
 
 fn run_connection(args: &Args, seed: u64, measuring: &AtomicBool, stop: &AtomicBool) -> std::io::Result<Outcome> {
@@ -267,22 +333,33 @@ fn run_connection(args: &Args, seed: u64, measuring: &AtomicBool, stop: &AtomicB
     let mut rng = Rng(seed | 1);
     let value = vec![b'v'; args.value_size];
     let read_cut = (args.read_ratio.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(std::io::Error::other)?;
+    let mut hist = new_histogram()?;
     let mut ops = 0;
+    let mut failures = Failures::default();
     while !stop.load(Ordering::Relaxed) {
         for _ in 0..args.pipeline {
             let key = key_of(rng.next() % args.keys);
             conn.push(rng.next() < read_cut, &key, &value);
         }
         let sent = Instant::now();
-        conn.flush_and_wait(args.pipeline)?;
-        if measuring.load(Ordering::Relaxed) {
-            let us = sent.elapsed().as_micros().max(1) as u64;
-            hist.record_n(us, args.pipeline as u64).map_err(std::io::Error::other)?;
-            ops += args.pipeline as u64;
+        let failed_before = failures.count;
+        if let Err(e) = conn.flush_and_wait(args.pipeline, &mut failures) {
+            return Err(match &failures.first {
+                Some(first) => std::io::Error::new(e.kind(), format!("{e} (the first failed request: {first})")),
+                None => e,
+            });
+        }
+        let us = sent.elapsed().as_micros().max(1) as u64;
+        let answered = args.pipeline as u64 - (failures.count - failed_before);
+        if measuring.load(Ordering::Relaxed) && answered > 0 {
+            hist.record_n(us, answered).map_err(std::io::Error::other)?;
+            ops += answered;
+        }
+        if answered < args.pipeline as u64 {
+            std::thread::sleep(ERROR_PAUSE);
         }
     }
-    Ok(Outcome { hist, ops })
+    Ok(Outcome { hist, ops, failures })
 }
 
 fn preload(args: &Args) -> std::io::Result<()> {
@@ -294,10 +371,65 @@ fn preload(args: &Args) -> std::io::Result<()> {
         for k in i..i + batch {
             conn.push(false, &key_of(k), &value);
         }
-        conn.flush_and_wait(batch as usize)?;
+        let mut failures = Failures::default();
+        conn.flush_and_wait(batch as usize, &mut failures)?;
+        if let Some(first) = failures.first {
+            return Err(std::io::Error::other(first));
+        }
         i += batch;
     }
     Ok(())
+}
+
+/// The connections of a run, started and not yet joined.
+enum Running {
+    Threads(Vec<std::thread::JoinHandle<std::io::Result<Outcome>>>),
+    #[cfg(feature = "etcd")]
+    Etcd(etcd::Running),
+}
+
+impl Running {
+    fn start(args: &Args, measuring: &Arc<AtomicBool>, stop: &Arc<AtomicBool>) -> std::io::Result<Running> {
+        match args.backend {
+            Backend::Native | Backend::Resp => {
+                if args.preload {
+                    preload(args).map_err(|e| std::io::Error::other(format!("preload failed: {e}")))?;
+                }
+                Ok(Running::Threads(
+                    (0..args.connections)
+                        .map(|i| {
+                            let (args, measuring, stop) = (args.clone(), Arc::clone(measuring), Arc::clone(stop));
+                            std::thread::spawn(move || run_connection(&args, connection_seed(i), &measuring, &stop))
+                        })
+                        .collect(),
+                ))
+            }
+            #[cfg(feature = "etcd")]
+            Backend::Etcd => etcd::Running::start(args, measuring, stop).map(Running::Etcd),
+            #[cfg(not(feature = "etcd"))]
+            Backend::Etcd => Err(std::io::Error::other(
+                "this build has no etcd backend; build with `--features etcd`",
+            )),
+        }
+    }
+
+    fn finish(self) -> Vec<std::io::Result<Outcome>> {
+        match self {
+            Running::Threads(threads) => threads
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("a connection thread panicked")))
+                })
+                .collect(),
+            #[cfg(feature = "etcd")]
+            Running::Etcd(running) => running.finish(),
+        }
+    }
+}
+
+fn connection_seed(i: usize) -> u64 {
+    0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1)
 }
 
 fn main() -> std::process::ExitCode {
@@ -306,20 +438,19 @@ fn main() -> std::process::ExitCode {
         eprintln!("loomcache-bench: --connections, --pipeline and --keys must be at least 1");
         return std::process::ExitCode::from(2);
     }
-    if args.preload {
-        if let Err(e) = preload(&args) {
-            eprintln!("loomcache-bench: preload failed: {e}");
-            return std::process::ExitCode::from(1);
-        }
+    if args.backend != Backend::Etcd && args.addr.to_socket_addrs().is_err() {
+        eprintln!("loomcache-bench: --addr {:?} is not a socket address", args.addr);
+        return std::process::ExitCode::from(2);
     }
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let threads: Vec<_> = (0..args.connections)
-        .map(|i| {
-            let (args, measuring, stop) = (args.clone(), Arc::clone(&measuring), Arc::clone(&stop));
-            std::thread::spawn(move || run_connection(&args, 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1), &measuring, &stop))
-        })
-        .collect();
+    let running = match Running::start(&args, &measuring, &stop) {
+        Ok(running) => running,
+        Err(e) => {
+            eprintln!("loomcache-bench: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
     std::thread::sleep(Duration::from_secs_f64(args.warmup));
     measuring.store(true, Ordering::SeqCst);
     let start = Instant::now();
@@ -327,20 +458,25 @@ fn main() -> std::process::ExitCode {
     measuring.store(false, Ordering::SeqCst);
     let elapsed = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::SeqCst);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let mut hist = new_histogram().expect("valid bounds");
     let mut ops = 0;
-    for t in threads {
-        match t.join() {
-            Ok(Ok(o)) => {
+    let mut failures = Failures::default();
+    for outcome in running.finish() {
+        match outcome {
+            Ok(o) => {
                 hist.add(&o.hist).expect("same bounds");
                 ops += o.ops;
+                failures.merge(o.failures);
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 eprintln!("loomcache-bench: a connection failed: {e}");
                 return std::process::ExitCode::from(1);
             }
-            Err(_) => return std::process::ExitCode::from(1),
         }
+    }
+    let errors = failures.count;
+    if let Some(first) = &failures.first {
+        eprintln!("loomcache-bench: {errors} request(s) failed; the first: {first}");
     }
     let rate = ops as f64 / elapsed;
     let (p50, p99, p999, max) = (
@@ -349,18 +485,20 @@ fn main() -> std::process::ExitCode {
         hist.value_at_quantile(0.999),
         hist.max(),
     );
-    let backend = match args.backend {
-        Backend::Native => "native",
-        Backend::Resp => "resp",
-    };
+    let backend = args.backend.name();
     if args.json {
         println!(
-            "{{\"backend\":\"{backend}\",\"addr\":\"{}\",\"connections\":{},\"pipeline\":{},\"value_size\":{},\"keys\":{},\"read_ratio\":{},\"seconds\":{elapsed:.3},\"ops\":{ops},\"ops_per_sec\":{rate:.1},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"max_us\":{max}}}",
+            "{{\"backend\":\"{backend}\",\"addr\":\"{}\",\"connections\":{},\"pipeline\":{},\"value_size\":{},\"keys\":{},\"read_ratio\":{},\"seconds\":{elapsed:.3},\"ops\":{ops},\"errors\":{errors},\"ops_per_sec\":{rate:.1},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"max_us\":{max}}}",
             args.addr, args.connections, args.pipeline, args.value_size, args.keys, args.read_ratio
         );
     } else {
+        let errors = if errors > 0 {
+            format!(" errors={errors}")
+        } else {
+            String::new()
+        };
         println!(
-            "{backend} {} conns={} pipeline={} value={}B keys={} reads={:.0}%: {rate:.0} ops/s  p50={p50}us p99={p99}us p99.9={p999}us max={max}us",
+            "{backend} {} conns={} pipeline={} value={}B keys={} reads={:.0}%: {rate:.0} ops/s  p50={p50}us p99={p99}us p99.9={p999}us max={max}us{errors}",
             args.addr,
             args.connections,
             args.pipeline,
@@ -370,4 +508,178 @@ fn main() -> std::process::ExitCode {
         );
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// The etcd backend.
+///
+/// All connections share one multi-threaded tokio runtime with a worker per
+/// core, and each connection is a task with its own etcd `Client`, that is
+/// its own HTTP/2 connection to every endpoint. So the connections stay as
+/// independent of each other as the other backends' sockets, while a
+/// thousand of them cost a thousand tasks rather than a thousand threads
+/// (or runtimes) contending for the cores the servers also need; that
+/// keeps the generator from being the bottleneck. A connection's
+/// `--pipeline` requests are as many concurrent unary gRPC calls (one HTTP/2
+/// stream each) on clones of its KV client; it waits for all of them, as a
+/// pipelined batch, and records each answered request's latency from the
+/// moment the batch was issued to the moment the last answer arrived, as
+/// the other backends do. Writes are Puts; reads are Gets at etcd's default,
+/// linearizable, consistency. A failed call is counted, not measured, as an
+/// error answer is on the other backends.
+#[cfg(feature = "etcd")]
+mod etcd {
+    use std::io;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use etcd_client::{Client, ConnectOptions, KvClient};
+    use futures_util::future::join_all;
+    use tokio::runtime::Runtime;
+    use tokio::task::JoinHandle;
+
+    use super::{connection_seed, key_of, new_histogram, Args, Failures, Outcome, Rng, ERROR_PAUSE};
+
+    /// A request not answered within this long fails (the other backends'
+    /// read timeout).
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Puts in flight at once while preloading.
+    const PRELOAD_BATCH: u64 = 256;
+
+    /// The connections of a run on their runtime.
+    pub(super) struct Running {
+        runtime: Runtime,
+        tasks: Vec<JoinHandle<io::Result<Outcome>>>,
+    }
+
+    impl Running {
+        /// Builds the runtime, preloads if asked, and starts every connection.
+        pub(super) fn start(args: &Args, measuring: &Arc<AtomicBool>, stop: &Arc<AtomicBool>) -> io::Result<Running> {
+            let endpoints = endpoints(&args.addr)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            if args.preload {
+                runtime
+                    .block_on(preload(args, &endpoints))
+                    .map_err(|e| io::Error::other(format!("preload failed: {e}")))?;
+            }
+            let tasks = (0..args.connections)
+                .map(|i| {
+                    runtime.spawn(run_connection(
+                        args.clone(),
+                        endpoints.clone(),
+                        connection_seed(i),
+                        Arc::clone(measuring),
+                        Arc::clone(stop),
+                    ))
+                })
+                .collect();
+            Ok(Running { runtime, tasks })
+        }
+
+        /// Waits for every connection to see `stop` and finish its batch.
+        pub(super) fn finish(self) -> Vec<io::Result<Outcome>> {
+            let Running { runtime, tasks } = self;
+            let outcomes = runtime.block_on(async {
+                let mut outcomes = Vec::with_capacity(tasks.len());
+                for task in tasks {
+                    outcomes.push(task.await.unwrap_or_else(|e| Err(io::Error::other(e))));
+                }
+                outcomes
+            });
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            outcomes
+        }
+    }
+
+    fn endpoints(addr: &str) -> io::Result<Vec<String>> {
+        let endpoints: Vec<String> = addr
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if endpoints.is_empty() {
+            return Err(io::Error::other("--addr names no etcd endpoint"));
+        }
+        Ok(endpoints)
+    }
+
+    async fn connect(endpoints: &[String]) -> io::Result<Client> {
+        let options = ConnectOptions::new()
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(CONNECT_TIMEOUT);
+        Client::connect(endpoints, Some(options))
+            .await
+            .map_err(io::Error::other)
+    }
+
+    async fn request(kv: &mut KvClient, read: bool, key: Vec<u8>, value: &[u8]) -> Result<(), etcd_client::Error> {
+        if read {
+            kv.get(key, None).await.map(drop)
+        } else {
+            kv.put(key, value, None).await.map(drop)
+        }
+    }
+
+    async fn run_connection(
+        args: Args,
+        endpoints: Vec<String>,
+        seed: u64,
+        measuring: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<Outcome> {
+        let client = connect(&endpoints).await?;
+        let mut kvs: Vec<KvClient> = (0..args.pipeline).map(|_| client.kv_client()).collect();
+        let mut rng = Rng(seed | 1);
+        let value = vec![b'v'; args.value_size];
+        let read_cut = (args.read_ratio.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
+        let mut hist = new_histogram()?;
+        let mut ops = 0;
+        let mut failures = Failures::default();
+        while !stop.load(Ordering::Relaxed) {
+            let sent = Instant::now();
+            let calls = kvs.iter_mut().map(|kv| {
+                let key = key_of(rng.next() % args.keys);
+                request(kv, rng.next() < read_cut, key, &value)
+            });
+            let results = join_all(calls).await;
+            let us = sent.elapsed().as_micros().max(1) as u64;
+            let mut answered = 0;
+            for result in results {
+                match result {
+                    Ok(()) => answered += 1,
+                    Err(e) => failures.note(|| e.to_string()),
+                }
+            }
+            if measuring.load(Ordering::Relaxed) && answered > 0 {
+                hist.record_n(us, answered).map_err(io::Error::other)?;
+                ops += answered;
+            }
+            if answered < args.pipeline as u64 {
+                tokio::time::sleep(ERROR_PAUSE).await;
+            }
+        }
+        Ok(Outcome { hist, ops, failures })
+    }
+
+    /// Puts every key once, [`PRELOAD_BATCH`] at a time; any failure fails it.
+    async fn preload(args: &Args, endpoints: &[String]) -> io::Result<()> {
+        let client = connect(endpoints).await?;
+        let mut kvs: Vec<KvClient> = (0..PRELOAD_BATCH).map(|_| client.kv_client()).collect();
+        let value = vec![b'v'; args.value_size];
+        let mut i = 0;
+        while i < args.keys {
+            let batch = (args.keys - i).min(PRELOAD_BATCH);
+            let calls = kvs
+                .iter_mut()
+                .zip(i..i + batch)
+                .map(|(kv, k)| request(kv, false, key_of(k), &value));
+            for result in join_all(calls).await {
+                result.map_err(io::Error::other)?;
+            }
+            i += batch;
+        }
+        Ok(())
+    }
 }

@@ -1,0 +1,294 @@
+#!/usr/bin/env bash
+# LoomCache beside etcd, each as a 3-member cluster on loopback with durable
+# (fsync'd) writes, driven by the same generator (loomcache-bench, built with
+# the `etcd` feature): writes, then linearizable reads, at every
+# connections x pipeline point of the matrix. Each row runs both systems one
+# after the other (alternating which goes first) so drift affects both
+# alike; LoomCache is driven at its leader's client address, etcd at all
+# three client endpoints (a follower forwards to the leader). Also measures a
+# single memory-only `loomd` with default settings at 50 connections x 16 in
+# flight, GET only: the target is linearizable reads on the cluster at
+# >= 0.8x that.
+#
+# Usage: scripts/cluster-side-by-side.sh
+#
+# Environment (defaults in brackets):
+#   DURATION     measured seconds per run [8]
+#   WARMUP       unmeasured seconds before each run [2]
+#   CONNECTIONS  connection counts of the matrix ["1 50 1000"]
+#   PIPELINES    requests in flight per connection ["1 16"]
+#   SKIP         points left out, as CxP words ["1000x16"; "" runs all]
+#   VALUE_SIZE   value bytes [1024]
+#   KEYS         distinct keys, all written once before the runs [10000]
+#   KEEP_DATA    1 keeps the data directories (printed at the end) [0]
+#
+# Needs: etcd and etcdctl (Debian `etcd-server`, `etcd-client`) and protoc
+# (Debian `protobuf-compiler`, for the etcd client's generated code); as
+# root it installs whichever is missing with apt-get. Servers and generator
+# share every core (nothing is pinned: three members per system do not fit
+# one core each on a small machine). Results go to target/cluster-side-by-side
+# (table.md, raw.jsonl, bench.log, logs/). Traffic stays on 127.0.0.1; every
+# process started here is stopped by pid on exit (TERM, then KILL after 5 s).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${DURATION:-8}"
+WARMUP="${WARMUP:-2}"
+CONNECTIONS="${CONNECTIONS:-1 50 1000}"
+PIPELINES="${PIPELINES:-1 16}"
+# 1000 x 16 puts 16,000 requests in flight, past both systems' admission
+# bounds at their defaults: loomd's work queue high watermark (4,096) makes
+# it answer SERVER_BUSY and refuse further connections, and etcd answers
+# "too many requests" once its apply loop trails commit by 5,000 entries.
+# That point measures refusals, not throughput, so it is left out unless
+# SKIP says otherwise.
+SKIP="${SKIP-1000x16}"
+VALUE_SIZE="${VALUE_SIZE:-1024}"
+KEYS="${KEYS:-10000}"
+KEEP_DATA="${KEEP_DATA:-0}"
+
+SINGLE_PORT=7380
+LOOM_PORTS=(7001 7002 7003 7101 7102 7103)
+ETCD_CLIENT_PORTS=(2379 22379 32379)
+ETCD_PEER_PORTS=(2380 22380 32380)
+OUT=target/cluster-side-by-side
+rm -rf "$OUT/logs"
+mkdir -p "$OUT/logs"
+: >"$OUT/raw.jsonl"
+: >"$OUT/bench.log"
+
+# --- tools -------------------------------------------------------------------
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v etcdctl >/dev/null || missing+=(etcd-client)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing ${missing[*]} (Debian packages)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$SINGLE_PORT" "${LOOM_PORTS[@]}" "${ETCD_CLIENT_PORTS[@]}" "${ETCD_PEER_PORTS[@]}"; do
+    if port_busy "$p"; then
+        echo "port $p on 127.0.0.1 is already in use (another cluster, or an etcd service started by its package?)" >&2
+        exit 1
+    fi
+done
+
+echo "building loomd, loomctl and loomcache-bench --features etcd (release)"
+cargo build --release --bin loomd --bin loomctl
+cargo build --release -p loomcache-benches --features etcd --bin loomcache-bench
+
+RUN="$(mktemp -d "${TMPDIR:-/tmp}/cluster-side-by-side.XXXXXX")"
+# A private copy, so that a rebuild in the tree during the run (without the
+# feature) does not swap the generator under it.
+mkdir -p "$RUN/bin"
+cp target/release/loomcache-bench "$RUN/bin/"
+BENCH="$RUN/bin/loomcache-bench"
+export LOOMCACHE_CLUSTER_DIR="$RUN/loomcache"
+
+# --- cleanup -----------------------------------------------------------------
+PIDS=()
+# stop_pids PID...: TERM, then KILL whatever still runs after 5 s.
+stop_pids() {
+    local p alive
+    for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        alive=0
+        for p in "$@"; do
+            if kill -0 "$p" 2>/dev/null; then alive=1; fi
+        done
+        if [ "$alive" = 0 ]; then break; fi
+        sleep 0.1
+    done
+    for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
+    for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
+cleanup() {
+    local status=$?
+    set +e
+    trap - EXIT INT TERM
+    stop_pids "${PIDS[@]}"
+    cp "$RUN"/etcd-*.log "$OUT/logs/" 2>/dev/null
+    cp "$RUN/single/loomd.log" "$OUT/logs/single-loomd.log" 2>/dev/null
+    for log in "$LOOMCACHE_CLUSTER_DIR"/node-*/loomd.log; do
+        if [ -f "$log" ]; then cp "$log" "$OUT/logs/$(basename "$(dirname "$log")")-loomd.log"; fi
+    done
+    if [ "$KEEP_DATA" = 1 ]; then
+        echo "data kept in $RUN"
+    else
+        rm -rf "$RUN"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- the generator -------------------------------------------------------------
+# bench BACKEND ADDR CONNECTIONS PIPELINE READ_RATIO [extra flags]: one JSON
+# line on stdout, or nothing if the run failed (its stderr is in bench.log).
+bench() {
+    local backend="$1" addr="$2" conns="$3" pipe="$4" reads="$5"
+    shift 5
+    echo "== $backend $addr c=$conns p=$pipe reads=$reads $*" >>"$OUT/bench.log"
+    "$BENCH" --backend "$backend" --addr "$addr" --connections "$conns" --pipeline "$pipe" \
+        --value-size "$VALUE_SIZE" --keys "$KEYS" --read-ratio "$reads" \
+        --duration "$DURATION" --warmup "$WARMUP" --json "$@" 2>>"$OUT/bench.log" || true
+}
+field() { sed -nE "s/.*\"$2\":([0-9.]+).*/\1/p" <<<"$1"; }
+# "ops/s | p50 | p99" cells of one result; an error count follows the ops.
+cells() {
+    if [ -z "$1" ]; then
+        printf 'failed | - | -'
+        return
+    fi
+    local errors
+    errors="$(field "$1" errors)"
+    printf '%.0f%s | %s us | %s us' "$(field "$1" ops_per_sec)" \
+        "$([ "${errors:-0}" = 0 ] || echo " ($errors errors)")" "$(field "$1" p50_us)" "$(field "$1" p99_us)"
+}
+ratio() {
+    local a b
+    a="$(field "$1" ops_per_sec)"
+    b="$(field "$2" ops_per_sec)"
+    if [ -n "$a" ] && [ -n "$b" ]; then
+        awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'
+    else
+        printf -- '-'
+    fi
+}
+preload() { # backend addr
+    "$BENCH" --backend "$1" --addr "$2" --connections 1 --value-size "$VALUE_SIZE" --keys "$KEYS" \
+        --preload --duration 0 --warmup 0 >/dev/null 2>>"$OUT/bench.log" || {
+        echo "preloading $1 at $2 failed; see $OUT/bench.log" >&2
+        exit 1
+    }
+}
+
+# --- single-node baseline ------------------------------------------------------
+echo "single memory-only loomd on 127.0.0.1:$SINGLE_PORT (default settings)"
+mkdir -p "$RUN/single"
+target/release/loomd --listen "127.0.0.1:$SINGLE_PORT" >"$RUN/single/loomd.out" 2>"$RUN/single/loomd.log" &
+single_pid=$!
+PIDS+=("$single_pid")
+for _ in $(seq 100); do
+    grep -q "listening on" "$RUN/single/loomd.out" 2>/dev/null && break
+    sleep 0.1
+done
+preload native "127.0.0.1:$SINGLE_PORT"
+single="$(bench native "127.0.0.1:$SINGLE_PORT" 50 16 1)"
+echo "$single" >>"$OUT/raw.jsonl"
+stop_pids "$single_pid"
+PIDS=()
+
+# --- the clusters --------------------------------------------------------------
+echo "3-member LoomCache cluster (scripts/local-cluster.sh 3, data in $LOOMCACHE_CLUSTER_DIR)"
+cluster_up=1
+scripts/local-cluster.sh 3 >"$OUT/logs/local-cluster.out" 2>&1 || cluster_up=0
+for pidfile in "$LOOMCACHE_CLUSTER_DIR"/node-*/loomd.pid; do
+    if [ -f "$pidfile" ]; then PIDS+=("$(cat "$pidfile")"); fi
+done
+if [ "$cluster_up" = 0 ]; then
+    cat "$OUT/logs/local-cluster.out" >&2
+    exit 1
+fi
+loom_leader() {
+    scripts/local-cluster.sh status | awk '/: leader,/ { sub(/:$/, "", $4); print $4; exit }'
+}
+
+echo "3-member etcd cluster ($(etcd --version | head -1))"
+initial_cluster=""
+for i in 0 1 2; do
+    initial_cluster="${initial_cluster:+$initial_cluster,}e$((i + 1))=http://127.0.0.1:${ETCD_PEER_PORTS[$i]}"
+done
+ETCD_ENDPOINTS=""
+for i in 0 1 2; do
+    client="127.0.0.1:${ETCD_CLIENT_PORTS[$i]}"
+    ETCD_ENDPOINTS="${ETCD_ENDPOINTS:+$ETCD_ENDPOINTS,}$client"
+    etcd --name "e$((i + 1))" --data-dir "$RUN/etcd-$((i + 1))" \
+        --listen-client-urls "http://$client" --advertise-client-urls "http://$client" \
+        --listen-peer-urls "http://127.0.0.1:${ETCD_PEER_PORTS[$i]}" \
+        --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER_PORTS[$i]}" \
+        --initial-cluster "$initial_cluster" --initial-cluster-state new \
+        --initial-cluster-token loomcache-side-by-side \
+        --quota-backend-bytes $((8 * 1024 * 1024 * 1024)) \
+        --logger zap --log-outputs stderr >"$RUN/etcd-$((i + 1)).log" 2>&1 &
+    PIDS+=("$!")
+done
+etcdctl_() { ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" --command-timeout 10s "$@"; }
+for _ in $(seq 100); do
+    etcdctl_ endpoint health >/dev/null 2>&1 && break
+    sleep 0.1
+done
+etcdctl_ endpoint health >/dev/null 2>&1 || {
+    echo "etcd did not become healthy; see $OUT/logs after exit" >&2
+    exit 1
+}
+# History grows by one revision per Put; compacting after each write run
+# keeps every run starting from the same small history.
+etcd_compact() {
+    local rev
+    rev="$(etcdctl_ endpoint status -w json 2>/dev/null | grep -o '"revision":[0-9]*' | head -1 | cut -d: -f2)" || true
+    if [ -n "$rev" ]; then etcdctl_ compact "$rev" --physical >/dev/null 2>&1 || true; fi
+}
+
+leader="$(loom_leader)"
+[ -n "$leader" ] || { echo "the LoomCache cluster has no leader" >&2; exit 1; }
+echo "preloading $KEYS keys of $VALUE_SIZE B into each"
+preload native "$leader"
+preload etcd "$ETCD_ENDPOINTS"
+etcd_compact
+
+# --- the matrix ----------------------------------------------------------------
+echo "running: ${DURATION}s measured after ${WARMUP}s warm-up per run, value ${VALUE_SIZE} B, ${KEYS} keys"
+table="$OUT/table.md"
+{
+    echo "| config | LoomCache ops/s | LoomCache p50 | LoomCache p99 | etcd ops/s | etcd p50 | etcd p99 | LoomCache ÷ etcd |"
+    echo "|---|---|---|---|---|---|---|---|"
+} >"$table"
+cat "$table"
+# run_loom / run_etcd: one run at the current point ($conns, $pipe,
+# $read_ratio) into $l / $e.
+run_loom() {
+    local leader
+    leader="$(loom_leader)"
+    l="$(bench native "${leader:-127.0.0.1:7001}" "$conns" "$pipe" "$read_ratio")"
+}
+run_etcd() {
+    e="$(bench etcd "$ETCD_ENDPOINTS" "$conns" "$pipe" "$read_ratio")"
+    if [ "$read_ratio" = 0 ]; then etcd_compact; fi
+}
+row=0
+read_50x16=""
+for conns in $CONNECTIONS; do
+    for pipe in $PIPELINES; do
+        case " $SKIP " in *" ${conns}x${pipe} "*) continue ;; esac
+        for kind in write read; do
+            read_ratio=0
+            if [ "$kind" = read ]; then read_ratio=1; fi
+            if [ $((row % 2)) = 0 ]; then
+                run_loom
+                run_etcd
+            else
+                run_etcd
+                run_loom
+            fi
+            row=$((row + 1))
+            echo "$l" >>"$OUT/raw.jsonl"
+            echo "$e" >>"$OUT/raw.jsonl"
+            if [ "$kind" = read ] && [ "$conns" = 50 ] && [ "$pipe" = 16 ]; then read_50x16="$l"; fi
+            printf '| %s %sx%s | %s | %s | %s |\n' "$kind" "$conns" "$pipe" "$(cells "$l")" "$(cells "$e")" \
+                "$(ratio "$l" "$e")" | tee -a "$table"
+        done
+    done
+done
+
+{
+    echo
+    echo "single memory-only loomd, GET, 50x16: $(cells "$single")"
+    if [ -n "$read_50x16" ]; then
+        echo "3-member LoomCache linearizable read 50x16 ÷ single-node GET 50x16: $(ratio "$read_50x16" "$single") (target >= 0.80x)"
+    fi
+} | tee -a "$table"
+echo "table in $OUT/table.md, raw results in $OUT/raw.jsonl"
