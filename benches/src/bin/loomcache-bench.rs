@@ -8,6 +8,11 @@
 //! are drawn uniformly from `--keys`; `--read-ratio` chooses GET over SET.
 //! Nothing is measured during `--warmup`. A native or RESP connection runs
 //! on its own thread; the etcd backend is described in its module, `etcd`.
+//!
+//! The generator uses the system allocator: with a thread per connection,
+//! a per-thread-heap allocator reserves and zeroes fresh pages for each of
+//! a thousand threads, kernel work that would be taken from the servers
+//! sharing the machine.
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
@@ -22,9 +27,6 @@ use loomcache_benches::resp;
 use loomcache_wire::{
     encode_frame, frame_len, Frame, Framer, HeaderFields, Keyed, Limits, MapWrite, Opcode, Payload, Response,
 };
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
