@@ -40,6 +40,11 @@ pub struct ClientConfig {
     /// Client id for write deduplication; 0 picks one from the clock and
     /// process id.
     pub client_id: u64,
+    /// Reads may be answered by any member from its own state, which can
+    /// trail the leader's by the replication lag (and, on a member cut off
+    /// from the leader, by more): no redirect, no lease or ReadIndex.
+    /// Default false: reads are linearizable.
+    pub stale_reads: bool,
     /// Redirects followed for one request before the redirect is returned
     /// as an error; from the second on, each waits a backoff first, so a
     /// leader change in progress is ridden out. Default 8.
@@ -57,6 +62,7 @@ impl Default for ClientConfig {
             backoff_max: Duration::from_secs(2),
             pool_size: 4,
             client_id: 0,
+            stale_reads: false,
             redirects_max: 8,
         }
     }
@@ -120,10 +126,22 @@ impl Client {
         *self.leader.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn connect_to(
+        &self,
+        addr: SocketAddr,
+        client_id: u64,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Connection> {
+        let mut conn = Connection::connect(addr, client_id, connect_timeout, request_timeout)?;
+        conn.set_stale_reads(self.config.stale_reads);
+        Ok(conn)
+    }
+
     fn open(&self) -> Result<Connection> {
         let mut last = None;
         if let Some(leader) = self.leader() {
-            match Connection::connect(
+            match self.connect_to(
                 leader,
                 self.client_id,
                 self.config.connect_timeout,
@@ -139,7 +157,7 @@ impl Client {
         }
         for _ in 0..self.config.addrs.len() {
             let i = self.next_addr.fetch_add(1, Ordering::Relaxed) % self.config.addrs.len();
-            match Connection::connect(
+            match self.connect_to(
                 self.config.addrs[i],
                 self.client_id,
                 self.config.connect_timeout,

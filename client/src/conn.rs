@@ -7,8 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use loomcache_wire::{
-    encode_frame, frame_len, partition_of, Framer, HeaderFields, Hello, HelloAck, Limits, Opcode, Payload, Sequence,
-    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    encode_frame, frame_len, partition_of, Flags, Framer, HeaderFields, Hello, HelloAck, Limits, OpClass, Opcode,
+    Payload, Sequence, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 
 use crate::error::{ClientError, Result};
@@ -28,6 +28,8 @@ pub struct Connection {
     ack: HelloAck,
     /// A transport or connection-level failure happened: never reuse.
     broken: bool,
+    /// Reads carry `STALE_READ`: any member may answer them locally.
+    stale_reads: bool,
 }
 
 impl Connection {
@@ -52,6 +54,7 @@ impl Connection {
             limits,
             timeout: request_timeout,
             broken: false,
+            stale_reads: false,
             ack: HelloAck {
                 version: 0,
                 features: 0,
@@ -95,6 +98,12 @@ impl Connection {
         self.broken
     }
 
+    /// Marks reads `STALE_READ` (answered by whichever member receives
+    /// them, from its own state) or not (linearizable, at the leader).
+    pub fn set_stale_reads(&mut self, stale: bool) {
+        self.stale_reads = stale;
+    }
+
     /// Requests sent and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.pending.len()
@@ -112,8 +121,10 @@ impl Connection {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let seq = sequence.map(|s| Sequence::new(self.ack.client_id, s));
+        let stale = self.stale_reads && payload.opcode().class() == OpClass::Read;
         let fields = HeaderFields {
             partition: payload.routing_key().map_or(0, partition_of),
+            flags: if stale { Flags::STALE_READ } else { Flags::NONE },
             ..HeaderFields::request(payload.opcode(), request_id)
         };
         let len = frame_len(seq.as_ref(), payload);

@@ -1048,7 +1048,11 @@ impl<S: Storage> Raft<S> {
             let offset = pr.snapshot_offset;
             self.send_snapshot_chunk(from, offset);
         } else if pr.matched < last {
-            self.send_append(from, false);
+            // A probe goes out even with nothing new to carry: a member
+            // whose match is unknown (a new learner, or one whose probe
+            // was lost) is found again only by probing.
+            let probing = pr.state == ProgressState::Probe;
+            self.send_append(from, probing);
         }
         self.on_round_acknowledged();
     }

@@ -608,3 +608,63 @@ fn an_empty_joiner_starts_from_a_snapshot_only() {
     net.stabilize();
     assert!(net.raft(4).committed() >= p.index);
 }
+
+/// A voter whose state was lost comes back empty while still a member; it
+/// is removed, the leader compacts, and it is added back as a learner. The
+/// probe sent when it was added is lost and no new entry follows: the
+/// heartbeat answers alone must lead the leader to probe it again, and it
+/// then starts from the leader's snapshot, whatever it was sent while a
+/// member.
+#[test]
+fn a_wiped_member_added_back_is_probed_and_starts_from_a_snapshot() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    for i in 0..5u8 {
+        net.propose(1, &[i]);
+    }
+    net.stabilize();
+    // Its state is lost: it comes back empty, knowing no configuration.
+    net.add_empty_node(3);
+    for _ in 0..3 {
+        net.tick(1, 1);
+        net.stabilize();
+    }
+    let remove = ConfChange {
+        items: vec![ConfChangeItem::Remove(3)],
+        context: Vec::new(),
+    };
+    net.raft_mut(1).propose_conf_change(remove, 0).unwrap();
+    for _ in 0..3 {
+        net.tick(1, 1);
+        net.stabilize();
+    }
+    assert_eq!(net.raft(1).conf_state().voters, vec![1, 2]);
+    assert!(net.raft(1).conf_state().voters_outgoing.is_empty());
+    let applied = net.raft(1).applied();
+    let conf = net.raft(1).conf_state().clone();
+    net.raft_mut(1)
+        .storage_mut()
+        .create_snapshot(applied, conf, Arc::from(&b"state"[..]));
+    let add = ConfChange {
+        items: vec![ConfChangeItem::AddLearner(3)],
+        context: Vec::new(),
+    };
+    net.raft_mut(1).propose_conf_change(add, 0).unwrap();
+    net.process(1);
+    while net.raft(1).conf_state().learners.is_empty() {
+        assert!(net.deliver_one(), "the change never applied on the leader");
+    }
+    net.process(1);
+    // The probe sent when 3 was added is lost.
+    assert!(net.queue.iter().any(|m| m.to == 3));
+    net.queue.retain(|m| m.to != 3);
+    net.stabilize();
+    assert!(net.raft(3).awaits_first_snapshot());
+    for _ in 0..5 {
+        net.tick(1, 1);
+        net.stabilize();
+    }
+    assert!(!net.raft(3).awaits_first_snapshot(), "the learner was never probed");
+    assert_eq!(net.raft(3).conf_state().learners, vec![3]);
+    assert_eq!(net.raft(3).committed(), net.raft(1).committed());
+}

@@ -84,12 +84,17 @@ pub struct ClusterConfig {
     pub lease_margin_ticks: u64,
     /// Snapshot after this many applied entries. Default 100 000.
     pub snapshot_every_entries: u64,
+    /// …or after this many bytes of applied entries, whichever comes
+    /// first. Default 256 MiB.
+    pub snapshot_every_bytes: u64,
     /// Flush the log before acknowledging (group commit). Default true;
     /// false keeps replication but gives up durability on power loss.
     pub fsync: bool,
     /// Start with no configuration, to be added to an existing group
-    /// (`loomctl cluster add`); `members` then needs only this node's
-    /// entry. Ignored once the node has state. Default false.
+    /// (`loomctl cluster add`); `members` then needs this node's entry and
+    /// those of the current members with higher ids, which this node
+    /// dials (lower ids dial it). Ignored once the node has state.
+    /// Default false.
     pub join: bool,
 }
 
@@ -104,6 +109,7 @@ impl ClusterConfig {
             heartbeat_interval_ticks: 3,
             lease_margin_ticks: 6,
             snapshot_every_entries: 100_000,
+            snapshot_every_bytes: 256 << 20,
             fsync: true,
             join: false,
         }
@@ -324,6 +330,9 @@ impl ClusterConfig {
         }
         if self.snapshot_every_entries == 0 {
             return err("cluster.snapshot_every_entries", 0, "at least 1");
+        }
+        if self.snapshot_every_bytes == 0 {
+            return err("cluster.snapshot_every_bytes", 0, "at least 1");
         }
         Ok(())
     }

@@ -176,6 +176,7 @@ impl Server {
             Some(cluster) => {
                 let (driver, transport, book) = start_cluster(&config, cluster, &shared)?;
                 let handle = driver.handle().clone();
+                let front_transport = Arc::clone(&transport);
                 (
                     Some(driver),
                     Some(transport),
@@ -183,6 +184,7 @@ impl Server {
                         driver: handle,
                         done: done_tx.clone(),
                         book,
+                        transport: front_transport,
                     }),
                 )
             }
@@ -447,6 +449,7 @@ struct ClusterFront {
     driver: DriverHandle,
     done: Sender<Done>,
     book: Arc<AddressBook>,
+    transport: Arc<Transport>,
 }
 
 struct EventLoop {
@@ -731,6 +734,13 @@ impl EventLoop {
             let opcode = frame.opcode();
             // Connection-level requests are answered here.
             let inline = match opcode.class() {
+                // A read marked STALE_READ is answered here from this
+                // member's own state, leader or not.
+                OpClass::Read
+                    if self.cluster.is_some() && frame.header().flags().contains(loomcache_wire::Flags::STALE_READ) =>
+                {
+                    Some(execute(&self.shared, frame.bytes(), Vec::new()).bytes)
+                }
                 OpClass::Read | OpClass::Write => None,
                 OpClass::Control if opcode == Opcode::BatchExecute => None,
                 OpClass::Control if opcode == Opcode::Hello => Some(hello(&frame, &self.config)),
@@ -1300,6 +1310,15 @@ fn node_info(
             ("raft_voters_outgoing", ids(&view.conf.voters_outgoing)),
             ("members", front.book.render()),
         ]);
+        let stats = front.transport.stats();
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed).to_string();
+        pairs.extend([
+            ("peer_frames_sent", count(&stats.frames_sent)),
+            ("peer_frames_dropped", count(&stats.frames_dropped)),
+            ("peer_messages_received", count(&stats.messages_received)),
+            ("peer_connections_established", count(&stats.connections_established)),
+            ("peer_connections_rejected", count(&stats.connections_rejected)),
+        ]);
         // On the leader: how far each member has replicated.
         for p in &view.peers {
             peer_pairs.push((format!("peer_{}_matched", p.id), p.matched.to_string()));
@@ -1307,6 +1326,8 @@ fn node_info(
                 format!("peer_{}_lag", p.id),
                 r.last_index.saturating_sub(p.matched).to_string(),
             ));
+            peer_pairs.push((format!("peer_{}_next", p.id), p.next.to_string()));
+            peer_pairs.push((format!("peer_{}_state", p.id), format!("{:?}", p.state).to_lowercase()));
         }
     }
     let entries: Vec<loomcache_wire::KeyValue<'_>> = pairs
@@ -1490,6 +1511,7 @@ fn start_cluster(
     let mut driver_config = DriverConfig::new(config.node_id, 0, cluster.dir_for(config.node_id), initial_voters);
     driver_config.tick = Duration::from_millis(cluster.tick_ms);
     driver_config.snapshot_every_entries = cluster.snapshot_every_entries;
+    driver_config.snapshot_every_bytes = cluster.snapshot_every_bytes;
     driver_config.raft.election_timeout_ticks = cluster.election_timeout_ticks;
     driver_config.raft.heartbeat_interval_ticks = cluster.heartbeat_interval_ticks;
     driver_config.raft.lease_margin_ticks = cluster.lease_margin_ticks;
@@ -1512,8 +1534,24 @@ fn start_cluster(
         book: Arc::clone(&book),
         transport: Arc::clone(&transport),
     };
-    let driver = Driver::start_on(driver_config, machine, Some(Arc::clone(&transport)), handle, inbox)
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    let dir = cluster.dir_for(config.node_id);
+    let driver =
+        Driver::start_on(driver_config, machine, Some(Arc::clone(&transport)), handle, inbox).map_err(|e| {
+            use crate::raft::{DriverError, RaftStorageError};
+            match &e {
+                DriverError::Storage(RaftStorageError::Log(loomcache_log::LogError::Corrupt { .. }))
+                | DriverError::Storage(RaftStorageError::Inconsistent { .. }) => io::Error::other(format!(
+                    "{e}. This member cannot start from {dir}. To rebuild it from its peers: move {dir} aside, start \
+                 this member again with --join (same --node-id, --listen and --members), then run \
+                 `loomctl --addr <a healthy member> cluster rebuild {id} {client} {peer}`",
+                    dir = dir.display(),
+                    id = config.node_id,
+                    client = me.client_addr,
+                    peer = me.peer_addr,
+                )),
+                _ => io::Error::other(e.to_string()),
+            }
+        })?;
     Ok((driver, transport, book))
 }
 

@@ -47,6 +47,7 @@
 //! heartbeat_interval_ticks = 3
 //! lease_margin_ticks = 6
 //! snapshot_every_entries = 100000
+//! snapshot_every_bytes = 268435456
 //! fsync = true
 //! join = false   # true: start empty, to be added with `loomctl cluster add`
 //! ```
@@ -186,6 +187,7 @@ sections! {
         heartbeat_interval_ticks: u64 => |s, v| cluster(s).heartbeat_interval_ticks = v,
         lease_margin_ticks: u64 => |s, v| cluster(s).lease_margin_ticks = v,
         snapshot_every_entries: u64 => |s, v| cluster(s).snapshot_every_entries = v,
+        snapshot_every_bytes: u64 => |s, v| cluster(s).snapshot_every_bytes = v,
         fsync: bool => |s, v| cluster(s).fsync = v,
         join: bool => |s, v| cluster(s).join = v,
     }

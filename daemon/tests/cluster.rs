@@ -38,6 +38,25 @@ fn three_processes_replicate_survive_kill_9_and_recover() {
         Err(loomcache_client::ClientError::Redirect { leader_id, .. }) => assert_eq!(leader_id, members[victim].id),
         other => panic!("expected a redirect, got {other:?}"),
     }
+    match direct.map("m").get(b"k0") {
+        Err(loomcache_client::ClientError::Redirect { .. }) => {}
+        other => panic!("a linearizable read at a follower redirects, got {other:?}"),
+    }
+    // Opted in, a follower answers reads from its own state (which may
+    // trail; it catches up).
+    let stale = Client::connect(ClientConfig {
+        addrs: vec![members[follower].client],
+        redirects_max: 0,
+        stale_reads: true,
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stale.map("m").get(b"k99").unwrap() != Some(b"v99".to_vec()) {
+        assert!(Instant::now() < deadline, "the follower never caught up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(stale.map("m").get(b"k0").unwrap(), Some(b"v0".to_vec()));
 
     // kill -9 the leader; the other two elect a new one.
     drop(procs[victim].take());

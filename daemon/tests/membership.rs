@@ -36,7 +36,9 @@ fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn start_joiner(m: &Member, dir: &std::path::Path) -> Proc {
+/// Starts `m` empty to join, knowing the members in `known` (it dials
+/// those with higher ids; they dial it otherwise).
+fn start_joiner(m: &Member, known: &[Member], dir: &std::path::Path) -> Proc {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_loomd"))
         .args([
             "--node-id",
@@ -44,7 +46,7 @@ fn start_joiner(m: &Member, dir: &std::path::Path) -> Proc {
             "--listen",
             &m.client.to_string(),
             "--members",
-            &members_arg(&[*m]),
+            &members_arg(known),
             "--join",
             "--data-dir",
             &dir.join(format!("node-{}", m.id)).display().to_string(),
@@ -81,7 +83,7 @@ fn a_joined_node_is_promoted_takes_over_and_the_old_leader_is_removed() {
 
     let joiner = common::cluster::three_members()[0];
     let joiner = Member { id: 4, ..joiner };
-    procs.push(Some(start_joiner(&joiner, tmp.path())));
+    procs.push(Some(start_joiner(&joiner, &[joiner], tmp.path())));
     c.cluster_add(4, &joiner.client.to_string(), &joiner.peer.to_string())
         .expect("join accepted");
     let err = c
@@ -143,7 +145,7 @@ fn a_joined_node_is_promoted_takes_over_and_the_old_leader_is_removed() {
     // group (from its snapshot and log), and with one other voter down the
     // remaining two still form a majority of the three voters.
     drop(procs[3].take());
-    procs[3] = Some(start_joiner(&joiner, tmp.path()));
+    procs[3] = Some(start_joiner(&joiner, &[joiner], tmp.path()));
     let other = remaining.iter().position(|m| m.id != 4).unwrap();
     let other_id = remaining[other].id;
     let idx = members.iter().position(|m| m.id == other_id).unwrap();
@@ -154,4 +156,94 @@ fn a_joined_node_is_promoted_takes_over_and_the_old_leader_is_removed() {
         client(&survivors).map("m").get(b"k350").unwrap().as_deref(),
         Some(&b"after"[..])
     );
+}
+
+/// A member whose log is damaged inside its durable prefix refuses to
+/// start and says how to rebuild it; started empty with `--join` and
+/// removed then added back (what `loomctl cluster rebuild` does), it
+/// catches up from its peers and votes again.
+#[test]
+fn a_damaged_member_refuses_to_start_and_is_rebuilt_from_its_peers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let members = three_members();
+    let arg = members_arg(&members);
+    let mut procs: Vec<Option<Proc>> = members.iter().map(|m| Some(start(m, &arg, tmp.path()))).collect();
+    let c = client(&members);
+    put_until_ok(&c, b"k0", b"v0");
+    for i in 1..200u32 {
+        c.map("m")
+            .set(format!("k{i}").as_bytes(), format!("v{i}").as_bytes())
+            .unwrap();
+    }
+    let leader = wait_for_leader(&members, Duration::from_secs(5)).unwrap();
+    let victim = (leader + 1) % 3;
+    let m = members[victim];
+    std::thread::sleep(Duration::from_millis(200));
+    drop(procs[victim].take());
+
+    // One byte of the first record of its first segment, well inside what
+    // it reported durable.
+    let dir = tmp.path().join(format!("node-{}", m.id));
+    let mut segments: Vec<_> = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    let mut bytes = std::fs::read(&segments[0]).unwrap();
+    bytes[64 + 20] ^= 0x40;
+    std::fs::write(&segments[0], &bytes).unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loomd"))
+        .args([
+            "--node-id",
+            &m.id.to_string(),
+            "--listen",
+            &m.client.to_string(),
+            "--members",
+            &arg,
+            "--data-dir",
+            &dir.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a damaged member must not start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("corrupt"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cluster rebuild {} {} {}", m.id, m.client, m.peer)),
+        "{stderr}"
+    );
+
+    // Rebuild: the directory moved aside, the member started empty to
+    // join, removed and added back.
+    std::fs::rename(&dir, tmp.path().join("damaged")).unwrap();
+    procs[victim] = Some(start_joiner(&m, &members, tmp.path()));
+    c.cluster_remove(m.id).expect("removal accepted");
+    wait_until("the damaged member to leave", Duration::from_secs(30), || {
+        let l = wait_for_leader(&members, Duration::from_secs(5)).expect("a leader");
+        let i = info(&members[l]);
+        !field(&i, "raft_voters").split(',').any(|v| v == m.id.to_string())
+            && field(&i, "raft_voters_outgoing").is_empty()
+    });
+    c.cluster_add(m.id, &m.client.to_string(), &m.peer.to_string())
+        .expect("join accepted");
+    wait_until("the rebuilt member to vote again", Duration::from_secs(30), || {
+        let l = wait_for_leader(&members, Duration::from_secs(5)).expect("a leader");
+        field(&info(&members[l]), "raft_voters")
+            .split(',')
+            .any(|v| v == m.id.to_string())
+    });
+    let at_victim = Client::connect(ClientConfig {
+        addrs: vec![m.client],
+        stale_reads: true,
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    wait_until(
+        "the rebuilt member to hold every write",
+        Duration::from_secs(30),
+        || at_victim.map("m").get(b"k199").ok().flatten() == Some(b"v199".to_vec()),
+    );
+    assert_eq!(at_victim.map("m").get(b"k0").unwrap(), Some(b"v0".to_vec()));
 }

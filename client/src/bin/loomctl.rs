@@ -28,6 +28,10 @@ struct Cli {
     /// Request timeout in milliseconds.
     #[arg(long, global = true, default_value_t = 5000)]
     timeout_ms: u64,
+    /// Let the node answer reads from its own state even if it is not the
+    /// leader (possibly stale); by default reads are linearizable.
+    #[arg(long, global = true)]
+    stale: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,6 +91,16 @@ enum ClusterCmd {
     Remove {
         id: u64,
         #[arg(long, default_value_t = 30_000)]
+        wait_ms: u64,
+    },
+    /// Rebuild a member from its peers after its directory was lost or
+    /// damaged: removes it from the group (if it is still a member), then
+    /// adds it back; start it first with an empty directory and --join.
+    Rebuild {
+        id: u64,
+        client_addr: SocketAddr,
+        peer_addr: SocketAddr,
+        #[arg(long, default_value_t = 60_000)]
         wait_ms: u64,
     },
     /// Hand leadership to a voter; waits until it leads.
@@ -223,6 +237,7 @@ fn run(cli: &Cli) -> Result<Out, ClientError> {
             request_timeout: Duration::from_millis(cli.timeout_ms),
             connect_timeout: Duration::from_millis(cli.timeout_ms),
             retry_budget: Duration::from_millis(cli.timeout_ms),
+            stale_reads: cli.stale,
             ..ClientConfig::default()
         })
     };
@@ -458,6 +473,20 @@ fn cluster(cli: &Cli, cmd: &ClusterCmd) -> Result<Out, ClientError> {
                 }
             })?;
             Out::Text(format!("node {id} added; a voter after {took:?}"))
+        }
+        ClusterCmd::Rebuild {
+            id,
+            client_addr,
+            peer_addr,
+            wait_ms,
+        } => {
+            if member_of(&leader_info(cli)?, *id) {
+                client()?.cluster_remove(*id)?;
+                wait_for(cli, *wait_ms, |i| !member_of(i, *id))?;
+            }
+            client()?.cluster_add(*id, &client_addr.to_string(), &peer_addr.to_string())?;
+            let took = wait_for(cli, *wait_ms, |i| id_list(i, "raft_voters").contains(id))?;
+            Out::Text(format!("node {id} rebuilt from its peers; a voter after {took:?}"))
         }
         ClusterCmd::Remove { id, wait_ms } => {
             client()?.cluster_remove(*id)?;

@@ -54,7 +54,9 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Start empty, to be added to a running group with `loomctl cluster
-    /// add`; --members then needs only this node's own entry.
+    /// add` (or `cluster rebuild`); --members needs this node's entry and
+    /// those of the current members with higher ids (this node dials
+    /// them; the others dial it).
     #[arg(long)]
     join: bool,
 }

@@ -84,8 +84,10 @@ pub struct DriverConfig {
     pub tick: Duration,
     /// The durable log's settings.
     pub log: LogConfig,
-    /// Snapshot after this many entries applied since the last one.
+    /// Snapshot after this many entries applied since the last one…
     pub snapshot_every_entries: u64,
+    /// …or after this many bytes of entries, whichever comes first.
+    pub snapshot_every_bytes: u64,
     /// Bound of the inbox (requests and peer messages).
     pub inbox_max: usize,
     /// Most inputs handled before the next Ready is processed, so bursts
@@ -105,6 +107,7 @@ impl DriverConfig {
             tick: Duration::from_millis(10),
             log: LogConfig::default(),
             snapshot_every_entries: 100_000,
+            snapshot_every_bytes: 256 << 20,
             inbox_max: 65_536,
             batch_inputs_max: 4096,
         }
@@ -310,6 +313,7 @@ impl Driver {
             confirmed: Vec::new(),
             next_read: 1,
             applied_since_snapshot: 0,
+            applied_bytes_since_snapshot: 0,
             summary: Arc::clone(&handle.summary),
             membership: Arc::clone(&handle.membership),
             config,
@@ -374,6 +378,7 @@ struct Run {
     confirmed: Vec<(Index, Reply)>,
     next_read: u64,
     applied_since_snapshot: u64,
+    applied_bytes_since_snapshot: u64,
     summary: Arc<Mutex<Summary>>,
     membership: Arc<Mutex<MembershipView>>,
 }
@@ -559,6 +564,7 @@ impl Run {
                 storage.apply_snapshot(snapshot.clone())?;
                 machine.restore(&snapshot.data);
                 self.applied_since_snapshot = 0;
+                self.applied_bytes_since_snapshot = 0;
                 // Proposals the snapshot covers never apply here one by one.
                 let later = self.writes.split_off(&(snapshot.meta.index + 1));
                 for (_, (_, reply)) in std::mem::replace(&mut self.writes, later) {
@@ -599,6 +605,7 @@ impl Run {
                     EntryKind::Noop => None,
                 };
                 self.applied_since_snapshot += 1;
+                self.applied_bytes_since_snapshot += entry.data.len() as u64;
                 if let Some((term, reply)) = self.writes.remove(&entry.index) {
                     let outcome = match answer {
                         Some(answer) if term == entry.term => Outcome::Applied(answer),
@@ -653,11 +660,15 @@ impl Run {
             // membership change: a joining node can only start from a
             // snapshot (it cannot know the configuration at index 1).
             let first_snapshot = !conf_changes.is_empty() && self.raft.storage().snapshot_index() == 0;
-            if self.applied_since_snapshot >= self.config.snapshot_every_entries || first_snapshot {
+            if self.applied_since_snapshot >= self.config.snapshot_every_entries
+                || self.applied_bytes_since_snapshot >= self.config.snapshot_every_bytes
+                || first_snapshot
+            {
                 let conf = self.raft.conf_state().clone();
                 let data: Arc<[u8]> = Arc::from(machine.snapshot());
                 self.raft.storage_mut().create_snapshot(applied, conf, data)?;
                 self.applied_since_snapshot = 0;
+                self.applied_bytes_since_snapshot = 0;
             }
         }
         Ok(())
@@ -737,6 +748,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A snapshot is taken once the applied entries reach the byte bound,
+    /// long before the entry bound.
+    #[test]
+    fn snapshots_follow_the_byte_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = DriverConfig::new(1, 0, tmp.path().to_path_buf(), vec![1]);
+        config.snapshot_every_entries = 1_000_000;
+        config.snapshot_every_bytes = 1000;
+        let snapshots = || std::fs::read_dir(tmp.path().join("snap")).map_or(0, |d| d.count());
+        let driver = Driver::start(config, Journal::default(), None).unwrap();
+        let h = driver.handle().clone();
+        let big: Arc<[u8]> = Arc::from(vec![b'x'; 600]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match ask(|r| h.propose(Arc::clone(&big), r)) {
+                Outcome::NotLeader(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                other => {
+                    assert_eq!(other, Outcome::Applied(b"#1".to_vec()));
+                    break;
+                }
+            }
+        }
+        let before = snapshots();
+        assert_eq!(
+            ask(|r| h.propose(Arc::clone(&big), r)),
+            Outcome::Applied(b"#2".to_vec())
+        );
+        // The snapshot is written after the answer goes out.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while snapshots() <= before {
+            assert!(Instant::now() < deadline, "1200 applied bytes passed the 1000-byte bound");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        driver.stop();
     }
 
     struct Node {

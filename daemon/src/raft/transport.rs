@@ -288,10 +288,6 @@ impl Loop {
         let mut batch = Vec::new();
         let mut peers: Vec<NodeId> = Vec::with_capacity(self.links.len());
         while !self.stop.load(Ordering::Acquire) {
-            let replaced = self.new_peers.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(peers) = replaced {
-                self.replace_peers(peers);
-            }
             self.dial_due();
             self.expire_unidentified();
             let timeout = self.next_timeout();
@@ -318,6 +314,13 @@ impl Loop {
                 }
             }
             std::mem::swap(&mut batch, &mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()));
+            // Taken after the outbox: a peer list set before a message was
+            // sent is in place before that message is queued.
+            let replaced = self.new_peers.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(peers) = replaced {
+                self.replace_peers(peers);
+                self.dial_due();
+            }
             for m in batch.drain(..) {
                 self.enqueue(&m);
             }
@@ -333,6 +336,7 @@ impl Loop {
     }
 
     fn replace_peers(&mut self, peers: BTreeMap<NodeId, SocketAddr>) {
+        tracing::debug!(?peers, "peer list replaced");
         let me = self.config.node_id;
         let gone: Vec<NodeId> = self
             .links
@@ -526,6 +530,7 @@ impl Loop {
                 return; // still connecting
             }
             conn.connecting = false;
+            tracing::debug!(peer = ?conn.peer, "peer connected");
             let _ = conn.stream.set_nodelay(true);
             self.stats.connections_established.fetch_add(1, Ordering::Relaxed);
             if let Some(peer) = conn.peer {
@@ -646,6 +651,7 @@ impl Loop {
                     }
                     let conn = self.conns[idx].as_mut().expect("open");
                     conn.peer = Some(from);
+                    tracing::debug!(peer = from, "peer identified");
                     self.stats.connections_established.fetch_add(1, Ordering::Relaxed);
                     let link = self.links.get_mut(&from).expect("checked");
                     if let Some(old) = link.conn.replace(idx) {
