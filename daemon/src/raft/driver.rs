@@ -394,6 +394,10 @@ fn not_leader(e: &RaftError) -> Outcome {
     match e {
         RaftError::NotLeader { leader } => Outcome::NotLeader(*leader),
         RaftError::Busy(why) => Outcome::Busy(why),
+        // Both pass on their own within moments: the client backs off and
+        // retries.
+        RaftError::TransferInProgress => Outcome::Busy("a leadership transfer is in progress"),
+        RaftError::ConfChangePending => Outcome::Busy("a membership change is still being applied"),
         other => Outcome::Refused(other.to_string()),
     }
 }
@@ -780,7 +784,10 @@ mod tests {
         // The snapshot is written after the answer goes out.
         let deadline = Instant::now() + Duration::from_secs(10);
         while snapshots() <= before {
-            assert!(Instant::now() < deadline, "1200 applied bytes passed the 1000-byte bound");
+            assert!(
+                Instant::now() < deadline,
+                "1200 applied bytes passed the 1000-byte bound"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         driver.stop();
