@@ -7,7 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{client, members_arg, put_until_ok, start, three_members, wait_for_leader, Member, Proc};
+use common::cluster::{
+    client, loomd, members_arg, put_until_ok, spawn, start, three_members, wait_for_leader, Member, Proc,
+};
 use loomcache_client::{Client, ClientConfig};
 
 fn info(m: &Member) -> Vec<(String, String)> {
@@ -39,28 +41,9 @@ fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
 /// Starts `m` empty to join, knowing the members in `known` (it dials
 /// those with higher ids; they dial it otherwise).
 fn start_joiner(m: &Member, known: &[Member], dir: &std::path::Path) -> Proc {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_loomd"))
-        .args([
-            "--node-id",
-            &m.id.to_string(),
-            "--listen",
-            &m.client.to_string(),
-            "--members",
-            &members_arg(known),
-            "--join",
-            "--data-dir",
-            &dir.join(format!("node-{}", m.id)).display().to_string(),
-            "--log-level",
-            "warn",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn loomd");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    assert!(line.contains("listening on"), "{line:?}");
-    Proc { child }
+    let mut cmd = loomd(m, &members_arg(known), dir);
+    cmd.arg("--join");
+    spawn(cmd)
 }
 
 #[test]
@@ -194,19 +177,7 @@ fn a_damaged_member_refuses_to_start_and_is_rebuilt_from_its_peers() {
     bytes[64 + 20] ^= 0x40;
     std::fs::write(&segments[0], &bytes).unwrap();
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loomd"))
-        .args([
-            "--node-id",
-            &m.id.to_string(),
-            "--listen",
-            &m.client.to_string(),
-            "--members",
-            &arg,
-            "--data-dir",
-            &dir.display().to_string(),
-        ])
-        .output()
-        .unwrap();
+    let out = loomd(&m, &arg, tmp.path()).output().unwrap();
     assert!(!out.status.success(), "a damaged member must not start");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("corrupt"), "{stderr}");

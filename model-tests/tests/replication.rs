@@ -15,7 +15,7 @@ use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::mpsc::{channel, Receiver, Sender};
 use loom::sync::Arc;
 use loom::thread;
-use loomcache_consensus::{ConfState, Config, EntryKind, MemStorage, Message, NodeId, Raft, Role};
+use loomcache_consensus::{ConfState, Config, EntryKind, MemStorage, Message, NodeId, Raft, Ready, Role};
 use loomcache_log::GroupCommit;
 
 const LEADER: NodeId = 1;
@@ -110,6 +110,20 @@ fn elected_pair() -> (Raft<MemStorage>, Raft<MemStorage>) {
     (leader, follower)
 }
 
+/// Writes a Ready's entries and hard state, and waits until the flush
+/// thread made the entries durable (the driver's step 3).
+fn persist(raft: &mut Raft<MemStorage>, disk: &Disk, ready: &Ready) {
+    if let Some(last) = ready.entries.last().map(|e| e.index) {
+        raft.storage_mut().append(&ready.entries);
+        disk.published.store(last, Ordering::Release);
+        disk.commit.appended(last);
+        disk.commit.wait_durable(last).unwrap();
+    }
+    if let Some(hs) = ready.hard_state {
+        raft.storage_mut().set_hard_state(hs);
+    }
+}
+
 /// The follower's driver: steps what the leader sends and handles each
 /// Ready; acknowledgements leave only after the flush covered the entries.
 fn follower_driver(
@@ -125,15 +139,7 @@ fn follower_driver(
             for m in std::mem::take(&mut ready.messages) {
                 let _ = out.send(m);
             }
-            if let Some(last) = ready.entries.last().map(|e| e.index) {
-                raft.storage_mut().append(&ready.entries);
-                disk.published.store(last, Ordering::Release);
-                disk.commit.appended(last);
-                disk.commit.wait_durable(last).unwrap();
-            }
-            if let Some(hs) = ready.hard_state {
-                raft.storage_mut().set_hard_state(hs);
-            }
+            persist(&mut raft, &disk, &ready);
             for m in std::mem::take(&mut ready.persisted_messages) {
                 if m.to == LEADER {
                     let _ = out.send(m);
@@ -175,15 +181,7 @@ fn a_write_is_answered_only_when_durable_on_a_majority_and_applied() {
                         let _ = to_follower.send(Some(m));
                     }
                 }
-                if let Some(last) = ready.entries.last().map(|e| e.index) {
-                    leader.storage_mut().append(&ready.entries);
-                    leader_disk.published.store(last, Ordering::Release);
-                    leader_disk.commit.appended(last);
-                    leader_disk.commit.wait_durable(last).unwrap();
-                }
-                if let Some(hs) = ready.hard_state {
-                    leader.storage_mut().set_hard_state(hs);
-                }
+                persist(&mut leader, &leader_disk, &ready);
                 for m in std::mem::take(&mut ready.persisted_messages) {
                     if m.to == FOLLOWER {
                         let _ = to_follower.send(Some(m));

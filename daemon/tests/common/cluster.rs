@@ -78,22 +78,33 @@ pub fn members_arg(members: &[Member]) -> String {
         .join(",")
 }
 
-/// Starts member `m` with the member list `members` (as `--members`
-/// takes it), its data under `dir`, and waits for its first line.
+/// The `loomd` command for member `m` with the member list `members` (as
+/// `--members` takes it) and its data in `dir/node-<id>`.
+pub fn loomd(m: &Member, members: &str, dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loomd"));
+    cmd.args([
+        "--node-id",
+        &m.id.to_string(),
+        "--listen",
+        &m.client.to_string(),
+        "--members",
+        members,
+        "--data-dir",
+        &dir.join(format!("node-{}", m.id)).display().to_string(),
+        "--log-level",
+        "warn",
+    ]);
+    cmd
+}
+
+/// Starts member `m` (see [`loomd`]) and waits for its first line.
 pub fn start(m: &Member, members: &str, dir: &Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loomd"))
-        .args([
-            "--node-id",
-            &m.id.to_string(),
-            "--listen",
-            &m.client.to_string(),
-            "--members",
-            members,
-            "--data-dir",
-            &dir.join(format!("node-{}", m.id)).display().to_string(),
-            "--log-level",
-            "warn",
-        ])
+    spawn(loomd(m, members, dir))
+}
+
+/// Spawns a `loomd` command and waits for its first line.
+pub fn spawn(mut cmd: Command) -> Proc {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
