@@ -858,6 +858,22 @@ impl EventLoop {
             }
             if let Some(front) = &self.cluster {
                 let busy = conn.in_flight as usize + conn.out.len() >= in_flight_max as usize;
+                if !busy && opcode == Opcode::QueuePoll {
+                    if let Some((queue, wait)) = leader_poll_waits(&self.shared, &front.driver, &frame) {
+                        // Held at the leader until an item arrives or the
+                        // wait ends; counted in flight until answered.
+                        conn.in_flight += 1;
+                        conn.start += len;
+                        conn.partial_since = None;
+                        self.parked.entry(queue).or_default().push_back(ParkedPoll {
+                            conn: idx,
+                            generation: conn.generation,
+                            frame: frame.bytes().to_vec(),
+                            deadline: Instant::now() + wait,
+                        });
+                        continue;
+                    }
+                }
                 if busy || !self.shared.backpressure.try_admit() {
                     conn.stalled = true;
                     conn.partial_since = None;
@@ -1010,8 +1026,13 @@ impl EventLoop {
     }
 
     /// Runs the polls parked on `queue`, oldest first, while items last.
-    /// They run on the loop thread: a brief hold of the state lock.
+    /// They run on the loop thread: a brief hold of the state lock. In
+    /// cluster mode they are proposed instead, as many as the queue holds
+    /// items.
     fn retry_parked(&mut self, queue: &str) {
+        if self.cluster.is_some() {
+            return self.propose_parked(queue);
+        }
         let Some(mut waiting) = self.parked.remove(queue) else {
             return;
         };
@@ -1029,6 +1050,49 @@ impl EventLoop {
                 conn.out.push_back(result.bytes);
             }
             self.flush(poll.conn);
+        }
+        if !waiting.is_empty() {
+            self.parked.insert(queue.into(), waiting);
+        }
+    }
+
+    /// Cluster mode: proposes the oldest polls parked on `queue`, one per
+    /// item the queue holds here. A poll proposed this way that finds the
+    /// item taken by another consumer first answers empty before its wait
+    /// ends (it applied, and a retry of its sequence replays that answer).
+    fn propose_parked(&mut self, queue: &str) {
+        let Some(front) = &self.cluster else { return };
+        let Some(mut waiting) = self.parked.remove(queue) else {
+            return;
+        };
+        let mut items = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queue_len(queue);
+        while items > 0 {
+            let Some(poll) = waiting.pop_front() else { break };
+            let Some(conn) = self.conns.get(poll.conn).and_then(Option::as_ref) else {
+                continue;
+            };
+            if conn.generation != poll.generation {
+                continue;
+            }
+            if !self.shared.backpressure.try_admit() {
+                waiting.push_front(poll);
+                break;
+            }
+            let reply = cluster_reply(
+                Arc::clone(&self.shared),
+                front.done.clone(),
+                Arc::clone(&front.book),
+                (poll.conn, poll.generation),
+                (request_id_of(&poll.frame), 0),
+                Answer::Applied,
+            );
+            front.driver.propose(Arc::from(poll.frame), reply);
+            items -= 1;
         }
         if !waiting.is_empty() {
             self.parked.insert(queue.into(), waiting);
@@ -1553,6 +1617,29 @@ fn start_cluster(
             }
         })?;
     Ok((driver, transport, book))
+}
+
+/// On the leader, a `QUEUE_POLL` that would wait on an empty queue: the
+/// queue and the wait. Elsewhere (a follower redirects it) and for a poll
+/// that does not wait, none: it is proposed at once.
+fn leader_poll_waits(
+    shared: &Shared,
+    driver: &DriverHandle,
+    frame: &loomcache_wire::Frame<'_>,
+) -> Option<(Box<str>, Duration)> {
+    if driver.summary().role != Some(loomcache_consensus::Role::Leader) {
+        return None;
+    }
+    let Ok(Payload::QueuePoll(p)) = frame.decode(&shared.limits) else {
+        return None;
+    };
+    if p.wait_ms == 0 {
+        return None;
+    }
+    let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    state
+        .poll_would_wait(p.name, frame)
+        .then(|| (p.name.into(), Duration::from_millis(u64::from(p.wait_ms))))
 }
 
 /// What a request handed to the driver is answered with once it is done.

@@ -138,3 +138,42 @@ fn a_paused_leader_is_replaced_and_serves_no_stale_reads() {
     let now = leader_of(&members).expect("a leader");
     assert_ne!(now, old, "the paused leader stepped down");
 }
+
+/// A poll that waits is held at the leader until an offer commits, or
+/// until its wait ends, as on a single node.
+#[test]
+fn a_waiting_poll_is_held_at_the_leader_until_an_offer_commits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let members = three_members();
+    let arg = members_arg(&members);
+    let _procs: Vec<Proc> = members.iter().map(|m| start(m, &arg, tmp.path())).collect();
+    let c = client(&members);
+    put_until_ok(&c, b"k", b"v");
+
+    let started = Instant::now();
+    assert_eq!(c.queue("q").poll_wait(Duration::from_millis(400)).unwrap(), None);
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "an empty poll answered after {:?}, before its wait",
+        started.elapsed()
+    );
+
+    let poller = {
+        let members = members.clone();
+        std::thread::spawn(move || {
+            let c = client(&members);
+            let started = Instant::now();
+            let got = c.queue("q").poll_wait(Duration::from_secs(4)).unwrap();
+            (got, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(c.queue("q").offer(b"item").unwrap());
+    let (got, waited) = poller.join().unwrap();
+    assert_eq!(got, Some(b"item".to_vec()));
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    assert_eq!(c.queue("q").poll().unwrap(), None, "the item was taken once");
+}

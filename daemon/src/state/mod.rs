@@ -144,6 +144,14 @@ impl StateMachine {
         empty && !retry
     }
 
+    /// Items in queue `name` (0 if there is no such queue).
+    pub fn queue_len(&self, name: &str) -> usize {
+        match self.structures.get(name) {
+            Some(Structure::Queue(q)) => q.len(),
+            _ => 0,
+        }
+    }
+
     /// Number of named structures.
     pub fn structure_count(&self) -> usize {
         self.structures.len()
