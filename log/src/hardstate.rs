@@ -135,6 +135,18 @@ impl HardStateFile {
 
     /// Writes `state` to the other slot and syncs it before returning.
     pub fn save(&mut self, state: HardState) -> Result<()> {
+        self.write(state, true)
+    }
+
+    /// Writes `state` to the other slot without waiting for the disk: for
+    /// changes that may be lost in a crash (a commit index, which is
+    /// learned again). A later synced save, or the page cache, makes it
+    /// durable; a torn slot fails its CRC and the other slot is read.
+    pub fn save_unsynced(&mut self, state: HardState) -> Result<()> {
+        self.write(state, false)
+    }
+
+    fn write(&mut self, state: HardState, sync: bool) -> Result<()> {
         let seq = self.seq + 1;
         let mut slot = Slot {
             magic: MAGIC,
@@ -151,9 +163,11 @@ impl HardStateFile {
         self.io
             .write_at(&self.file, slot.as_bytes(), offset)
             .map_err(|e| LogError::io("write hard state", &self.path, e))?;
-        self.io
-            .sync_file(&self.file)
-            .map_err(|e| LogError::io("sync hard state", &self.path, e))?;
+        if sync {
+            self.io
+                .sync_file(&self.file)
+                .map_err(|e| LogError::io("sync hard state", &self.path, e))?;
+        }
         self.seq = seq;
         self.state = state;
         Ok(())
@@ -182,6 +196,51 @@ mod tests {
 
     fn open(dir: &Path) -> HardStateFile {
         HardStateFile::open(dir, Arc::new(OsIo)).unwrap()
+    }
+
+    /// Counts file syncs.
+    #[derive(Debug, Default)]
+    struct CountingIo(std::sync::atomic::AtomicUsize);
+
+    impl crate::io::LogIo for CountingIo {
+        fn sync_file(&self, file: &File) -> std::io::Result<()> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            file.sync_data()
+        }
+    }
+
+    /// An unsynced save skips the sync and still reads back (from the page
+    /// cache, as after a process restart); a synced save syncs.
+    #[test]
+    fn unsynced_saves_skip_the_sync_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Arc::new(CountingIo::default());
+        let mut hs = HardStateFile::open(dir.path(), io.clone()).unwrap();
+        let syncs = || io.0.load(std::sync::atomic::Ordering::SeqCst);
+        let before = syncs();
+        hs.save(HardState {
+            term: 2,
+            vote: 1,
+            commit: 5,
+        })
+        .unwrap();
+        assert_eq!(syncs(), before + 1);
+        hs.save_unsynced(HardState {
+            term: 2,
+            vote: 1,
+            commit: 9,
+        })
+        .unwrap();
+        assert_eq!(syncs(), before + 1, "no sync for an unsynced save");
+        drop(hs);
+        assert_eq!(
+            open(dir.path()).state(),
+            HardState {
+                term: 2,
+                vote: 1,
+                commit: 9
+            }
+        );
     }
 
     #[test]

@@ -187,14 +187,29 @@ impl LogStorage {
         Ok(self.log.append(&records)?.last)
     }
 
-    /// Persists the hard state (synced before this returns).
+    /// Persists the hard state: synced before this returns when the term
+    /// or the vote changed, written without waiting when only the commit
+    /// index moved.
     pub fn set_hard_state(&mut self, hs: HardState) -> Result<(), RaftStorageError> {
         let state = LogHardState {
             term: hs.term,
             vote: hs.vote,
             commit: hs.commit,
         };
-        if state != self.hard_state.state() {
+        let stored = self.hard_state.state();
+        if state == stored {
+            return Ok(());
+        }
+        if state.term == stored.term && state.vote == stored.vote {
+            // Only the commit index moved. It need not survive a crash (a
+            // restarted member learns it again from the leader), and it
+            // names only entries already durable, so it is written without
+            // waiting for the disk: a synced write here would add a flush
+            // to every commit.
+            self.hard_state.save_unsynced(state)?;
+        } else {
+            // Term and vote must be durable before any message relies on
+            // them (votes leave after this returns).
             self.hard_state.save(state)?;
         }
         Ok(())
@@ -336,6 +351,42 @@ mod tests {
             ..LogConfig::default()
         };
         LogStorage::open(dir, config, ConfState::with_voters([1])).unwrap()
+    }
+
+    /// Counts file syncs (the hard state's; segments flush mappings).
+    #[derive(Debug, Default)]
+    struct CountingIo(std::sync::atomic::AtomicUsize);
+
+    impl loomcache_log::LogIo for CountingIo {
+        fn sync_file(&self, file: &std::fs::File) -> std::io::Result<()> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            file.sync_data()
+        }
+    }
+
+    /// A new term or vote is synced before `set_hard_state` returns; a
+    /// commit index alone is written without a sync.
+    #[test]
+    fn only_term_and_vote_changes_wait_for_the_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let io = Arc::new(CountingIo::default());
+        let config = LogConfig {
+            segment_bytes: 64 << 10,
+            io: io.clone(),
+            ..LogConfig::default()
+        };
+        let mut s = LogStorage::open(tmp.path(), config, ConfState::with_voters([1])).unwrap();
+        let syncs = || io.0.load(std::sync::atomic::Ordering::SeqCst);
+        let hs = |term, vote, commit| HardState { term, vote, commit };
+        let before = syncs();
+        s.set_hard_state(hs(1, 1, 0)).unwrap();
+        assert_eq!(syncs(), before + 1, "a new term and vote are synced");
+        s.append(&[entry(1, 1, b"a")]).unwrap();
+        let before = syncs();
+        s.set_hard_state(hs(1, 1, 1)).unwrap();
+        assert_eq!(syncs(), before, "a commit index alone is not synced");
+        s.set_hard_state(hs(2, 0, 1)).unwrap();
+        assert_eq!(syncs(), before + 1, "a new term is synced");
     }
 
     #[test]
