@@ -295,6 +295,18 @@ impl Client {
         )
     }
 
+    /// The routing table (every partition's group, each group's leader and
+    /// replicas, the members' client addresses). With `known_revision`
+    /// equal to the current revision the answer carries only that
+    /// revision.
+    pub fn partition_table(&self, known_revision: u64) -> Result<crate::PartitionTable> {
+        let request = Payload::PartitionTableRequest(loomcache_wire::PartitionTableRequest { known_revision });
+        match self.call(&request)? {
+            Reply::PartitionTable(t) => Ok(t),
+            other => Err(unexpected(Opcode::PartitionTableRequest, other)),
+        }
+    }
+
     /// The node's statistics, as name/value pairs.
     pub fn info(&self) -> Result<Vec<(String, String)>> {
         match self.call(&Payload::NodeInfo(loomcache_wire::NodeInfoRequest {}))? {

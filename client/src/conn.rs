@@ -167,6 +167,18 @@ impl Connection {
                 let Some(request) = self.pending.remove(&id) else {
                     continue;
                 };
+                if request == Opcode::PartitionTableRequest && frame.opcode() == Opcode::PartitionTableResponse {
+                    let reply = match frame.decode(&self.limits)? {
+                        Payload::PartitionTableResponse(t) => {
+                            Ok(Reply::PartitionTable(crate::reply::PartitionTable::from_wire(&t)))
+                        }
+                        other => Err(ClientError::Unexpected {
+                            request: request.wire_name(),
+                            detail: format!("{:?}", other.opcode()),
+                        }),
+                    };
+                    return Ok((id, reply));
+                }
                 let reply = frame
                     .decode_response(request, &self.limits)
                     .map_err(ClientError::from)

@@ -26,5 +26,5 @@ pub use client::{
 };
 pub use conn::Connection;
 pub use error::{ClientError, Result};
-pub use reply::Reply;
+pub use reply::{GroupView, PartitionTable, Reply};
 pub use request::{Encoded, RequestEncoder};

@@ -31,6 +31,61 @@ pub enum Reply {
     HelloAck(HelloAck),
     /// Batch results: status and raw body per operation.
     Batch(Vec<(u16, Vec<u8>)>),
+    /// The routing table.
+    PartitionTable(PartitionTable),
+}
+
+/// Where keys live: the group of each partition, each group's leader and
+/// replicas, and each member's client address (`PARTITION_TABLE_RESPONSE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionTable {
+    /// Grows with every leader or membership change.
+    pub revision: u64,
+    /// Group id per partition (empty when the revision asked about is
+    /// current).
+    pub partition_groups: Vec<u32>,
+    /// The groups.
+    pub groups: Vec<GroupView>,
+    /// Members: node id and client address.
+    pub members: Vec<(u64, String)>,
+}
+
+/// One Raft group in a [`PartitionTable`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    /// Group id.
+    pub group: u32,
+    /// Leader's node id; 0 when unknown.
+    pub leader: u64,
+    /// Term of that leadership.
+    pub term: u64,
+    /// Node ids holding a replica.
+    pub replicas: Vec<u64>,
+}
+
+impl PartitionTable {
+    /// Copies a decoded table out of the receive buffer.
+    pub fn from_wire(t: &loomcache_wire::PartitionTable<'_>) -> PartitionTable {
+        PartitionTable {
+            revision: t.revision,
+            partition_groups: t.partition_groups.iter().map(|g| g.get()).collect(),
+            groups: t
+                .groups
+                .iter()
+                .map(|g| GroupView {
+                    group: g.group,
+                    leader: g.leader,
+                    term: g.term,
+                    replicas: g.replicas.iter().map(|r| r.get()).collect(),
+                })
+                .collect(),
+            members: t
+                .members
+                .iter()
+                .map(|m| (m.node_id, m.client_addr.to_owned()))
+                .collect(),
+        }
+    }
 }
 
 impl Reply {

@@ -145,6 +145,8 @@ impl Server {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listener = TcpListener::bind(config.listen_addr)?;
         let local_addr = listener.local_addr()?;
+        // Port 0 asks for any free port: answers name the bound one.
+        config.listen_addr = local_addr;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
 
         let shared = Arc::new(Shared {
@@ -753,6 +755,9 @@ impl EventLoop {
                     &self.topics,
                     &self.parked,
                 )),
+                OpClass::Cluster if opcode == Opcode::PartitionTableRequest => {
+                    Some(partition_table(&frame, &limits, &self.config, self.cluster.as_ref()))
+                }
                 OpClass::Cluster if opcode == Opcode::ClusterPing => Some(match frame.decode(&limits) {
                     Ok(Payload::ClusterPing(p)) => response_frame(request_id, 0, &Response::Ok(OkBody::Count(p.nonce))),
                     _ => error_frame(request_id, ErrorCode::Malformed, "bad ping"),
@@ -1408,6 +1413,87 @@ fn node_info(
         0,
         &Response::Ok(OkBody::Entries(loomcache_wire::Seq::Items(&entries))),
     )
+}
+
+/// `PARTITION_TABLE_REQUEST`: the group of every partition, each group's
+/// leader, term and replicas, and every member's client address, for
+/// clients that route by partition. Every partition maps to group 0 (one
+/// group over all members). The revision is the term in the high 32 bits
+/// and the index of the newest applied membership change in the low ones,
+/// so it grows with every leader change and membership change; a single
+/// memory-only node answers revision 1. A request naming the current
+/// revision gets the same revision with no partitions, groups or members.
+fn partition_table(
+    frame: &loomcache_wire::Frame<'_>,
+    limits: &Limits,
+    config: &Config,
+    cluster: Option<&ClusterFront>,
+) -> Vec<u8> {
+    use loomcache_wire::{encode_frame, frame_len, GroupInfo, LeU32, LeU64, Member as TableMember, PartitionTable};
+    let request_id = frame.request_id();
+    let Ok(Payload::PartitionTableRequest(request)) = frame.decode(limits) else {
+        return error_frame(request_id, ErrorCode::Malformed, "bad partition table request");
+    };
+    let (revision, leader, term, mut replicas, members) = match cluster {
+        Some(front) => {
+            let view = front.driver.membership();
+            let replicas: Vec<u64> = view.conf.voters.iter().chain(&view.conf.learners).copied().collect();
+            let members = front
+                .book
+                .members()
+                .iter()
+                .map(|m| (m.id, m.client_addr.to_string()))
+                .collect();
+            (
+                (view.term << 32) | (view.conf_index & 0xFFFF_FFFF),
+                view.leader,
+                view.term,
+                replicas,
+                members,
+            )
+        }
+        None => (
+            1,
+            config.node_id,
+            0,
+            vec![config.node_id],
+            vec![(config.node_id, config.listen_addr.to_string())],
+        ),
+    };
+    replicas.sort_unstable();
+    replicas.dedup();
+    let current = request.known_revision == revision;
+    let partition_groups: Vec<LeU32> = if current {
+        Vec::new()
+    } else {
+        vec![LeU32::new(0); usize::from(loomcache_wire::PARTITION_COUNT)]
+    };
+    let replica_ids: Vec<LeU64> = replicas.into_iter().map(LeU64::new).collect();
+    let groups = [GroupInfo {
+        group: 0,
+        leader,
+        term,
+        replicas: &replica_ids,
+    }];
+    let table_members: Vec<TableMember<'_>> = members
+        .iter()
+        .map(|(id, addr)| TableMember {
+            node_id: *id,
+            client_addr: addr,
+        })
+        .collect();
+    let payload = Payload::PartitionTableResponse(PartitionTable {
+        revision,
+        partition_groups: &partition_groups,
+        groups: loomcache_wire::Seq::Items(if current { &[] } else { &groups }),
+        members: loomcache_wire::Seq::Items(if current { &[] } else { &table_members }),
+    });
+    let mut out = vec![0u8; frame_len(None, &payload)];
+    let fields = HeaderFields::request(Opcode::PartitionTableResponse, request_id);
+    match encode_frame(&mut out, &fields, None, &payload) {
+        Ok(_) => out,
+        Err(e) => error_frame(request_id, ErrorCode::Internal, &e.to_string()),
+    }
 }
 
 /// Answers `HELLO`: the highest version both sides speak.

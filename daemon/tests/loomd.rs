@@ -159,6 +159,25 @@ fn bad_bytes_get_a_readable_error_then_the_connection_closes() {
     assert_eq!(receive(&mut t, 1).len(), 1);
 }
 
+/// A single node answers the routing table with itself as the one group's
+/// leader and only replica.
+#[test]
+fn a_single_node_answers_a_routing_table_of_itself() {
+    let node = Node::start(&[]);
+    let c = loomcache_client::Client::connect(loomcache_client::ClientConfig {
+        addrs: vec![node.addr],
+        ..loomcache_client::ClientConfig::default()
+    })
+    .unwrap();
+    let t = c.partition_table(0).unwrap();
+    assert_eq!(t.revision, 1);
+    assert_eq!(t.partition_groups, vec![0; 271]);
+    assert_eq!(t.groups.len(), 1);
+    assert_eq!((t.groups[0].leader, t.groups[0].replicas.clone()), (1, vec![1]));
+    assert_eq!(t.members, vec![(1, node.addr.to_string())]);
+    assert!(c.partition_table(1).unwrap().groups.is_empty());
+}
+
 #[test]
 fn rejects_unknown_arguments_with_usage_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_loomd"))

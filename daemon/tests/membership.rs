@@ -94,10 +94,29 @@ fn a_joined_node_is_promoted_takes_over_and_the_old_leader_is_removed() {
     // Leadership moves to the joined node; the old leader is removed.
     let old = wait_for_leader(&members, Duration::from_secs(5)).unwrap();
     let old_id = members[old].id;
+    // The routing table names the group's leader, replicas and members;
+    // asked with its own revision it answers only that.
+    let before = c.partition_table(0).unwrap();
+    assert_eq!(before.partition_groups, vec![0; 271]);
+    assert_eq!(before.groups.len(), 1);
+    assert_eq!(before.groups[0].replicas, vec![1, 2, 3, 4]);
+    assert_eq!(before.members.len(), 4);
+    let same = c.partition_table(before.revision).unwrap();
+    assert_eq!(same.revision, before.revision);
+    assert!(same.partition_groups.is_empty() && same.groups.is_empty() && same.members.is_empty());
+
     c.transfer_leader(4).expect("transfer accepted");
     wait_until("node 4 to lead", Duration::from_secs(30), || {
         field(&info(&joiner), "raft_role") == "leader"
     });
+    wait_until(
+        "the routing table to name the new leader",
+        Duration::from_secs(10),
+        || {
+            let t = c.partition_table(0).unwrap();
+            t.groups[0].leader == 4 && t.revision > before.revision
+        },
+    );
     c.cluster_remove(old_id).expect("removal accepted");
     wait_until(
         "the old leader to leave the configuration",

@@ -93,6 +93,9 @@ enum ClusterCmd {
         #[arg(long, default_value_t = 30_000)]
         wait_ms: u64,
     },
+    /// The routing table as this node sees it: each partition's group, each
+    /// group's leader, term and replicas, and the members.
+    Partitions,
     /// Rebuild a member from its peers after its directory was lost or
     /// damaged: removes it from the group (if it is still a member), then
     /// adds it back; start it first with an empty directory and --join.
@@ -456,6 +459,63 @@ fn cluster(cli: &Cli, cmd: &ClusterCmd) -> Result<Out, ClientError> {
     };
     Ok(match cmd {
         ClusterCmd::Status => cluster_status(cli, &leader_info(cli)?),
+        ClusterCmd::Partitions => {
+            let t = client()?.partition_table(0)?;
+            // Runs of consecutive partitions in the same group.
+            let mut runs: Vec<(usize, usize, u32)> = Vec::new();
+            for (p, &g) in t.partition_groups.iter().enumerate() {
+                match runs.last_mut() {
+                    Some((_, end, group)) if *group == g && *end + 1 == p => *end = p,
+                    _ => runs.push((p, p, g)),
+                }
+            }
+            let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            if cli.json {
+                let groups: Vec<String> = t
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        format!(
+                            "{{\"group\":{},\"leader\":{},\"term\":{},\"replicas\":[{}]}}",
+                            g.group,
+                            g.leader,
+                            g.term,
+                            ids(&g.replicas)
+                        )
+                    })
+                    .collect();
+                let members: Vec<String> = t
+                    .members
+                    .iter()
+                    .map(|(id, addr)| format!("{{\"id\":{id},\"client_addr\":{addr:?}}}"))
+                    .collect();
+                let partitions: Vec<String> = t.partition_groups.iter().map(u32::to_string).collect();
+                Out::Text(format!(
+                    "{{\"revision\":{},\"partition_groups\":[{}],\"groups\":[{}],\"members\":[{}]}}",
+                    t.revision,
+                    partitions.join(","),
+                    groups.join(","),
+                    members.join(",")
+                ))
+            } else {
+                let mut lines = vec![format!("revision {}", t.revision)];
+                lines.extend(
+                    runs.iter()
+                        .map(|(a, b, g)| format!("partitions {a}..={b} -> group {g}")),
+                );
+                lines.extend(t.groups.iter().map(|g| {
+                    format!(
+                        "group {}: leader {}, term {}, replicas {}",
+                        g.group,
+                        g.leader,
+                        g.term,
+                        ids(&g.replicas)
+                    )
+                }));
+                lines.extend(t.members.iter().map(|(id, addr)| format!("member {id} at {addr}")));
+                Out::List(lines)
+            }
+        }
         ClusterCmd::Add {
             id,
             client_addr,

@@ -164,6 +164,14 @@ pub struct MembershipView {
     pub conf: ConfState,
     /// On the leader: each member's progress (empty elsewhere).
     pub peers: Vec<PeerStatus>,
+    /// The current term.
+    pub term: Term,
+    /// The known leader; 0 for none.
+    pub leader: NodeId,
+    /// Index of the newest membership change applied here (or of the
+    /// snapshot that carried the configuration): with the term, it orders
+    /// routing views.
+    pub conf_index: Index,
 }
 
 /// A handle to a running driver; cheap to clone.
@@ -303,6 +311,7 @@ impl Driver {
         )?;
         let snapshot = loomcache_consensus::Storage::snapshot(&storage).expect("the snapshot is held in memory");
         machine.restore(&snapshot.data);
+        let snapshot_index = snapshot.meta.index;
         let raft = Raft::new(config.raft.clone(), storage)?;
         let run = Run {
             raft,
@@ -314,6 +323,7 @@ impl Driver {
             next_read: 1,
             applied_since_snapshot: 0,
             applied_bytes_since_snapshot: 0,
+            conf_index: snapshot_index,
             summary: Arc::clone(&handle.summary),
             membership: Arc::clone(&handle.membership),
             config,
@@ -379,6 +389,7 @@ struct Run {
     next_read: u64,
     applied_since_snapshot: u64,
     applied_bytes_since_snapshot: u64,
+    conf_index: Index,
     summary: Arc<Mutex<Summary>>,
     membership: Arc<Mutex<MembershipView>>,
 }
@@ -539,6 +550,9 @@ impl Run {
         *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = MembershipView {
             conf: status.conf,
             peers: status.peers,
+            term: self.raft.term(),
+            leader: self.raft.leader(),
+            conf_index: self.conf_index,
         };
     }
 
@@ -567,6 +581,7 @@ impl Run {
             if let Some(snapshot) = &ready.snapshot {
                 storage.apply_snapshot(snapshot.clone())?;
                 machine.restore(&snapshot.data);
+                self.conf_index = self.conf_index.max(snapshot.meta.index);
                 self.applied_since_snapshot = 0;
                 self.applied_bytes_since_snapshot = 0;
                 // Proposals the snapshot covers never apply here one by one.
@@ -604,6 +619,7 @@ impl Run {
                         if let Ok(change) = ConfChange::decode(&entry.data) {
                             conf_changes.push(change);
                         }
+                        self.conf_index = entry.index;
                         Some(Vec::new())
                     }
                     EntryKind::Noop => None,
