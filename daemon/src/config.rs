@@ -288,7 +288,28 @@ impl Config {
             return Err(ConfigError { field, value, reason });
         }
         match &self.cluster {
-            Some(cluster) => cluster.validate(self.node_id),
+            Some(cluster) => {
+                cluster.validate(self.node_id)?;
+                // Redirects name this member's client address: it must be
+                // where the node listens (any interface, or port 0 for
+                // tests, aside).
+                let named = cluster.member(self.node_id).map(|m| m.client_addr);
+                let listen = self.listen_addr;
+                let matches = named.is_none_or(|named| {
+                    listen.port() == 0
+                        || (listen.port() == named.port()
+                            && (listen.ip().is_unspecified() || listen.ip() == named.ip()))
+                });
+                if !matches {
+                    return Err(ConfigError {
+                        field: "server.listen",
+                        value: u64::from(listen.port()),
+                        reason:
+                            "must be this member's client address in cluster.members (or that port on any interface)",
+                    });
+                }
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -351,9 +372,16 @@ mod tests {
         assert!(ClusterConfig::parse_members("1=127.0.0.1:7001").is_err());
         let mut c = Config {
             cluster: Some(ClusterConfig::new(members)),
+            listen_addr: "127.0.0.1:7001".parse().unwrap(),
             ..Config::default()
         };
         c.validate().unwrap();
+        // Redirects name the member's client address: the node listens there.
+        c.listen_addr = "127.0.0.1:7070".parse().unwrap();
+        assert_eq!(c.validate().unwrap_err().field, "server.listen");
+        c.listen_addr = "0.0.0.0:7001".parse().unwrap();
+        c.validate().unwrap();
+        c.listen_addr = "127.0.0.1:7001".parse().unwrap();
         c.node_id = 3;
         assert_eq!(c.validate().unwrap_err().field, "server.node_id");
         c.node_id = 1;

@@ -234,6 +234,18 @@ impl Server {
         self.local_addr
     }
 
+    /// Why the node can no longer serve, if it cannot: in cluster mode,
+    /// the Raft driver stopped on its own (a storage failure, such as a
+    /// failed flush that poisoned the log, or a snapshot that did not
+    /// load). Such a node answers every request `SHUTTING_DOWN`; the
+    /// process should exit so that a supervisor restarts it.
+    pub fn failure(&self) -> Option<&'static str> {
+        self.driver
+            .as_ref()
+            .filter(|d| d.is_finished())
+            .map(|_| "the Raft driver stopped (see the log above); this member cannot serve")
+    }
+
     /// Stops accepting, closes every connection, and joins the threads.
     pub fn shutdown(self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -1334,7 +1346,11 @@ fn node_info(
         ("version", env!("CARGO_PKG_VERSION").to_string()),
         ("node_id", config.node_id.to_string()),
         ("mode", mode.to_string()),
-        ("workers", config.workers.to_string()),
+        // Cluster mode applies on the Raft driver's thread, not workers.
+        (
+            "workers",
+            if config.cluster.is_some() { 0 } else { config.workers }.to_string(),
+        ),
         ("connections", open.to_string()),
         ("connections_max", config.connections_max.to_string()),
         ("work_queued", shared.backpressure.queued().to_string()),

@@ -165,6 +165,13 @@ fn main() -> ExitCode {
         server.local_addr()
     );
     while !stop.load(Ordering::SeqCst) {
+        if let Some(why) = server.failure() {
+            // Fail-stop: a member that cannot persist or apply must not
+            // linger answering SHUTTING_DOWN; its supervisor restarts it.
+            tracing::error!(reason = why, "stopping");
+            server.shutdown();
+            return ExitCode::from(1);
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!("shutting down");

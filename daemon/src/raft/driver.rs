@@ -331,6 +331,12 @@ impl Driver {
         Ok((handle, run))
     }
 
+    /// True once the driver's thread has ended (stopped, failed on
+    /// storage, or panicked).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
     /// The handle for requests.
     pub fn handle(&self) -> &DriverHandle {
         &self.handle
@@ -807,6 +813,56 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         driver.stop();
+    }
+
+    /// Fails every flush of the log's mappings once `failing` is set.
+    #[derive(Debug, Default)]
+    struct FailingFlush {
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl loomcache_log::LogIo for FailingFlush {
+        fn flush_mapping(&self, map: &memmap2::MmapRaw, offset: usize, len: usize) -> std::io::Result<()> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected flush failure"));
+            }
+            map.flush_range(offset, len)
+        }
+    }
+
+    /// A failed flush poisons the log: the proposal waiting on it is never
+    /// answered as applied, and the driver's thread ends (so the node can
+    /// fail-stop).
+    #[test]
+    fn a_failed_flush_stops_the_driver_without_acknowledging() {
+        let tmp = tempfile::tempdir().unwrap();
+        let io = Arc::new(FailingFlush::default());
+        let mut config = DriverConfig::new(1, 0, tmp.path().to_path_buf(), vec![1]);
+        config.log.io = io.clone();
+        let driver = Driver::start(config, Journal::default(), None).unwrap();
+        let h = driver.handle().clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match ask(|r| h.propose(Arc::from(&b"a"[..]), r)) {
+                Outcome::NotLeader(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                other => {
+                    assert_eq!(other, Outcome::Applied(b"#1".to_vec()));
+                    break;
+                }
+            }
+        }
+        assert!(!driver.is_finished());
+        io.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        let outcome = ask(|r| h.propose(Arc::from(&b"b"[..]), r));
+        assert!(
+            !matches!(outcome, Outcome::Applied(_)),
+            "a write whose flush failed was acknowledged: {outcome:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !driver.is_finished() {
+            assert!(Instant::now() < deadline, "the driver kept running on a poisoned log");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     struct Node {
