@@ -167,9 +167,9 @@ preload() { # backend addr
 }
 
 # --- single-node baseline ------------------------------------------------------
-echo "single memory-only loomd on 127.0.0.1:$SINGLE_PORT (default settings)"
+echo "single memory-only loomd on 127.0.0.1:$SINGLE_PORT (--memory-only, otherwise default settings)"
 mkdir -p "$RUN/single"
-target/release/loomd --listen "127.0.0.1:$SINGLE_PORT" >"$RUN/single/loomd.out" 2>"$RUN/single/loomd.log" &
+target/release/loomd --listen "127.0.0.1:$SINGLE_PORT" --memory-only >"$RUN/single/loomd.out" 2>"$RUN/single/loomd.log" &
 single_pid=$!
 PIDS+=("$single_pid")
 for _ in $(seq 100); do

@@ -35,7 +35,7 @@ taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appe
 PIDS+=($!)
 # One core for each server: Redis is single-threaded, and loomd applies
 # requests on its event-loop thread (--workers 0: no worker hand-off).
-taskset -c 0 ./target/release/loomd --listen "127.0.0.1:$LOOMD_PORT" --workers 0 >"$OUT/loomd.log" 2>&1 &
+taskset -c 0 ./target/release/loomd --listen "127.0.0.1:$LOOMD_PORT" --memory-only --workers 0 >"$OUT/loomd.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do
     redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && grep -q listening "$OUT/loomd.log" && break

@@ -146,6 +146,15 @@ impl Server {
         let mut listener = TcpListener::bind(config.listen_addr)?;
         let local_addr = listener.local_addr()?;
         // Port 0 asks for any free port: answers name the bound one.
+        if let Some(me) = config
+            .cluster
+            .as_mut()
+            .and_then(|c| c.members.iter_mut().find(|m| m.id == config.node_id))
+        {
+            if me.client_addr.port() == 0 {
+                me.client_addr = local_addr;
+            }
+        }
         config.listen_addr = local_addr;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
 

@@ -151,6 +151,10 @@ pub struct Settings {
     pub config: Config,
     /// Log verbosity.
     pub log_level: LogLevel,
+    /// Run without the log: writes apply directly in memory and nothing
+    /// survives a restart. Default false: a node with no members
+    /// configured runs as a replicated group of one on the durable log.
+    pub memory_only: bool,
 }
 
 sections! {
@@ -159,6 +163,7 @@ sections! {
         workers: u32 => |s, v| s.config.workers = v,
         node_id: u64 => |s, v| s.config.node_id = v,
         log_level: LogLevel => |s, v| s.log_level = v,
+        memory_only: bool => |s, v| s.memory_only = v,
     }
     connections: ConnectionsSection {
         max: u32 => |s, v| s.config.connections_max = v,
@@ -224,6 +229,33 @@ impl Settings {
         settings.config.state.limits = settings.config.limits;
         Ok(settings)
     }
+
+    /// Settles the mode once every source is applied. Memory-only takes
+    /// no cluster settings. Otherwise a node with no members configured is
+    /// a group of one: itself, at its client address, with its peer
+    /// transport on a free loopback port (members with higher ids that
+    /// join later dial nothing below them, so none dials it there).
+    pub fn settle_mode(&mut self) -> Result<(), String> {
+        if self.memory_only {
+            if self.config.cluster.is_some() {
+                return Err("memory_only cannot be combined with cluster settings (members, data_dir, join…)".into());
+            }
+            return Ok(());
+        }
+        let (id, listen) = (self.config.node_id, self.config.listen_addr);
+        let cluster = cluster(self);
+        if cluster.members.is_empty() {
+            if cluster.join {
+                return Err("join needs members naming at least this node's client and peer addresses".into());
+            }
+            cluster.members.push(crate::config::Member {
+                id,
+                client_addr: listen,
+                peer_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -232,6 +264,31 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn with_no_members_a_node_is_a_group_of_one_unless_memory_only() {
+        let mut s = Settings::default();
+        s.settle_mode().unwrap();
+        let c = s.config.cluster.as_ref().expect("a group of one");
+        assert_eq!(c.members.len(), 1);
+        assert_eq!((c.members[0].id, c.members[0].client_addr), (1, s.config.listen_addr));
+        assert_eq!(c.members[0].peer_addr.port(), 0);
+        s.config.validate().unwrap();
+
+        let mut s = Settings {
+            memory_only: true,
+            ..Settings::default()
+        };
+        s.settle_mode().unwrap();
+        assert!(s.config.cluster.is_none());
+        let env = |k: &str| (k == "LOOMD_CLUSTER_TICK_MS").then(|| "5".to_string());
+        let mut s = Settings::load(None, &env).unwrap();
+        s.memory_only = true;
+        assert!(s.settle_mode().is_err(), "memory-only with cluster settings");
+        let env = |k: &str| (k == "LOOMD_CLUSTER_JOIN").then(|| "true".to_string());
+        let mut s = Settings::load(None, &env).unwrap();
+        assert!(s.settle_mode().is_err(), "join with no members");
     }
 
     #[test]

@@ -187,3 +187,51 @@ fn rejects_unknown_arguments_with_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unexpected argument"));
 }
+
+/// With no mode given a node is a replicated group of one on the durable
+/// log: what it acknowledged survives `kill -9` and a restart from its
+/// directory.
+#[test]
+fn by_default_a_node_is_a_durable_group_of_one() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let start = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_loomd"))
+            .args(["--listen", "127.0.0.1:0", "--log-level", "warn", "--data-dir"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn loomd");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("cluster member 1 of 1"), "{line:?}");
+        let addr: std::net::SocketAddr = line
+            .split_whitespace()
+            .skip_while(|w| *w != "on")
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let client = loomcache_client::Client::connect(loomcache_client::ClientConfig {
+            addrs: vec![addr],
+            retry_budget: std::time::Duration::from_secs(20),
+            ..loomcache_client::ClientConfig::default()
+        })
+        .unwrap();
+        (child, client)
+    };
+    let (mut child, c) = start();
+    // The first write waits for the group of one to elect itself.
+    c.map("m").set(b"k", b"durable").unwrap();
+    assert!(c.queue("q").offer(b"item").unwrap());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut child, c) = start();
+    assert_eq!(c.map("m").get(b"k").unwrap(), Some(b"durable".to_vec()));
+    assert_eq!(c.queue("q").poll().unwrap(), Some(b"item".to_vec()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

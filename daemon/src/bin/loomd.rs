@@ -16,9 +16,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The LoomCache node daemon.
 ///
-/// With no arguments it starts a single memory-only node on 127.0.0.1:7070
-/// with built-in defaults and serves until SIGINT or SIGTERM. With
-/// --members it joins a replicated group (see scripts/local-cluster.sh). Settings come
+/// With no arguments it starts a single node on 127.0.0.1:7070 with
+/// built-in defaults, a replicated group of one whose writes are durable in
+/// ./loomcache-data/node-1, and serves until SIGINT or SIGTERM. With
+/// --members it is a member of a larger group (see scripts/local-cluster.sh);
+/// with --memory-only it keeps nothing on disk. Settings come
 /// from the defaults, then the TOML file given by --config, then LOOMD_*
 /// environment variables (LOOMD_<SECTION>_<KEY>, e.g. LOOMD_SERVER_LISTEN),
 /// then these flags; each overrides the one before. The file's format is
@@ -59,6 +61,9 @@ struct Args {
     /// them; the others dial it).
     #[arg(long)]
     join: bool,
+    /// Keep everything in memory only: no log, nothing survives a restart.
+    #[arg(long)]
+    memory_only: bool,
 }
 
 fn settings(args: &Args) -> Result<Settings, String> {
@@ -85,18 +90,25 @@ fn settings(args: &Args) -> Result<Settings, String> {
             .get_or_insert_with(|| loomcache_daemon::config::ClusterConfig::new(Vec::new()))
             .members = members;
     }
+    if args.memory_only {
+        s.memory_only = true;
+    }
     if let Some(v) = &args.data_dir {
-        match &mut s.config.cluster {
-            Some(c) => c.data_dir = Some(v.clone()),
-            None => return Err("--data-dir needs cluster mode (--members or [cluster] members)".into()),
+        if s.memory_only {
+            return Err("--data-dir has no use with --memory-only".into());
         }
+        s.config
+            .cluster
+            .get_or_insert_with(|| loomcache_daemon::config::ClusterConfig::new(Vec::new()))
+            .data_dir = Some(v.clone());
     }
     if args.join {
         match &mut s.config.cluster {
-            Some(c) => c.join = true,
-            None => return Err("--join needs cluster mode (--members or [cluster] members)".into()),
+            Some(c) if !c.members.is_empty() => c.join = true,
+            _ => return Err("--join needs --members naming at least this node's client and peer addresses".into()),
         }
     }
+    s.settle_mode()?;
     s.config.validate().map_err(|e| e.to_string())?;
     Ok(s)
 }

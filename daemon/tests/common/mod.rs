@@ -15,11 +15,20 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts `loomd` on a free loopback port with two workers and the
-    /// given environment, and waits for its "listening on" line.
+    /// Starts a memory-only `loomd` on a free loopback port with two
+    /// workers and the given environment, and waits for its "listening
+    /// on" line.
     pub fn start(env: &[(&str, &str)]) -> Node {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_loomd"));
-        cmd.args(["--listen", "127.0.0.1:0", "--workers", "2", "--log-level", "warn"]);
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--memory-only",
+            "--workers",
+            "2",
+            "--log-level",
+            "warn",
+        ]);
         for (k, v) in env {
             cmd.env(k, v);
         }
