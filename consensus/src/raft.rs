@@ -666,8 +666,15 @@ impl<S: Storage> Raft<S> {
         self.voters.vote_result(|id| votes.get(&id).copied())
     }
 
-    fn handle_vote(&mut self, m: &Message, pre: bool, last_index: Index, last_term: Term) {
-        let can_vote = self.vote == m.from || (self.vote == 0 && self.lead == 0) || (pre && m.term > self.term);
+    fn handle_vote(&mut self, m: &Message, pre: bool, transfer: bool, last_index: Index, last_term: Term) {
+        // The lease promise holds at any term: a node can reach the
+        // candidate's term without hearing from any leader of it (a
+        // rejected pre-vote answer carries the rejecter's term), and must
+        // still not help elect anyone while the leader it heard from within
+        // the election timeout may hold a lease. A repeated request from
+        // the node it already voted for is answered alike.
+        let fresh = (self.vote == 0 && self.lead == 0) || (pre && m.term > self.term);
+        let can_vote = self.vote == m.from || (fresh && (transfer || !self.in_lease_promise()));
         if can_vote && self.log.is_up_to_date(last_index, last_term) {
             // Thesis §9.6: a pre-vote grant answers in the requested term
             // so the pre-candidate can count it.
@@ -757,10 +764,10 @@ impl<S: Storage> Raft<S> {
             pre,
             last_index,
             last_term,
-            ..
+            transfer,
         } = m.body
         {
-            self.handle_vote(&m, pre, last_index, last_term);
+            self.handle_vote(&m, pre, transfer, last_index, last_term);
             return Ok(());
         }
         match self.role {

@@ -668,3 +668,76 @@ fn a_wiped_member_added_back_is_probed_and_starts_from_a_snapshot() {
     assert_eq!(net.raft(3).conf_state().learners, vec![3]);
     assert_eq!(net.raft(3).committed(), net.raft(1).committed());
 }
+
+/// Thesis §6.2 with pre-vote (§9.6): a follower in contact with its leader
+/// can be moved to a higher term without hearing from any leader of it
+/// (here, by a rejected pre-vote answer from a node already campaigning in
+/// that term). At the new term it must still refuse to vote while the
+/// leader it heard from may hold a lease; otherwise a new leader could be
+/// elected while the old one serves lease reads.
+#[test]
+fn the_lease_promise_holds_after_a_term_change_without_a_leader() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.propose(1, b"x");
+    net.stabilize();
+    let term = net.raft(2).term();
+    let last_index = net.raft(3).last_index();
+    let last_term = net.raft(3).term_at(last_index).unwrap();
+    let msg = |body| Message {
+        group: 0,
+        from: 3,
+        to: 2,
+        term: term + 1,
+        body,
+    };
+    // Node 3, campaigning in term + 1, rejects node 2's pre-vote.
+    net.raft_mut(2)
+        .step(msg(MessageBody::VoteResponse {
+            pre: true,
+            granted: false,
+        }))
+        .unwrap();
+    assert_eq!(net.raft(2).term(), term + 1, "a higher term moves the follower on");
+    net.process(2);
+    net.sent.clear();
+    // Its real vote request at that term is refused: 2 heard from leader 1
+    // within the election timeout.
+    net.raft_mut(2)
+        .step(msg(MessageBody::Vote {
+            pre: false,
+            last_index,
+            last_term,
+            transfer: false,
+        }))
+        .unwrap();
+    net.process(2);
+    let answers: Vec<bool> = net
+        .sent
+        .iter()
+        .filter_map(|m| match m.body {
+            MessageBody::VoteResponse { pre: false, granted } if m.from == 2 => Some(granted),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, vec![false], "no vote while the leader's lease may hold");
+    // A leadership transfer is the exception: the old leader gave up its
+    // lease when it sent TimeoutNow.
+    net.raft_mut(2)
+        .step(msg(MessageBody::Vote {
+            pre: false,
+            last_index,
+            last_term,
+            transfer: true,
+        }))
+        .unwrap();
+    net.process(2);
+    assert!(net.sent.iter().any(|m| m.from == 2
+        && matches!(
+            m.body,
+            MessageBody::VoteResponse {
+                pre: false,
+                granted: true
+            }
+        )));
+}

@@ -801,6 +801,25 @@ impl Sim {
                 }
             }
         }
+        // A lease read is decided when its read state is produced, which is
+        // when this Ready is handed out: at that instant no node may lead a
+        // higher term. (Its answer waits for the persistence below and for
+        // its index to apply; a leader elected meanwhile does not make it
+        // stale, as the read took effect at the decision.)
+        if ready.read_states.iter().any(|rs| rs.via == ReadVia::Lease) {
+            let term = raft.term();
+            for other in &self.nodes {
+                if let Some(r) = &other.raft {
+                    if r.role() == Role::Leader && r.term() > term {
+                        return Err(format!(
+                            "stale lease read: node {id} decided a read on its term-{term} lease while node {} leads term {}",
+                            other.id,
+                            r.term()
+                        ));
+                    }
+                }
+            }
+        }
         // Log matching (Raft §5.3): an (index, term) names one entry, with
         // one predecessor term.
         for e in &ready.entries {
@@ -931,18 +950,6 @@ impl Sim {
             }
             if rs.via == ReadVia::Lease {
                 self.report.lease_reads += 1;
-                let term = self.nodes[n].raft.as_ref().expect("up").term();
-                for other in &self.nodes {
-                    if let Some(r) = &other.raft {
-                        if r.role() == Role::Leader && r.term() > term {
-                            return Err(format!(
-                                "stale lease read: node {id} served from its term-{term} lease while node {} leads term {}",
-                                other.id,
-                                r.term()
-                            ));
-                        }
-                    }
-                }
             } else {
                 self.report.quorum_reads += 1;
             }
