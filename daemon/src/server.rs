@@ -680,6 +680,7 @@ impl EventLoop {
                 return;
             }
             let end = conn.end;
+            let room = conn.buf.len() - end;
             match conn.stream.read(&mut conn.buf[end..]) {
                 Ok(0) => {
                     self.close_after_flush(idx);
@@ -688,6 +689,17 @@ impl EventLoop {
                 Ok(n) => {
                     conn.end += n;
                     conn.last_active = Instant::now();
+                    if cfg!(unix) && n < room {
+                        // A short read emptied the socket's receive queue:
+                        // bytes arriving after it raise a new readiness
+                        // event (epoll and kqueue report every arrival on
+                        // an edge-triggered registration), so the read
+                        // that would only answer WouldBlock is skipped.
+                        if let Step::Close = self.process_frames(idx) {
+                            self.close_after_flush(idx);
+                        }
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Step::Close = self.process_frames(idx) {
@@ -706,6 +718,8 @@ impl EventLoop {
 
     /// Handles every complete frame in the buffer.
     fn process_frames(&mut self, idx: usize) -> Step {
+        // One clock reading serves every frame applied inline in this pass.
+        let mut now = None;
         loop {
             let level = self.shared.backpressure.level();
             let limits = self.config.limits;
@@ -945,7 +959,8 @@ impl EventLoop {
             if self.jobs.is_empty() {
                 // No worker pool: apply on the loop thread, in order.
                 let buf = self.spare.pop().unwrap_or_default();
-                let result = execute(&self.shared, frame.bytes(), buf);
+                let at = *now.get_or_insert_with(now_ms);
+                let result = execute_at(&self.shared, frame.bytes(), buf, at, true);
                 conn.start += len;
                 conn.partial_since = None;
                 if result.parked.is_some() {
@@ -1220,14 +1235,21 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
-        while !conn.out.is_empty() {
-            let mut slices = [IoSlice::new(&[]); IOV_MAX];
-            let mut n = 0;
-            for (i, buf) in conn.out.iter().take(IOV_MAX).enumerate() {
-                slices[i] = IoSlice::new(if i == 0 { &buf[conn.out_offset..] } else { buf });
-                n += 1;
-            }
-            match conn.stream.write_vectored(&slices[..n]) {
+        while let Some(front) = conn.out.front() {
+            let result = if conn.out.len() == 1 {
+                // One answer (the common case at pipeline depth 1): a plain
+                // write, without building an I/O vector.
+                conn.stream.write(&front[conn.out_offset..])
+            } else {
+                let mut slices = [IoSlice::new(&[]); IOV_MAX];
+                let mut n = 0;
+                for (i, buf) in conn.out.iter().take(IOV_MAX).enumerate() {
+                    slices[i] = IoSlice::new(if i == 0 { &buf[conn.out_offset..] } else { buf });
+                    n += 1;
+                }
+                conn.stream.write_vectored(&slices[..n])
+            };
+            match result {
                 Ok(0) => {
                     self.close(idx);
                     return;

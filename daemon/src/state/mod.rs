@@ -27,7 +27,7 @@ use loomcache_wire::{
 pub use dedup::DedupConfig;
 use dedup::{DedupTable, Verdict};
 pub use snapshot::SnapshotError;
-use structures::{Atomic, MapState, QueueState, SetState, Structure, TopicState};
+use structures::{Atomic, MapEntry, MapState, QueueState, SetState, Structure, TopicState};
 
 /// Limits of the state machine; every one comes from configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,14 +361,9 @@ impl StateMachine {
                 let map = self.map_or_create(c.name)?;
                 let matches = map.get(c.key, now).is_some_and(|v| v == c.expected);
                 if matches {
-                    let (old_cost, _) = map.peek_cost(c.key);
+                    let old_cost = map.entry(c.key).map_or(0, |e| e.cost);
                     self.reserve(cost.saturating_sub(old_cost))?;
-                    let expires = expiry(now, c.ttl_ms);
-                    let id = self.fresh_id();
-                    let map = self.map_or_create(c.name)?;
-                    let previous = map.insert(c.key, c.new, expires, id);
-                    self.account_replace(previous.map(|p| p.cost), cost);
-                    self.index_expiry(c.name, c.key, expires, id);
+                    self.store(c.name, c.key, c.new, expiry(now, c.ttl_ms))?;
                 }
                 OkBody::Bool(matches)
             }
@@ -386,12 +381,7 @@ impl StateMachine {
                 self.map_or_create(p.name)?;
                 self.reserve(need)?;
                 for e in p.entries.iter() {
-                    let cost = entry_cost(e.key.len(), e.value.len());
-                    let id = self.fresh_id();
-                    let map = self.map_or_create(p.name)?;
-                    let previous = map.insert(e.key, e.value, expires, id);
-                    self.account_replace(previous.map(|x| x.cost), cost);
-                    self.index_expiry(p.name, e.key, expires, id);
+                    self.store(p.name, e.key, e.value, expires)?;
                 }
                 OkBody::Empty
             }
@@ -514,7 +504,9 @@ impl StateMachine {
         let now = self.now_ms;
         let cost = entry_cost(w.key.len(), w.value.len());
         let map = self.map_or_create(w.name)?;
-        let present = map.get(w.key, now).is_some();
+        let current = map.entry(w.key);
+        let present = current.is_some_and(|e| !e.expired_at(now));
+        let old_cost = current.map_or(0, |e| e.cost);
         let proceed = match mode {
             PutMode::Always => true,
             PutMode::IfAbsent => !present,
@@ -529,15 +521,8 @@ impl StateMachine {
             }
             return Ok(());
         }
-        let (old_cost, _) = map.peek_cost(w.key);
         self.reserve(cost.saturating_sub(old_cost))?;
-        let expires = expiry(now, w.ttl_ms);
-        let id = self.fresh_id();
-        let map = self.map_or_create(w.name)?;
-        let previous = map.insert(w.key, w.value, expires, id);
-        let prev_cost = previous.as_ref().map(|p| p.cost);
-        self.account_replace(prev_cost, cost);
-        self.index_expiry(w.name, w.key, expires, id);
+        let previous = self.store(w.name, w.key, w.value, expiry(now, w.ttl_ms))?;
         if answer {
             let old = previous.filter(|p| !p.expired_at(now)).map(|p| p.value);
             match mode {
@@ -555,6 +540,21 @@ impl StateMachine {
             self.release(entry_cost(0, item.len()));
         }
         encode_ok(out, &OkBody::Value(item.as_deref()));
+    }
+
+    /// Stores a map entry (the memory check already passed), keeps the
+    /// memory count and indexes its expiry: the entry it replaced.
+    fn store(&mut self, name: &str, key: &[u8], value: &[u8], expires: Option<u64>) -> OpResult<Option<MapEntry>> {
+        let cost = entry_cost(key.len(), value.len());
+        let fresh = self.next_id;
+        let previous = self.map_or_create(name)?.insert(key, value, expires, fresh);
+        let id = match &previous {
+            Some(p) => p.id,
+            None => self.fresh_id(),
+        };
+        self.account_replace(previous.as_ref().map(|p| p.cost), cost);
+        self.index_expiry(name, key, expires, id);
+        Ok(previous)
     }
 
     fn fresh_id(&mut self) -> u64 {

@@ -275,7 +275,7 @@ fn decode(config: StateConfig, data: &[u8]) -> Result<StateMachine, SnapshotErro
                     let key = r.bytes(klen, limits.key_max_bytes)?;
                     let vlen = r.u32()? as usize;
                     let value = r.bytes(vlen, limits.value_max_bytes)?;
-                    if m.peek_cost(key).1 {
+                    if m.entry(key).is_some() {
                         return r.fail("duplicate map key");
                     }
                     let cost = entry_cost(key.len(), value.len());

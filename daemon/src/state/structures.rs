@@ -21,7 +21,8 @@ pub(crate) struct MapEntry {
     pub value: Box<[u8]>,
     /// Absolute expiry (leader ms), if any.
     pub expires: Option<u64>,
-    /// Insertion id: orders scans; a new id on every write.
+    /// Insertion id: orders scans. A rewrite keeps it; a key removed and
+    /// written again gets a new one.
     pub id: u64,
     /// Bytes counted against the memory limit.
     pub cost: u64,
@@ -67,30 +68,34 @@ impl MapState {
         self.entries.values().filter(|e| !e.expired_at(now)).count() as u64
     }
 
-    /// Cost of the entry now stored under `key` (0 if none), and whether
-    /// there is one.
-    pub fn peek_cost(&self, key: &[u8]) -> (u64, bool) {
-        self.entries.get(key).map_or((0, false), |e| (e.cost, true))
+    /// The entry stored under `key`, expired or not.
+    pub fn entry(&self, key: &[u8]) -> Option<&MapEntry> {
+        self.entries.get(key)
     }
 
-    /// Stores `value`, answering the entry it replaced.
-    pub fn insert(&mut self, key: &[u8], value: &[u8], expires: Option<u64>, id: u64) -> Option<MapEntry> {
+    /// Stores `value`, answering the entry it replaced. A new key takes
+    /// insertion id `fresh`; a rewrite keeps the key's id and place in the
+    /// order index, so only the value is stored anew. `previous.id` tells
+    /// which id the key holds now.
+    pub fn insert(&mut self, key: &[u8], value: &[u8], expires: Option<u64>, fresh: u64) -> Option<MapEntry> {
+        let cost = entry_cost(key.len(), value.len());
+        if let Some(existing) = self.entries.get_mut(key) {
+            let entry = MapEntry {
+                value: value.into(),
+                expires,
+                id: existing.id,
+                cost,
+            };
+            return Some(core::mem::replace(existing, entry));
+        }
         let entry = MapEntry {
             value: value.into(),
             expires,
-            id,
-            cost: entry_cost(key.len(), value.len()),
+            id: fresh,
+            cost,
         };
-        if let Some(existing) = self.entries.get_mut(key) {
-            // Overwrite in place: only the value is stored anew; the key's
-            // copy in the order index moves to the new id.
-            let previous = core::mem::replace(existing, entry);
-            let key_copy = self.order.remove(&previous.id).unwrap_or_else(|| key.into());
-            self.order.insert(id, key_copy);
-            return Some(previous);
-        }
         self.entries.insert(key.into(), entry);
-        self.order.insert(id, key.into());
+        self.order.insert(fresh, key.into());
         None
     }
 

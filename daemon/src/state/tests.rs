@@ -197,6 +197,30 @@ fn ttl_is_judged_from_the_leader_timestamp() {
 }
 
 #[test]
+fn a_rewrite_outlives_the_expiry_of_the_value_it_replaced() {
+    let mut sm = StateMachine::new(StateConfig::default());
+    let tick =
+        |sm: &mut StateMachine, now| apply(sm, &Payload::AtomicSet(NamedLong { name: "t", value: 0 }), now, |_| ());
+    apply(&mut sm, &Payload::MapSet(put("m", b"a", b"1", 10)), 0, |_| ());
+    apply(&mut sm, &Payload::MapSet(put("m", b"b", b"1", 10)), 0, |_| ());
+    // `a` moves its expiry later, `b` drops its TTL.
+    apply(&mut sm, &Payload::MapSet(put("m", b"a", b"2", 100)), 5, |_| ());
+    apply(&mut sm, &Payload::MapSet(put("m", b"b", b"2", 0)), 5, |_| ());
+    tick(&mut sm, 5);
+    let before = sm.memory_used();
+    // The records of the first writes fall due: neither entry goes.
+    tick(&mut sm, 50);
+    assert_eq!(sm.memory_used(), before);
+    assert_eq!(read(&mut sm, &get("m", b"a"), 50, ok_value), Some(b"2".to_vec()));
+    assert_eq!(read(&mut sm, &get("m", b"b"), 50, ok_value), Some(b"2".to_vec()));
+    // The rewrite's own record reclaims `a` once it expires.
+    tick(&mut sm, 200);
+    assert_eq!(before - sm.memory_used(), entry_cost(1, 1));
+    assert_eq!(read(&mut sm, &get("m", b"a"), 200, ok_value), None);
+    assert_eq!(read(&mut sm, &get("m", b"b"), 200, ok_value), Some(b"2".to_vec()));
+}
+
+#[test]
 fn expired_entries_are_reclaimed_a_bounded_number_per_apply() {
     let config = StateConfig {
         reclaim_per_apply: 2,
@@ -266,9 +290,18 @@ fn scans_page_by_insertion_order_and_survive_updates() {
         });
         pages += 1;
         if pages == 1 {
-            // An update during the scan moves the key to the end: it is
-            // seen (again), never lost.
+            // Rewrites during the scan keep their place: a key already
+            // seen is not seen again, one not reached yet is still seen.
             apply(&mut sm, &Payload::MapSet(put("m", b"k03", b"new", 0)), 1, |_| ());
+            apply(&mut sm, &Payload::MapSet(put("m", b"k20", b"new", 0)), 1, |_| ());
+            // A key removed and written again moves to the end: seen twice.
+            apply(
+                &mut sm,
+                &Payload::MapDelete(Keyed { name: "m", key: b"k05" }),
+                1,
+                |_| (),
+            );
+            apply(&mut sm, &Payload::MapSet(put("m", b"k05", b"again", 0)), 1, |_| ());
         }
         if next == 0 {
             break;
@@ -276,12 +309,11 @@ fn scans_page_by_insertion_order_and_survive_updates() {
         cursor = next;
     }
     for k in &keys {
-        assert!(
-            seen.contains(&k.to_vec()),
-            "{} missing from the scan",
-            String::from_utf8_lossy(k)
-        );
+        let times = seen.iter().filter(|s| s.as_slice() == *k).count();
+        let expected = if *k == b"k05" { 2 } else { 1 };
+        assert_eq!(times, expected, "{} seen {times} times", String::from_utf8_lossy(k));
     }
+    assert_eq!(seen.len(), keys.len() + 1);
     assert!(pages >= 3);
 }
 
