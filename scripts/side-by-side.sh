@@ -51,11 +51,13 @@ bench() { # backend port pipeline read_ratio preload
 }
 field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
 
-echo "== generator check: loomcache-bench --backend resp vs redis-benchmark (SET, 50 conns, P1, 256 B, 100k keys)"
-mine=$(bench resp "$REDIS_PORT" 1 0 no)
-theirs=$(taskset -c 1 redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c 50 -P 1 -d 256 -r 100000 \
-    -n $((SECONDS_PER_RUN * 60000)) -t set --csv 2>/dev/null | awk -F'"' '/"SET"/ {print $4}')
-printf 'loomcache-bench %s ops/s, redis-benchmark %s ops/s\n' "$(field "$mine" ops_per_sec)" "$theirs"
+for p in 1 16; do
+    echo "== generator check: loomcache-bench --backend resp vs redis-benchmark (SET, 50 conns, P$p, 256 B, 100k keys)"
+    mine=$(bench resp "$REDIS_PORT" "$p" 0 no)
+    theirs=$(taskset -c 1 redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c 50 -P "$p" -d 256 -r 100000 \
+        -n $((SECONDS_PER_RUN * 60000 * (p == 1 ? 1 : 8))) -t set --csv 2>/dev/null | awk -F'"' '/"SET"/ {print $4}')
+    printf 'loomcache-bench %s ops/s, redis-benchmark %s ops/s\n' "$(field "$mine" ops_per_sec)" "$theirs"
+done
 
 printf '\n%-10s %-4s %12s %12s %8s %10s %10s\n' workload P loomd_ops/s redis_ops/s ratio loomd_p99 redis_p99
 {

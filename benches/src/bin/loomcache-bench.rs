@@ -6,8 +6,10 @@
 //! answers, and records each request's latency (from the moment its batch
 //! was written to the moment its answer was read) in an HdrHistogram. Keys
 //! are drawn uniformly from `--keys`; `--read-ratio` chooses GET over SET.
-//! Nothing is measured during `--warmup`. A native or RESP connection runs
-//! on its own thread; the etcd backend is described in its module, `etcd`.
+//! Nothing is measured during `--warmup`. Native and RESP connections are
+//! driven by `--io-threads` event loops (module `events`), or each by a
+//! blocking thread of its own (`--io-threads 0`); the etcd backend is
+//! described in its module, `etcd`.
 //!
 //! The generator uses the system allocator: with a thread per connection,
 //! a per-thread-heap allocator reserves and zeroes fresh pages for each of
@@ -60,9 +62,15 @@ struct Args {
     /// requests over all of them, and etcd forwards to its leader.
     #[arg(long, default_value = "127.0.0.1:7070")]
     addr: String,
-    /// Concurrent connections (a thread each; a task each for etcd).
+    /// Concurrent connections.
     #[arg(long, default_value_t = 50)]
     connections: usize,
+    /// Event-loop threads driving the native and RESP connections, each
+    /// over its share of them; 0 runs a blocking thread per connection
+    /// instead. Default: the cores this process may run on (as the etcd
+    /// backend's runtime has a worker per core).
+    #[arg(long)]
+    io_threads: Option<usize>,
     /// Requests in flight per connection (concurrent gRPC calls for etcd).
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
@@ -92,6 +100,9 @@ struct Args {
 /// How long a connection waits after a batch in which a request failed, so
 /// a server that refuses everything is not spun against.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
+
+/// A batch not answered within this long fails the run.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Requests that failed (an error answer, or for etcd a failed call), and
 /// the first one's message. They are counted, not measured.
@@ -128,16 +139,16 @@ impl Rng {
     }
 }
 
-/// One connection's protocol state.
-enum Conn {
+/// One connection's protocol state: the requests to send and the answers
+/// received so far, apart from the socket, so the blocking and the
+/// event-driven drivers share it.
+enum Proto {
     Native {
-        stream: TcpStream,
         framer: Framer<Vec<u8>>,
         out: Vec<u8>,
         next_id: u64,
     },
     Resp {
-        stream: TcpStream,
         buf: Vec<u8>,
         start: usize,
         end: usize,
@@ -149,34 +160,29 @@ fn key_of(i: u64) -> Vec<u8> {
     format!("key:{i:012}").into_bytes()
 }
 
-impl Conn {
-    fn open(args: &Args) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect(args.addr.as_str())?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(match args.backend {
-            Backend::Native => Conn::Native {
-                stream,
+impl Proto {
+    fn new(backend: Backend) -> std::io::Result<Proto> {
+        Ok(match backend {
+            Backend::Native => Proto::Native {
                 framer: Framer::new(vec![0u8; Limits::DEFAULT.frame_max_bytes()], Limits::DEFAULT)
                     .map_err(std::io::Error::other)?,
                 out: Vec::with_capacity(64 << 10),
                 next_id: 1,
             },
-            Backend::Resp => Conn::Resp {
-                stream,
+            Backend::Resp => Proto::Resp {
                 buf: vec![0u8; 1 << 20],
                 start: 0,
                 end: 0,
                 out: Vec::with_capacity(64 << 10),
             },
-            Backend::Etcd => unreachable!("the etcd backend has no blocking connection"),
+            Backend::Etcd => unreachable!("the etcd backend has its own connections"),
         })
     }
 
     /// Appends one request to the outgoing batch.
     fn push(&mut self, read: bool, key: &[u8], value: &[u8]) {
         match self {
-            Conn::Native { out, next_id, .. } => {
+            Proto::Native { out, next_id, .. } => {
                 let payload = if read {
                     Payload::MapGet(Keyed { name: "bench", key })
                 } else {
@@ -198,7 +204,7 @@ impl Conn {
                 .expect("sized by frame_len");
                 *next_id += 1;
             }
-            Conn::Resp { out, .. } => {
+            Proto::Resp { out, .. } => {
                 if read {
                     resp::encode_command(&[b"GET", key], out);
                 } else {
@@ -208,74 +214,109 @@ impl Conn {
         }
     }
 
+    /// The encoded batch, to be written and then cleared.
+    fn out(&mut self) -> &mut Vec<u8> {
+        match self {
+            Proto::Native { out, .. } | Proto::Resp { out, .. } => out,
+        }
+    }
+
+    /// Consumes up to `max` complete answers from the received bytes and
+    /// answers how many; error answers are noted in `failures`.
+    fn take_answers(&mut self, max: usize, failures: &mut Failures) -> std::io::Result<usize> {
+        let mut got = 0;
+        match self {
+            Proto::Native { framer, .. } => {
+                while got < max {
+                    let Some(frame) = framer.next_frame().map_err(std::io::Error::other)? else {
+                        break;
+                    };
+                    if frame.opcode() != Opcode::ResponseOk {
+                        failures.note(|| describe_refusal(&frame));
+                    }
+                    got += 1;
+                }
+            }
+            Proto::Resp { buf, start, end, .. } => {
+                while got < max {
+                    let Some((used, error)) = resp_reply_len(&buf[*start..*end])? else {
+                        break;
+                    };
+                    if error {
+                        failures.note(|| String::from_utf8_lossy(&buf[*start + 1..*start + used - 2]).into_owned());
+                    }
+                    *start += used;
+                    got += 1;
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// Room to receive into; [`Proto::filled`] reports what arrived.
+    fn spare(&mut self) -> &mut [u8] {
+        match self {
+            Proto::Native { framer, .. } => framer.spare_mut(),
+            Proto::Resp { buf, start, end, .. } => {
+                if *start == *end {
+                    *start = 0;
+                    *end = 0;
+                } else if *end == buf.len() {
+                    buf.copy_within(*start..*end, 0);
+                    *end -= *start;
+                    *start = 0;
+                }
+                &mut buf[*end..]
+            }
+        }
+    }
+
+    fn filled(&mut self, n: usize) {
+        match self {
+            Proto::Native { framer, .. } => framer.filled(n),
+            Proto::Resp { end, .. } => *end += n,
+        }
+    }
+}
+
+/// A connection driven by blocking calls on its own thread.
+struct Conn {
+    stream: TcpStream,
+    proto: Proto,
+}
+
+impl Conn {
+    fn open(args: &Args) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(args.addr.as_str())?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        Ok(Conn {
+            stream,
+            proto: Proto::new(args.backend)?,
+        })
+    }
+
+    fn push(&mut self, read: bool, key: &[u8], value: &[u8]) {
+        self.proto.push(read, key, value);
+    }
+
     /// Writes the batch and waits for `n` answers; error answers are noted
     /// in `failures`. An `Err` is a failure of the connection itself.
     fn flush_and_wait(&mut self, n: usize, failures: &mut Failures) -> std::io::Result<()> {
-        match self {
-            Conn::Native {
-                stream, framer, out, ..
-            } => {
-                stream.write_all(out)?;
-                out.clear();
-                let mut got = 0;
-                while got < n {
-                    while let Some(frame) = framer.next_frame().map_err(std::io::Error::other)? {
-                        if frame.opcode() != Opcode::ResponseOk {
-                            failures.note(|| describe_refusal(&frame));
-                        }
-                        got += 1;
-                    }
-                    if got == n {
-                        break;
-                    }
-                    let read = stream.read(framer.spare_mut())?;
-                    if read == 0 {
-                        return Err(std::io::ErrorKind::UnexpectedEof.into());
-                    }
-                    framer.filled(read);
-                }
-                Ok(())
+        let out = self.proto.out();
+        self.stream.write_all(out)?;
+        out.clear();
+        let mut got = 0;
+        loop {
+            got += self.proto.take_answers(n - got, failures)?;
+            if got == n {
+                return Ok(());
             }
-            Conn::Resp {
-                stream,
-                buf,
-                start,
-                end,
-                out,
-            } => {
-                stream.write_all(out)?;
-                out.clear();
-                let mut got = 0;
-                while got < n {
-                    while let Some((used, error)) = resp_reply_len(&buf[*start..*end])? {
-                        if error {
-                            failures.note(|| String::from_utf8_lossy(&buf[*start + 1..*start + used - 2]).into_owned());
-                        }
-                        *start += used;
-                        got += 1;
-                        if got == n {
-                            break;
-                        }
-                    }
-                    if got == n {
-                        break;
-                    }
-                    if *start == *end {
-                        *start = 0;
-                        *end = 0;
-                    } else if *end == buf.len() {
-                        buf.copy_within(*start..*end, 0);
-                        *end -= *start;
-                        *start = 0;
-                    }
-                    let read = stream.read(&mut buf[*end..])?;
-                    if read == 0 {
-                        return Err(std::io::ErrorKind::UnexpectedEof.into());
-                    }
-                    *end += read;
-                }
-                Ok(())
+            let read = self.stream.read(self.proto.spare())?;
+            if read == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
+            self.proto.filled(read);
         }
     }
 }
@@ -397,11 +438,27 @@ impl Running {
                 if args.preload {
                     preload(args).map_err(|e| std::io::Error::other(format!("preload failed: {e}")))?;
                 }
+                let io_threads = args
+                    .io_threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                    .min(args.connections);
+                if io_threads == 0 {
+                    return Ok(Running::Threads(
+                        (0..args.connections)
+                            .map(|i| {
+                                let (args, measuring, stop) = (args.clone(), Arc::clone(measuring), Arc::clone(stop));
+                                std::thread::spawn(move || run_connection(&args, connection_seed(i), &measuring, &stop))
+                            })
+                            .collect(),
+                    ));
+                }
                 Ok(Running::Threads(
-                    (0..args.connections)
-                        .map(|i| {
+                    (0..io_threads)
+                        .map(|t| {
+                            let seeds: Vec<u64> =
+                                (t..args.connections).step_by(io_threads).map(connection_seed).collect();
                             let (args, measuring, stop) = (args.clone(), Arc::clone(measuring), Arc::clone(stop));
-                            std::thread::spawn(move || run_connection(&args, connection_seed(i), &measuring, &stop))
+                            std::thread::spawn(move || events::run(&args, &seeds, &measuring, &stop))
                         })
                         .collect(),
                 ))
@@ -510,6 +567,214 @@ fn main() -> std::process::ExitCode {
         );
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// The event-driven driver: each thread runs a mio poll over its share of
+/// the connections, each connection the same closed loop as a blocking
+/// one (send a batch, wait for all its answers, record, repeat), so a
+/// thousand connections cost a few threads, not a thousand, and the
+/// generator takes little of the cores it shares with the servers.
+mod events {
+    use std::io::{self, Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use hdrhistogram::Histogram;
+    use mio::net::TcpStream;
+    use mio::{Events, Interest, Poll, Token};
+
+    use super::{key_of, new_histogram, Args, Failures, Outcome, Proto, Rng, ERROR_PAUSE, REQUEST_TIMEOUT};
+
+    /// How often paused connections, stalled batches and the stop flag are
+    /// looked at when no event comes sooner.
+    const SWEEP: Duration = Duration::from_millis(5);
+
+    /// The run's fixed inputs, shared by a thread's connections.
+    struct Load<'a> {
+        args: &'a Args,
+        value: Vec<u8>,
+        read_cut: u64,
+        measuring: &'a AtomicBool,
+        stop: &'a AtomicBool,
+    }
+
+    /// What a thread measured, over all its connections.
+    struct Tally {
+        hist: Histogram<u64>,
+        ops: u64,
+        failures: Failures,
+    }
+
+    struct Driven {
+        stream: TcpStream,
+        proto: Proto,
+        rng: Rng,
+        /// Bytes of the batch's encoding written so far.
+        written: usize,
+        /// Answers of the batch still to come.
+        awaited: usize,
+        /// `failures.count` when the batch was sent.
+        failed_before: u64,
+        sent: Instant,
+        /// After a batch with a failed request: when to send the next.
+        resume_at: Option<Instant>,
+        done: bool,
+    }
+
+    impl Driven {
+        /// Encodes a batch and starts sending it.
+        fn start_batch(&mut self, load: &Load<'_>, tally: &Tally) -> io::Result<()> {
+            for _ in 0..load.args.pipeline {
+                let key = key_of(self.rng.next() % load.args.keys);
+                let read = self.rng.next() < load.read_cut;
+                self.proto.push(read, &key, &load.value);
+            }
+            self.awaited = load.args.pipeline;
+            self.failed_before = tally.failures.count;
+            self.sent = Instant::now();
+            self.send()
+        }
+
+        /// Writes what the socket takes of the batch.
+        fn send(&mut self) -> io::Result<()> {
+            let out = self.proto.out();
+            while self.written < out.len() {
+                match self.stream.write(&out[self.written..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => self.written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            out.clear();
+            self.written = 0;
+            Ok(())
+        }
+
+        /// The batch is answered: records it and starts the next, pauses
+        /// after a failure, or ends once the run stops.
+        fn batch_answered(&mut self, load: &Load<'_>, tally: &mut Tally) -> io::Result<()> {
+            let us = self.sent.elapsed().as_micros().max(1) as u64;
+            let failed = tally.failures.count - self.failed_before;
+            let answered = load.args.pipeline as u64 - failed;
+            if load.measuring.load(Ordering::Relaxed) && answered > 0 {
+                tally.hist.record_n(us, answered).map_err(io::Error::other)?;
+                tally.ops += answered;
+            }
+            if load.stop.load(Ordering::Relaxed) {
+                self.done = true;
+            } else if failed > 0 {
+                self.resume_at = Some(Instant::now() + ERROR_PAUSE);
+            } else {
+                self.start_batch(load, tally)?;
+            }
+            Ok(())
+        }
+
+        /// Handles a readiness event: sends what is pending and reads
+        /// until the socket is empty.
+        fn service(&mut self, load: &Load<'_>, tally: &mut Tally) -> io::Result<()> {
+            if self.written < self.proto.out().len() {
+                self.send()?;
+            }
+            while !self.done {
+                match self.stream.read(self.proto.spare()) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => {
+                        self.proto.filled(n);
+                        let got = self.proto.take_answers(self.awaited, &mut tally.failures)?;
+                        self.awaited -= got;
+                        if got > 0 && self.awaited == 0 {
+                            self.batch_answered(load, tally)?;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Drives one connection per seed until `stop`, each finishing the
+    /// batch it has out.
+    pub(super) fn run(args: &Args, seeds: &[u64], measuring: &AtomicBool, stop: &AtomicBool) -> io::Result<Outcome> {
+        let mut poll = Poll::new()?;
+        let load = Load {
+            args,
+            value: vec![b'v'; args.value_size],
+            read_cut: (args.read_ratio.clamp(0.0, 1.0) * u64::MAX as f64) as u64,
+            measuring,
+            stop,
+        };
+        let mut tally = Tally {
+            hist: new_histogram()?,
+            ops: 0,
+            failures: Failures::default(),
+        };
+        let mut conns = Vec::with_capacity(seeds.len());
+        for (i, &seed) in seeds.iter().enumerate() {
+            let stream = std::net::TcpStream::connect(args.addr.as_str())?;
+            stream.set_nodelay(true)?;
+            stream.set_nonblocking(true)?;
+            let mut stream = TcpStream::from_std(stream);
+            poll.registry()
+                .register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+            conns.push(Driven {
+                stream,
+                proto: Proto::new(args.backend)?,
+                rng: Rng(seed | 1),
+                written: 0,
+                awaited: 0,
+                failed_before: 0,
+                sent: Instant::now(),
+                resume_at: None,
+                done: false,
+            });
+        }
+        for conn in &mut conns {
+            conn.start_batch(&load, &tally)?;
+        }
+        let mut events = Events::with_capacity(1024);
+        let mut last_sweep = Instant::now();
+        while conns.iter().any(|c| !c.done) {
+            poll.poll(&mut events, Some(SWEEP))?;
+            for event in events.iter() {
+                if let Some(conn) = conns.get_mut(event.token().0).filter(|c| !c.done) {
+                    conn.service(&load, &mut tally)?;
+                }
+            }
+            let now = Instant::now();
+            if now.duration_since(last_sweep) < SWEEP {
+                continue;
+            }
+            last_sweep = now;
+            for conn in conns.iter_mut().filter(|c| !c.done) {
+                match conn.resume_at {
+                    Some(_) if stop.load(Ordering::Relaxed) => conn.done = true,
+                    Some(at) if now >= at => {
+                        conn.resume_at = None;
+                        conn.start_batch(&load, &tally)?;
+                    }
+                    Some(_) => {}
+                    None if now.duration_since(conn.sent) > REQUEST_TIMEOUT => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+                        ));
+                    }
+                    None => {}
+                }
+            }
+        }
+        Ok(Outcome {
+            hist: tally.hist,
+            ops: tally.ops,
+            failures: tally.failures,
+        })
+    }
 }
 
 /// The etcd backend.
