@@ -679,7 +679,9 @@ mod events {
                 self.send()?;
             }
             while !self.done {
-                match self.stream.read(self.proto.spare()) {
+                let spare = self.proto.spare();
+                let room = spare.len();
+                match self.stream.read(spare) {
                     Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                     Ok(n) => {
                         self.proto.filled(n);
@@ -687,6 +689,12 @@ mod events {
                         self.awaited -= got;
                         if got > 0 && self.awaited == 0 {
                             self.batch_answered(load, tally)?;
+                        }
+                        if cfg!(unix) && n < room {
+                            // A short read emptied the socket; a later
+                            // arrival raises a new event (as in loomd's
+                            // event loop).
+                            break;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
