@@ -8,7 +8,7 @@
 # three client endpoints (a follower forwards to the leader). Also measures a
 # single memory-only `loomd` with default settings at 50 connections x 16 in
 # flight, GET only: the target is linearizable reads on the cluster at
-# >= 0.8x that.
+# >= 0.8x that. Last, the published SLO's load: 1,000 writes/s, open loop.
 #
 # Usage: scripts/cluster-side-by-side.sh
 #
@@ -20,6 +20,7 @@
 #   SKIP         points left out, as CxP words ["1000x16"; "" runs all]
 #   VALUE_SIZE   value bytes [1024]
 #   KEYS         distinct keys, all written once before the runs [10000]
+#   SLO_CONNECTIONS  connections sharing the 1,000 writes/s of the SLO run [10]
 #   KEEP_DATA    1 keeps the data directories (printed at the end) [0]
 #
 # Needs: etcd and etcdctl (Debian `etcd-server`, `etcd-client`) and protoc
@@ -34,6 +35,7 @@ cd "$(dirname "$0")/.."
 
 DURATION="${DURATION:-8}"
 WARMUP="${WARMUP:-2}"
+SLO_CONNECTIONS="${SLO_CONNECTIONS:-10}"
 CONNECTIONS="${CONNECTIONS:-1 50 1000}"
 PIPELINES="${PIPELINES:-1 16}"
 # 1000 x 16 puts 16,000 requests in flight, past both systems' admission
@@ -284,8 +286,21 @@ for conns in $CONNECTIONS; do
     done
 done
 
+# --- the published SLO ----------------------------------------------------------
+# Writes at 1,000 per second, open loop (latency counted from when each
+# request was due) over SLO_CONNECTIONS connections; the SLO is p99 <= 100 ms.
+leader="$(loom_leader)"
+slo="$(bench native "${leader:-127.0.0.1:7001}" "$SLO_CONNECTIONS" 1 0 --rate 1000)"
+echo "$slo" >>"$OUT/raw.jsonl"
+
 {
     echo
+    if [ -n "$slo" ]; then
+        echo "LoomCache writes at 1000/s open loop over $SLO_CONNECTIONS connections: $(cells "$slo"), p99.9 $(field "$slo" p999_us) us;" \
+            "the SLO (p99 <= 100 ms) over the p99: $(awk -v p="$(field "$slo" p99_us)" 'BEGIN { printf "%.0fx", 100000 / p }')"
+    else
+        echo "LoomCache writes at 1000/s: failed (see $OUT/bench.log)"
+    fi
     echo "single memory-only loomd, GET, 50x16: $(cells "$single")"
     if [ -n "$read_50x16" ]; then
         echo "3-member LoomCache linearizable read 50x16 ÷ single-node GET 50x16: $(ratio "$read_50x16" "$single") (target >= 0.80x)"

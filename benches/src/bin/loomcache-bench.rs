@@ -92,6 +92,13 @@ struct Args {
     /// Fill every key once before the run (so reads hit).
     #[arg(long)]
     preload: bool,
+    /// Open loop: send this many requests per second in total, spread
+    /// evenly over the connections, instead of each connection sending its
+    /// next batch as soon as the last is answered. Latency then runs from
+    /// the moment a batch was due, so a server that falls behind is
+    /// charged for the wait. Native and RESP backends, with event loops.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -497,6 +504,16 @@ fn main() -> std::process::ExitCode {
         eprintln!("loomcache-bench: --connections, --pipeline and --keys must be at least 1");
         return std::process::ExitCode::from(2);
     }
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            eprintln!("loomcache-bench: --rate must be a positive number of requests per second");
+            return std::process::ExitCode::from(2);
+        }
+        if args.backend == Backend::Etcd || args.io_threads == Some(0) {
+            eprintln!("loomcache-bench: --rate needs the native or RESP backend with --io-threads of at least 1");
+            return std::process::ExitCode::from(2);
+        }
+    }
     if args.backend != Backend::Etcd && args.addr.to_socket_addrs().is_err() {
         eprintln!("loomcache-bench: --addr {:?} is not a socket address", args.addr);
         return std::process::ExitCode::from(2);
@@ -579,9 +596,13 @@ mod events {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
+    use std::os::fd::{AsRawFd, OwnedFd};
+
     use hdrhistogram::Histogram;
     use mio::net::TcpStream;
+    use mio::unix::SourceFd;
     use mio::{Events, Interest, Poll, Token};
+    use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 
     use super::{key_of, new_histogram, Args, Failures, Outcome, Proto, Rng, ERROR_PAUSE, REQUEST_TIMEOUT};
 
@@ -589,11 +610,56 @@ mod events {
     /// looked at when no event comes sooner.
     const SWEEP: Duration = Duration::from_millis(5);
 
+    /// The token of the pacing timer (open loop).
+    const TIMER: Token = Token(usize::MAX);
+
+    /// A one-shot timer with nanosecond resolution that wakes the poll:
+    /// poll timeouts are whole milliseconds, too coarse to send on time at
+    /// thousands of batches per second.
+    struct Pacer {
+        fd: OwnedFd,
+    }
+
+    impl Pacer {
+        fn new(poll: &Poll) -> io::Result<Pacer> {
+            let fd = rustix::time::timerfd_create(
+                TimerfdClockId::Monotonic,
+                TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+            )?;
+            poll.registry()
+                .register(&mut SourceFd(&fd.as_raw_fd()), TIMER, Interest::READABLE)?;
+            Ok(Pacer { fd })
+        }
+
+        /// Fires once, `after` from now (at least a nanosecond: zero would
+        /// disarm it).
+        fn arm(&self, after: Duration) -> io::Result<()> {
+            let after = after.max(Duration::from_nanos(1));
+            let value = Itimerspec {
+                it_interval: Timespec { tv_sec: 0, tv_nsec: 0 },
+                it_value: Timespec {
+                    tv_sec: after.as_secs() as i64,
+                    tv_nsec: i64::from(after.subsec_nanos()),
+                },
+            };
+            rustix::time::timerfd_settime(&self.fd, TimerfdTimerFlags::empty(), &value)?;
+            Ok(())
+        }
+
+        /// Clears an expiry so the next one raises a new event.
+        fn clear(&self) {
+            let mut expirations = [0u8; 8];
+            let _ = rustix::io::read(&self.fd, &mut expirations);
+        }
+    }
+
     /// The run's fixed inputs, shared by a thread's connections.
     struct Load<'a> {
         args: &'a Args,
         value: Vec<u8>,
         read_cut: u64,
+        /// With `--rate`: how often each connection's batch falls due.
+        interval: Option<Duration>,
         measuring: &'a AtomicBool,
         stop: &'a AtomicBool,
     }
@@ -613,8 +679,9 @@ mod events {
         written: usize,
         /// Answers of the batch still to come.
         awaited: usize,
-        /// `failures.count` when the batch was sent.
-        failed_before: u64,
+        /// Requests of the batch answered with an error so far.
+        failed: u64,
+        /// When the batch was sent, or with `--rate` when it was due.
         sent: Instant,
         /// After a batch with a failed request: when to send the next.
         resume_at: Option<Instant>,
@@ -622,16 +689,17 @@ mod events {
     }
 
     impl Driven {
-        /// Encodes a batch and starts sending it.
-        fn start_batch(&mut self, load: &Load<'_>, tally: &Tally) -> io::Result<()> {
+        /// Encodes a batch and starts sending it; `due` is when it was
+        /// scheduled (open loop), else it counts from now.
+        fn start_batch(&mut self, load: &Load<'_>, due: Option<Instant>) -> io::Result<()> {
             for _ in 0..load.args.pipeline {
                 let key = key_of(self.rng.next() % load.args.keys);
                 let read = self.rng.next() < load.read_cut;
                 self.proto.push(read, &key, &load.value);
             }
             self.awaited = load.args.pipeline;
-            self.failed_before = tally.failures.count;
-            self.sent = Instant::now();
+            self.failed = 0;
+            self.sent = due.unwrap_or_else(Instant::now);
             self.send()
         }
 
@@ -656,18 +724,32 @@ mod events {
         /// after a failure, or ends once the run stops.
         fn batch_answered(&mut self, load: &Load<'_>, tally: &mut Tally) -> io::Result<()> {
             let us = self.sent.elapsed().as_micros().max(1) as u64;
-            let failed = tally.failures.count - self.failed_before;
+            let failed = self.failed;
             let answered = load.args.pipeline as u64 - failed;
             if load.measuring.load(Ordering::Relaxed) && answered > 0 {
                 tally.hist.record_n(us, answered).map_err(io::Error::other)?;
                 tally.ops += answered;
             }
+            let now = Instant::now();
             if load.stop.load(Ordering::Relaxed) {
                 self.done = true;
+            } else if let Some(interval) = load.interval {
+                // The next batch is due one interval after this one was,
+                // however long this one took; after a failure, no sooner
+                // than the pause.
+                let mut due = self.sent + interval;
+                if failed > 0 {
+                    due = due.max(now + ERROR_PAUSE);
+                }
+                if due > now {
+                    self.resume_at = Some(due);
+                } else {
+                    self.start_batch(load, Some(due))?;
+                }
             } else if failed > 0 {
-                self.resume_at = Some(Instant::now() + ERROR_PAUSE);
+                self.resume_at = Some(now + ERROR_PAUSE);
             } else {
-                self.start_batch(load, tally)?;
+                self.start_batch(load, None)?;
             }
             Ok(())
         }
@@ -685,7 +767,11 @@ mod events {
                     Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                     Ok(n) => {
                         self.proto.filled(n);
+                        // Only this connection's answers are parsed here,
+                        // so the count's growth is this batch's failures.
+                        let before = tally.failures.count;
                         let got = self.proto.take_answers(self.awaited, &mut tally.failures)?;
+                        self.failed += tally.failures.count - before;
                         self.awaited -= got;
                         if got > 0 && self.awaited == 0 {
                             self.batch_answered(load, tally)?;
@@ -714,6 +800,9 @@ mod events {
             args,
             value: vec![b'v'; args.value_size],
             read_cut: (args.read_ratio.clamp(0.0, 1.0) * u64::MAX as f64) as u64,
+            interval: args
+                .rate
+                .map(|rate| Duration::from_secs_f64(args.connections as f64 * args.pipeline as f64 / rate)),
             measuring,
             stop,
         };
@@ -736,26 +825,51 @@ mod events {
                 rng: Rng(seed | 1),
                 written: 0,
                 awaited: 0,
-                failed_before: 0,
+                failed: 0,
                 sent: Instant::now(),
                 resume_at: None,
                 done: false,
             });
         }
-        for conn in &mut conns {
-            conn.start_batch(&load, &tally)?;
+        let begin = Instant::now();
+        for (i, conn) in conns.iter_mut().enumerate() {
+            match load.interval {
+                // Open loop: the connections' first batches are spread
+                // over one interval (this thread's share of the offsets).
+                Some(interval) => {
+                    conn.resume_at = Some(begin + interval.mul_f64(i as f64 / seeds.len() as f64));
+                }
+                None => conn.start_batch(&load, None)?,
+            }
         }
         let mut events = Events::with_capacity(1024);
         let mut last_sweep = Instant::now();
+        let pacer = match load.interval {
+            Some(_) => Some(Pacer::new(&poll)?),
+            None => None,
+        };
         while conns.iter().any(|c| !c.done) {
+            // Open loop: the timer wakes the poll when the earliest batch
+            // falls due.
+            if let Some(pacer) = &pacer {
+                if let Some(at) = conns.iter().filter_map(|c| c.resume_at).min() {
+                    pacer.arm(at.saturating_duration_since(Instant::now()))?;
+                }
+            }
             poll.poll(&mut events, Some(SWEEP))?;
             for event in events.iter() {
+                if event.token() == TIMER {
+                    if let Some(pacer) = &pacer {
+                        pacer.clear();
+                    }
+                    continue;
+                }
                 if let Some(conn) = conns.get_mut(event.token().0).filter(|c| !c.done) {
                     conn.service(&load, &mut tally)?;
                 }
             }
             let now = Instant::now();
-            if now.duration_since(last_sweep) < SWEEP {
+            if load.interval.is_none() && now.duration_since(last_sweep) < SWEEP {
                 continue;
             }
             last_sweep = now;
@@ -764,7 +878,7 @@ mod events {
                     Some(_) if stop.load(Ordering::Relaxed) => conn.done = true,
                     Some(at) if now >= at => {
                         conn.resume_at = None;
-                        conn.start_batch(&load, &tally)?;
+                        conn.start_batch(&load, load.interval.map(|_| at))?;
                     }
                     Some(_) => {}
                     None if now.duration_since(conn.sent) > REQUEST_TIMEOUT => {
