@@ -462,10 +462,9 @@ impl Running {
                 Ok(Running::Threads(
                     (0..io_threads)
                         .map(|t| {
-                            let seeds: Vec<u64> =
-                                (t..args.connections).step_by(io_threads).map(connection_seed).collect();
+                            let indexes: Vec<usize> = (t..args.connections).step_by(io_threads).collect();
                             let (args, measuring, stop) = (args.clone(), Arc::clone(measuring), Arc::clone(stop));
-                            std::thread::spawn(move || events::run(&args, &seeds, &measuring, &stop))
+                            std::thread::spawn(move || events::run(&args, &indexes, &measuring, &stop))
                         })
                         .collect(),
                 ))
@@ -604,7 +603,9 @@ mod events {
     use mio::{Events, Interest, Poll, Token};
     use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 
-    use super::{key_of, new_histogram, Args, Failures, Outcome, Proto, Rng, ERROR_PAUSE, REQUEST_TIMEOUT};
+    use super::{
+        connection_seed, key_of, new_histogram, Args, Failures, Outcome, Proto, Rng, ERROR_PAUSE, REQUEST_TIMEOUT,
+    };
 
     /// How often paused connections, stalled batches and the stop flag are
     /// looked at when no event comes sooner.
@@ -792,9 +793,14 @@ mod events {
         }
     }
 
-    /// Drives one connection per seed until `stop`, each finishing the
-    /// batch it has out.
-    pub(super) fn run(args: &Args, seeds: &[u64], measuring: &AtomicBool, stop: &AtomicBool) -> io::Result<Outcome> {
+    /// Drives the connections numbered `indexes` (of `--connections`) until
+    /// `stop`, each finishing the batch it has out.
+    pub(super) fn run(
+        args: &Args,
+        indexes: &[usize],
+        measuring: &AtomicBool,
+        stop: &AtomicBool,
+    ) -> io::Result<Outcome> {
         let mut poll = Poll::new()?;
         let load = Load {
             args,
@@ -811,18 +817,18 @@ mod events {
             ops: 0,
             failures: Failures::default(),
         };
-        let mut conns = Vec::with_capacity(seeds.len());
-        for (i, &seed) in seeds.iter().enumerate() {
+        let mut conns = Vec::with_capacity(indexes.len());
+        for (token, &index) in indexes.iter().enumerate() {
             let stream = std::net::TcpStream::connect(args.addr.as_str())?;
             stream.set_nodelay(true)?;
             stream.set_nonblocking(true)?;
             let mut stream = TcpStream::from_std(stream);
             poll.registry()
-                .register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+                .register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)?;
             conns.push(Driven {
                 stream,
                 proto: Proto::new(args.backend)?,
-                rng: Rng(seed | 1),
+                rng: Rng(connection_seed(index) | 1),
                 written: 0,
                 awaited: 0,
                 failed: 0,
@@ -832,12 +838,12 @@ mod events {
             });
         }
         let begin = Instant::now();
-        for (i, conn) in conns.iter_mut().enumerate() {
+        for (conn, &index) in conns.iter_mut().zip(indexes) {
             match load.interval {
-                // Open loop: the connections' first batches are spread
-                // over one interval (this thread's share of the offsets).
+                // Open loop: the first batches of all the run's
+                // connections are spread evenly over one interval.
                 Some(interval) => {
-                    conn.resume_at = Some(begin + interval.mul_f64(i as f64 / seeds.len() as f64));
+                    conn.resume_at = Some(begin + interval.mul_f64(index as f64 / args.connections as f64));
                 }
                 None => conn.start_batch(&load, None)?,
             }
@@ -848,7 +854,9 @@ mod events {
             Some(_) => Some(Pacer::new(&poll)?),
             None => None,
         };
-        while conns.iter().any(|c| !c.done) {
+        // Connections not done, recounted at each sweep.
+        let mut live = conns.len();
+        while live > 0 {
             // Open loop: the timer wakes the poll when the earliest batch
             // falls due.
             if let Some(pacer) = &pacer {
@@ -890,6 +898,7 @@ mod events {
                     None => {}
                 }
             }
+            live = conns.iter().filter(|c| !c.done).count();
         }
         Ok(Outcome {
             hist: tally.hist,
