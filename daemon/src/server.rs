@@ -1058,12 +1058,25 @@ impl EventLoop {
         let Some(generation) = self.conn(conn).map(|c| c.generation) else {
             return;
         };
-        self.parked.entry(queue).or_default().push_back(ParkedPoll {
+        let items = self.cluster.is_some()
+            && self
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .queue_len(&queue)
+                > 0;
+        self.parked.entry(queue.clone()).or_default().push_back(ParkedPoll {
             conn,
             generation,
             frame,
             deadline: Instant::now() + wait,
         });
+        if items {
+            // Parked again after losing an item: one offered since may
+            // already have been handed to the polls parked before.
+            self.propose_parked(&queue);
+        }
     }
 
     /// Runs the polls parked on `queue`, oldest first, while items last.
@@ -1099,8 +1112,9 @@ impl EventLoop {
 
     /// Cluster mode: proposes the oldest polls parked on `queue`, one per
     /// item the queue holds here. A poll proposed this way that finds the
-    /// item taken by another consumer first answers empty before its wait
-    /// ends (it applied, and a retry of its sequence replays that answer).
+    /// item taken by another consumer first is parked again for the rest of
+    /// its wait (an empty poll changes nothing, and the state machine does
+    /// not remember it, so proposing the same frame again polls again).
     fn propose_parked(&mut self, queue: &str) {
         let Some(front) = &self.cluster else { return };
         let Some(mut waiting) = self.parked.remove(queue) else {
@@ -1124,15 +1138,20 @@ impl EventLoop {
                 waiting.push_front(poll);
                 break;
             }
+            let entry: Arc<[u8]> = Arc::from(&poll.frame[..]);
             let reply = cluster_reply(
                 Arc::clone(&self.shared),
                 front.done.clone(),
                 Arc::clone(&front.book),
                 (poll.conn, poll.generation),
                 (request_id_of(&poll.frame), 0),
-                Answer::Applied,
+                Answer::Parked {
+                    queue: queue.into(),
+                    frame: poll.frame,
+                    deadline: poll.deadline,
+                },
             );
-            front.driver.propose(Arc::from(poll.frame), reply);
+            front.driver.propose(entry, reply);
             items -= 1;
         }
         if !waiting.is_empty() {
@@ -1783,6 +1802,25 @@ enum Answer {
     Read(Arc<[u8]>),
     /// An empty success (membership requests).
     Done,
+    /// A poll that was parked and is proposed now that its queue holds an
+    /// item. If another consumer took the item first, it is parked again
+    /// until `deadline` rather than answered empty early.
+    Parked {
+        queue: Box<str>,
+        frame: Vec<u8>,
+        deadline: Instant,
+    },
+}
+
+/// Whether a QUEUE_POLL response frame carries no item.
+fn poll_answered_empty(response: &[u8], limits: &Limits) -> bool {
+    match parse_frame(response, limits) {
+        Ok(Parsed::Frame(f)) => matches!(
+            f.decode_response(Opcode::QueuePoll, limits),
+            Ok(Response::Ok(OkBody::Value(None)))
+        ),
+        _ => false,
+    }
 }
 
 /// The answer path of a request handed to the Raft driver: the outcome
@@ -1799,6 +1837,27 @@ fn cluster_reply(
         let bytes = match outcome {
             Outcome::Applied(bytes) => match answer {
                 Answer::Done => response_frame(request_id, partition, &Response::Ok(OkBody::Empty)),
+                Answer::Parked { queue, frame, deadline } => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() || !poll_answered_empty(&bytes, &shared.limits) {
+                        bytes
+                    } else {
+                        // Back to waiting: handed to the loop to park.
+                        let _ = done.send(Done {
+                            conn,
+                            generation,
+                            result: Executed {
+                                bytes: Vec::new(),
+                                publication: None,
+                                offered: None,
+                                parked: Some((queue, left)),
+                            },
+                            frame: Some(frame),
+                        });
+                        finish(&shared);
+                        return;
+                    }
+                }
                 _ => bytes,
             },
             Outcome::ReadReady => match &answer {
@@ -1846,9 +1905,15 @@ fn cluster_reply(
             result: Executed::answer(bytes),
             frame: None,
         });
-        let resume = shared.backpressure.complete();
-        if !shared.wake_pending.swap(true, Ordering::AcqRel) || resume {
-            let _ = shared.waker.wake();
-        }
+        finish(&shared);
     })
+}
+
+/// A request handed to the driver is done: its admitted work completes,
+/// and the loop is woken to deliver what was sent to it.
+fn finish(shared: &Shared) {
+    let resume = shared.backpressure.complete();
+    if !shared.wake_pending.swap(true, Ordering::AcqRel) || resume {
+        let _ = shared.waker.wake();
+    }
 }

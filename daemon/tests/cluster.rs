@@ -177,3 +177,76 @@ fn a_waiting_poll_is_held_at_the_leader_until_an_offer_commits() {
     );
     assert_eq!(c.queue("q").poll().unwrap(), None, "the item was taken once");
 }
+
+/// A waiting poll woken for an item that another consumer takes first
+/// waits on for the rest of its wait: it answers an item, or nothing only
+/// once the wait is over. Every item offered is taken exactly once.
+#[test]
+fn a_waiting_poll_that_loses_its_item_waits_on() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const WAIT: Duration = Duration::from_millis(1500);
+    const ITEMS: usize = 40;
+    let tmp = tempfile::tempdir().unwrap();
+    let members = three_members();
+    let arg = members_arg(&members);
+    let _procs: Vec<Proc> = members.iter().map(|m| start(m, &arg, tmp.path())).collect();
+    let c = client(&members);
+    put_until_ok(&c, b"k", b"v");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // Consumers that poll without waiting, as fast as they can: their
+    // polls are in the log ahead of a waiting poll proposed for an item.
+    let grabbers: Vec<_> = (0..3)
+        .map(|_| {
+            let (members, stop) = (members.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let c = client(&members);
+                let mut taken = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(item) = c.queue("q").poll().unwrap() {
+                        taken.push(item);
+                    }
+                }
+                taken
+            })
+        })
+        .collect();
+    let waiter = {
+        let (members, stop) = (members.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let c = client(&members);
+            let mut taken = Vec::new();
+            let mut empty_after = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                match c.queue("q").poll_wait(WAIT).unwrap() {
+                    Some(item) => taken.push(item),
+                    None => empty_after.push(started.elapsed()),
+                }
+            }
+            (taken, empty_after)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..ITEMS {
+        assert!(c.queue("q").offer(format!("item-{i}").as_bytes()).unwrap());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let mut all: Vec<Vec<u8>> = grabbers.into_iter().flat_map(|g| g.join().unwrap()).collect();
+    let (waiter_took, empty_after) = waiter.join().unwrap();
+    for waited in &empty_after {
+        assert!(
+            *waited >= WAIT - Duration::from_millis(100),
+            "a waiting poll answered empty after {waited:?}, before its wait"
+        );
+    }
+    all.extend(waiter_took);
+    all.sort();
+    let mut expected: Vec<Vec<u8>> = (0..ITEMS).map(|i| format!("item-{i}").into_bytes()).collect();
+    expected.sort();
+    assert_eq!(all, expected, "every item taken exactly once");
+}

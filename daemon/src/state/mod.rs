@@ -92,6 +92,8 @@ pub struct StateMachine {
     applied: u64,
     /// The last `apply` answered a retry from the deduplication table.
     last_was_replay: bool,
+    /// The last entry applied was a QUEUE_POLL that found nothing.
+    last_poll_found_nothing: bool,
 }
 
 impl StateMachine {
@@ -107,6 +109,7 @@ impl StateMachine {
             now_ms: 0,
             applied: 0,
             last_was_replay: false,
+            last_poll_found_nothing: false,
         }
     }
 
@@ -125,6 +128,12 @@ impl StateMachine {
     /// such as a topic push, must not happen again).
     pub fn last_was_replay(&self) -> bool {
         self.last_was_replay
+    }
+
+    /// Whether the last entry applied was a QUEUE_POLL that found its queue
+    /// empty (and so changed nothing).
+    pub fn last_poll_found_nothing(&self) -> bool {
+        self.last_poll_found_nothing
     }
 
     /// Whether a `QUEUE_POLL` with a wait should wait rather than be
@@ -163,6 +172,7 @@ impl StateMachine {
     pub fn apply(&mut self, entry: &[u8], leader_ms: u64, out: &mut Vec<u8>) -> Outcome {
         self.applied += 1;
         self.last_was_replay = false;
+        self.last_poll_found_nothing = false;
         self.now_ms = self.now_ms.max(leader_ms);
         self.reclaim_expired();
         let frame = match parse_frame(entry, &self.config.limits) {
@@ -186,7 +196,12 @@ impl StateMachine {
         }
         let start = out.len();
         let outcome = self.apply_frame(&frame, out);
-        if let Some((client, seq)) = sequence {
+        // A poll that found nothing changed nothing, so it is not
+        // remembered: a retry of its sequence polls again, which lets a
+        // waiting poll that lost its item to another consumer wait on.
+        let found_nothing = frame.opcode() == Opcode::QueuePoll && self.last_poll_found_nothing;
+        self.last_poll_found_nothing = found_nothing;
+        if let Some((client, seq)) = sequence.filter(|_| !found_nothing) {
             self.dedup.record(client, seq, self.now_ms, outcome, &out[start..]);
         }
         outcome
@@ -400,6 +415,7 @@ impl StateMachine {
             }
             Payload::QueuePoll(p) => {
                 let item = self.queue_mut(p.name)?.and_then(|q| q.pop());
+                self.last_poll_found_nothing = item.is_none();
                 self.encode_owned_value(out, item);
                 return Ok(());
             }

@@ -578,6 +578,30 @@ fn retried_writes_apply_once() {
 }
 
 #[test]
+fn a_poll_that_found_nothing_is_not_remembered() {
+    let mut sm = StateMachine::new(StateConfig::default());
+    let poll = Payload::QueuePoll(QueuePoll {
+        name: "q",
+        wait_ms: 500,
+    });
+    let offer = |item: &'static [u8]| Payload::QueueOffer(NamedValue { name: "q", value: item });
+    assert_eq!(apply_seq(&mut sm, &poll, Some((3, 1)), 0, ok_value), None);
+    apply(&mut sm, &offer(b"a"), 0, |_| ());
+    // The same sequence again polls again: the empty poll changed nothing.
+    assert_eq!(
+        apply_seq(&mut sm, &poll, Some((3, 1)), 0, ok_value),
+        Some(b"a".to_vec())
+    );
+    // Once it took an item, a retry answers that item and takes no other.
+    apply(&mut sm, &offer(b"b"), 0, |_| ());
+    assert_eq!(
+        apply_seq(&mut sm, &poll, Some((3, 1)), 0, ok_value),
+        Some(b"a".to_vec())
+    );
+    assert_eq!(apply(&mut sm, &poll, 0, ok_value), Some(b"b".to_vec()));
+}
+
+#[test]
 fn writes_in_flight_together_may_apply_in_any_order() {
     let config = StateConfig {
         dedup: DedupConfig {
