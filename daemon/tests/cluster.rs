@@ -10,6 +10,18 @@ use std::time::{Duration, Instant};
 use common::cluster::{client, leader_of, members_arg, put_until_ok, start, three_members, Member, Proc};
 use loomcache_client::{Client, ClientConfig};
 
+/// Three members started in a temporary directory, and a client that has
+/// seen a write commit (so a leader is elected).
+fn three_up() -> (tempfile::TempDir, Vec<Member>, Vec<Proc>, Client) {
+    let tmp = tempfile::tempdir().unwrap();
+    let members = three_members();
+    let arg = members_arg(&members);
+    let procs: Vec<Proc> = members.iter().map(|m| start(m, &arg, tmp.path())).collect();
+    let c = client(&members);
+    put_until_ok(&c, b"k", b"v");
+    (tmp, members, procs, c)
+}
+
 #[test]
 fn three_processes_replicate_survive_kill_9_and_recover() {
     let tmp = tempfile::tempdir().unwrap();
@@ -101,11 +113,7 @@ fn three_processes_replicate_survive_kill_9_and_recover() {
 /// read, wherever it lands, sees every acknowledged write.
 #[test]
 fn a_paused_leader_is_replaced_and_serves_no_stale_reads() {
-    let tmp = tempfile::tempdir().unwrap();
-    let members = three_members();
-    let arg = members_arg(&members);
-    let procs: Vec<Proc> = members.iter().map(|m| start(m, &arg, tmp.path())).collect();
-    let c = client(&members);
+    let (_tmp, members, procs, c) = three_up();
     put_until_ok(&c, b"k", b"before");
     let old = leader_of(&members).expect("a leader");
     let pid = procs[old].child.id().to_string();
@@ -143,12 +151,7 @@ fn a_paused_leader_is_replaced_and_serves_no_stale_reads() {
 /// until its wait ends, as on a single node.
 #[test]
 fn a_waiting_poll_is_held_at_the_leader_until_an_offer_commits() {
-    let tmp = tempfile::tempdir().unwrap();
-    let members = three_members();
-    let arg = members_arg(&members);
-    let _procs: Vec<Proc> = members.iter().map(|m| start(m, &arg, tmp.path())).collect();
-    let c = client(&members);
-    put_until_ok(&c, b"k", b"v");
+    let (_tmp, members, _procs, c) = three_up();
 
     let started = Instant::now();
     assert_eq!(c.queue("q").poll_wait(Duration::from_millis(400)).unwrap(), None);
@@ -188,12 +191,7 @@ fn a_waiting_poll_that_loses_its_item_waits_on() {
 
     const WAIT: Duration = Duration::from_millis(1500);
     const ITEMS: usize = 40;
-    let tmp = tempfile::tempdir().unwrap();
-    let members = three_members();
-    let arg = members_arg(&members);
-    let _procs: Vec<Proc> = members.iter().map(|m| start(m, &arg, tmp.path())).collect();
-    let c = client(&members);
-    put_until_ok(&c, b"k", b"v");
+    let (_tmp, members, _procs, c) = three_up();
 
     let stop = Arc::new(AtomicBool::new(false));
     // Consumers that poll without waiting, as fast as they can: their
