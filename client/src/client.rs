@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use loomcache_wire::{
-    AtomicCompareAndSet, Join, Key, KeyValue, Keyed, Leave, MapCompareAndSet, MapGetAll, MapPutAll, MapWrite, Named,
-    NamedLong, NamedValue, Opcode, Page, Payload, Ping, QueueDrain, QueuePoll, Seq, TransferLeader,
+    AtomicCompareAndSet, ErrorCode, Join, Key, KeyValue, Keyed, Leave, MapCompareAndSet, MapGetAll, MapPutAll,
+    MapWrite, Named, NamedLong, NamedValue, Opcode, Page, Payload, Ping, QueueDrain, QueuePoll, Seq, TransferLeader,
 };
 
 use crate::conn::Connection;
@@ -247,6 +247,19 @@ impl Client {
                     redirects += 1;
                 }
                 Err(e) if e.is_retryable() && start.elapsed() < self.config.retry_budget => {
+                    if matches!(
+                        e,
+                        ClientError::Server {
+                            code: ErrorCode::NoLeader | ErrorCode::ShuttingDown,
+                            ..
+                        }
+                    ) {
+                        // This node knows no leader (it may be cut off
+                        // from the others) or is stopping: forget it, so
+                        // the next attempt tries the seeds in turn.
+                        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    }
                     let wait = match &e {
                         ClientError::Busy { retry_after_ms } => {
                             Duration::from_millis(u64::from(*retry_after_ms)).max(self.backoff(attempt))

@@ -25,6 +25,9 @@ pub struct Connection {
     next_request_id: u64,
     limits: Limits,
     timeout: Duration,
+    /// The longest wait of the polls among the pending requests (kept
+    /// until none is pending): an answer may take that much longer.
+    waits: Duration,
     ack: HelloAck,
     /// A transport or connection-level failure happened: never reuse.
     broken: bool,
@@ -53,6 +56,7 @@ impl Connection {
             next_request_id: 1,
             limits,
             timeout: request_timeout,
+            waits: Duration::ZERO,
             broken: false,
             stale_reads: false,
             ack: HelloAck {
@@ -133,6 +137,10 @@ impl Connection {
         encode_frame(&mut self.out, &fields, seq.as_ref(), payload)?;
         self.stream.write_all(&self.out)?;
         self.pending.insert(request_id, payload.opcode());
+        if let Payload::QueuePoll(p) = payload {
+            // The node holds a waiting poll until an item or its wait ends.
+            self.waits = self.waits.max(Duration::from_millis(u64::from(p.wait_ms)));
+        }
         Ok(request_id)
     }
 
@@ -143,11 +151,14 @@ impl Connection {
         // failure of the connection itself.
         let r = self.recv_inner();
         self.broken |= r.is_err();
+        if self.pending.is_empty() {
+            self.waits = Duration::ZERO;
+        }
         r
     }
 
     fn recv_inner(&mut self) -> Result<(u64, Result<Reply>)> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + self.timeout + self.waits;
         loop {
             if let Some(frame) = self.framer.next_frame()? {
                 let id = frame.request_id();
@@ -186,7 +197,7 @@ impl Connection {
                 return Ok((id, reply));
             }
             if !self.fill(deadline)? {
-                return Err(ClientError::Timeout(self.timeout));
+                return Err(ClientError::Timeout(self.timeout + self.waits));
             }
         }
     }

@@ -1159,28 +1159,43 @@ impl EventLoop {
         }
     }
 
-    /// Answers parked polls whose wait ran out: no item.
+    /// Answers parked polls whose wait ran out: no item. In cluster mode,
+    /// once this node is no longer the leader, answers every parked poll
+    /// with a redirect to the new leader (NO_LEADER while there is none):
+    /// offers now commit there, so its client polls again there.
     fn expire_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
         let now = Instant::now();
+        let handoff = self.cluster.as_ref().and_then(|front| {
+            let summary = front.driver.summary();
+            (summary.role != Some(loomcache_consensus::Role::Leader))
+                .then(|| ((summary.leader != 0).then_some(summary.leader), Arc::clone(&front.book)))
+        });
         let mut answers = Vec::new();
         for waiting in self.parked.values_mut() {
             waiting.retain(|poll| {
-                if poll.deadline > now {
+                let request_id = request_id_of(&poll.frame);
+                let answer = if poll.deadline <= now {
+                    response_frame(request_id, 0, &Response::Ok(OkBody::Value(None)))
+                } else if let Some((leader, book)) = &handoff {
+                    not_leader_frame(request_id, 0, *leader, book)
+                } else {
                     return true;
-                }
-                answers.push((poll.conn, poll.generation, request_id_of(&poll.frame)));
+                };
+                answers.push((poll.conn, poll.generation, answer));
                 false
             });
         }
         self.parked.retain(|_, w| !w.is_empty());
-        for (idx, generation, request_id) in answers {
+        for (idx, generation, answer) in answers {
             let Some(conn) = self.conn(idx) else { continue };
             if conn.generation != generation {
                 continue;
             }
             conn.in_flight -= 1;
-            conn.out
-                .push_back(response_frame(request_id, 0, &Response::Ok(OkBody::Value(None))));
+            conn.out.push_back(answer);
             self.flush(idx);
         }
     }
@@ -1864,23 +1879,7 @@ fn cluster_reply(
                 Answer::Read(frame) => execute(&shared, frame, Vec::new()).bytes,
                 _ => error_frame(request_id, ErrorCode::Internal, "a write was answered as a read"),
             },
-            Outcome::NotLeader(Some(id)) => match book.client_addr(id) {
-                Some(addr) => {
-                    let addr = addr.to_string();
-                    let redirect = Redirect {
-                        group: 0,
-                        leader_id: id,
-                        leader_addr: &addr,
-                    };
-                    response_frame(request_id, partition, &Response::Redirect(redirect))
-                }
-                None => error_frame(
-                    request_id,
-                    ErrorCode::NoLeader,
-                    "the leader is not a known member; retry",
-                ),
-            },
-            Outcome::NotLeader(None) => error_frame(request_id, ErrorCode::NoLeader, "no leader is known yet; retry"),
+            Outcome::NotLeader(leader) => not_leader_frame(request_id, partition, leader, &book),
             Outcome::Busy(_) => response_frame(
                 request_id,
                 partition,
@@ -1907,6 +1906,30 @@ fn cluster_reply(
         });
         finish(&shared);
     })
+}
+
+/// The answer of a member that is not the leader: a redirect to the
+/// leader's client address, or NO_LEADER when it is not known.
+fn not_leader_frame(request_id: u64, partition: u16, leader: Option<u64>, book: &AddressBook) -> Vec<u8> {
+    let Some(id) = leader else {
+        return error_frame(request_id, ErrorCode::NoLeader, "no leader is known yet; retry");
+    };
+    match book.client_addr(id) {
+        Some(addr) => {
+            let addr = addr.to_string();
+            let redirect = Redirect {
+                group: 0,
+                leader_id: id,
+                leader_addr: &addr,
+            };
+            response_frame(request_id, partition, &Response::Redirect(redirect))
+        }
+        None => error_frame(
+            request_id,
+            ErrorCode::NoLeader,
+            "the leader is not a known member; retry",
+        ),
+    }
 }
 
 /// A request handed to the driver is done: its admitted work completes,

@@ -7,8 +7,32 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::cluster::{client, leader_of, members_arg, put_until_ok, start, three_members, Member, Proc};
+use common::cluster::{
+    client, leader_of, members_arg, put_until_ok, start, three_members, wait_for_leader, Member, Proc, ProxiedCluster,
+};
 use loomcache_client::{Client, ClientConfig};
+
+/// A client on its own thread that polls queue `q` with `wait`: the item
+/// (or none) and how long the poll took.
+fn spawn_poller(members: &[Member], wait: Duration) -> std::thread::JoinHandle<(Option<Vec<u8>>, Duration)> {
+    let members = members.to_vec();
+    std::thread::spawn(move || {
+        let c = client(&members);
+        let started = Instant::now();
+        let got = c.queue("q").poll_wait(wait).unwrap();
+        (got, started.elapsed())
+    })
+}
+
+/// Every member but the one at index `skip`.
+fn all_but(members: &[Member], skip: usize) -> Vec<Member> {
+    members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != skip)
+        .map(|(_, m)| *m)
+        .collect()
+}
 
 /// Three members started in a temporary directory, and a client that has
 /// seen a write commit (so a leader is elected).
@@ -120,12 +144,7 @@ fn a_paused_leader_is_replaced_and_serves_no_stale_reads() {
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     // Well past the lease and the election timeout (30 ticks of 10 ms).
     std::thread::sleep(Duration::from_millis(1500));
-    let others: Vec<Member> = members
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != old)
-        .map(|(_, m)| *m)
-        .collect();
+    let others = all_but(&members, old);
     let c2 = client(&others);
     put_until_ok(&c2, b"k", b"after");
     assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
@@ -161,15 +180,7 @@ fn a_waiting_poll_is_held_at_the_leader_until_an_offer_commits() {
         started.elapsed()
     );
 
-    let poller = {
-        let members = members.clone();
-        std::thread::spawn(move || {
-            let c = client(&members);
-            let started = Instant::now();
-            let got = c.queue("q").poll_wait(Duration::from_secs(4)).unwrap();
-            (got, started.elapsed())
-        })
-    };
+    let poller = spawn_poller(&members, Duration::from_secs(4));
     std::thread::sleep(Duration::from_millis(300));
     assert!(c.queue("q").offer(b"item").unwrap());
     let (got, waited) = poller.join().unwrap();
@@ -247,4 +258,60 @@ fn a_waiting_poll_that_loses_its_item_waits_on() {
     let mut expected: Vec<Vec<u8>> = (0..ITEMS).map(|i| format!("item-{i}").into_bytes()).collect();
     expected.sort();
     assert_eq!(all, expected, "every item taken exactly once");
+}
+
+/// A poll waiting at a leader that hands leadership over is redirected to
+/// the new leader and waits there, so an item offered after the change
+/// reaches it before its wait ends.
+#[test]
+fn a_waiting_poll_follows_the_leadership() {
+    let (_tmp, members, _procs, c) = three_up();
+    let old = leader_of(&members).expect("a leader");
+    let poller = spawn_poller(&members, Duration::from_secs(8));
+    std::thread::sleep(Duration::from_millis(300));
+    let to = members[(old + 1) % members.len()].id;
+    c.transfer_leader(to).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while leader_of(&members) != Some((old + 1) % members.len()) {
+        assert!(Instant::now() < deadline, "leadership did not move to {to}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Time for the poll to be redirected and parked at the new leader.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(c.queue("q").offer(b"item").unwrap());
+    let (got, waited) = poller.join().unwrap();
+    assert_eq!(got, Some(b"item".to_vec()), "answered after {waited:?}");
+    assert!(
+        waited < Duration::from_secs(6),
+        "the poll waited out its wait: {waited:?}"
+    );
+}
+
+/// A poll waiting at a leader that is cut off from the other members is
+/// answered NO_LEADER once that leader steps down, instead of waiting out
+/// its wait where no offer can commit: its client then finds the new
+/// leader through the other members and waits there.
+#[test]
+fn a_waiting_poll_leaves_a_leader_cut_off_from_the_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = ProxiedCluster::new();
+    let _procs: Vec<Proc> = (0..3).map(|i| cluster.start(i, tmp.path())).collect();
+    let members = cluster.members.clone();
+    let c = client(&members);
+    put_until_ok(&c, b"k", b"v");
+    let old = leader_of(&members).expect("a leader");
+    let poller = spawn_poller(&members, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.isolate(old);
+    let others = all_but(&members, old);
+    wait_for_leader(&others, Duration::from_secs(10)).expect("the other two elect a leader");
+    // The offer goes to the new leader; the cut-off one could never commit it.
+    assert!(client(&others).queue("q").offer(b"item").unwrap());
+    let (got, waited) = poller.join().unwrap();
+    cluster.heal();
+    assert_eq!(got, Some(b"item".to_vec()), "answered after {waited:?}");
+    assert!(
+        waited < Duration::from_secs(9),
+        "the poll waited out its wait: {waited:?}"
+    );
 }

@@ -84,6 +84,21 @@ fn every_operation_through_the_client() {
     assert_eq!(q.drain(1).unwrap(), vec![b"2".to_vec()]);
     assert_eq!(q.clear().unwrap(), 1);
     assert_eq!(q.poll_wait(Duration::from_millis(150)).unwrap(), None);
+    // A wait longer than the client's request timeout is still waited out.
+    let patient = Client::connect(ClientConfig {
+        addrs: vec![node.addr],
+        request_timeout: Duration::from_millis(200),
+        retry_budget: Duration::from_millis(300),
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(patient.queue("q").poll_wait(Duration::from_millis(700)).unwrap(), None);
+    assert!(
+        started.elapsed() >= Duration::from_millis(650),
+        "{:?}",
+        started.elapsed()
+    );
     let s = c.set("s");
     assert!(s.add(b"x").unwrap());
     assert!(s.contains(b"x").unwrap());
