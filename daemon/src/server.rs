@@ -810,14 +810,17 @@ impl EventLoop {
                             "membership changes need cluster mode (--members)",
                         )),
                         (Some(_), Err(e)) => Some(error_frame(request_id, ErrorCode::Malformed, &e)),
-                        (Some(front), Ok(request)) => match request.check(&front.driver.membership().conf) {
+                        (Some(front), Ok(request)) => match request.check(&front.driver.membership().conf, &front.book)
+                        {
                             Err(why) => Some(error_frame(request_id, ErrorCode::InvalidArgument, &why)),
-                            Ok(()) if !self.shared.backpressure.try_admit() => Some(response_frame(
+                            // Already so (a retried add): nothing to change.
+                            Ok(false) => Some(response_frame(request_id, 0, &Response::Ok(OkBody::Empty))),
+                            Ok(true) if !self.shared.backpressure.try_admit() => Some(response_frame(
                                 request_id,
                                 0,
                                 &Response::ServerBusy(Busy { retry_after_ms: 10 }),
                             )),
-                            Ok(()) => {
+                            Ok(true) => {
                                 let reply = cluster_reply(
                                     Arc::clone(&self.shared),
                                     front.done.clone(),
@@ -1686,17 +1689,26 @@ fn membership_request(frame: &loomcache_wire::Frame<'_>, limits: &Limits) -> Res
 
 impl MembershipRequest {
     /// Refuses what cannot be done in `conf`; the core re-checks when it
-    /// proposes (the configuration may change in between).
-    fn check(&self, conf: &ConfState) -> Result<(), String> {
+    /// proposes (the configuration may change in between). `Ok(false)`:
+    /// the change is already in effect (adding a member that is one with
+    /// the same addresses), so a retried add succeeds without a change.
+    fn check(&self, conf: &ConfState, book: &AddressBook) -> Result<bool, String> {
         let member = |id: u64| conf.voters.contains(&id) || conf.learners.contains(&id);
         match *self {
             MembershipRequest::Join(m) if m.id == 0 => Err("node id 0 is reserved".into()),
-            MembershipRequest::Join(m) if member(m.id) => Err(format!("node {} is already a member", m.id)),
+            MembershipRequest::Join(m) if member(m.id) => match book.members().into_iter().find(|b| b.id == m.id) {
+                Some(known) if known == m => Ok(false),
+                Some(known) => Err(format!(
+                    "node {} is already a member, with client address {} and peer address {}",
+                    m.id, known.client_addr, known.peer_addr
+                )),
+                None => Err(format!("node {} is already a member", m.id)),
+            },
             MembershipRequest::Leave(id) if !member(id) => Err(format!("node {id} is not a member")),
             MembershipRequest::Leave(id) if conf.voters == [id] => Err("the last voter cannot be removed".into()),
             MembershipRequest::Transfer(id) if !conf.voters.contains(&id) => Err(format!("node {id} is not a voter")),
             _ if conf.is_joint() => Err("a membership change is still in progress; retry".into()),
-            _ => Ok(()),
+            _ => Ok(true),
         }
     }
 
