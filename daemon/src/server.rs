@@ -810,32 +810,43 @@ impl EventLoop {
                             "membership changes need cluster mode (--members)",
                         )),
                         (Some(_), Err(e)) => Some(error_frame(request_id, ErrorCode::Malformed, &e)),
-                        (Some(front), Ok(request)) => match request.check(&front.driver.membership().conf, &front.book)
-                        {
-                            Err(why) => Some(error_frame(request_id, ErrorCode::InvalidArgument, &why)),
-                            // Already so (a retried add): nothing to change.
-                            Ok(false) => Some(response_frame(request_id, 0, &Response::Ok(OkBody::Empty))),
-                            Ok(true) if !self.shared.backpressure.try_admit() => Some(response_frame(
-                                request_id,
-                                0,
-                                &Response::ServerBusy(Busy { retry_after_ms: 10 }),
-                            )),
-                            Ok(true) => {
-                                let reply = cluster_reply(
-                                    Arc::clone(&self.shared),
-                                    front.done.clone(),
-                                    Arc::clone(&front.book),
-                                    (idx, conn.generation),
-                                    (request_id, frame.header().partition()),
-                                    Answer::Done,
-                                );
-                                conn.in_flight += 1;
-                                request.submit(&front.driver, reply);
-                                conn.start += len;
-                                conn.partial_since = None;
-                                continue;
+                        // Only the leader judges a request against its
+                        // configuration: another member's view may lag (a
+                        // joining node's is empty), so there the request
+                        // goes to the driver, which redirects it.
+                        (Some(front), Ok(request)) => {
+                            let leads = front.driver.summary().role == Some(loomcache_consensus::Role::Leader);
+                            let verdict = if leads {
+                                request.check(&front.driver.membership().conf, &front.book)
+                            } else {
+                                Ok(true)
+                            };
+                            match verdict {
+                                Err(why) => Some(error_frame(request_id, ErrorCode::InvalidArgument, &why)),
+                                // Already so (a retried add): nothing to change.
+                                Ok(false) => Some(response_frame(request_id, 0, &Response::Ok(OkBody::Empty))),
+                                Ok(true) if !self.shared.backpressure.try_admit() => Some(response_frame(
+                                    request_id,
+                                    0,
+                                    &Response::ServerBusy(Busy { retry_after_ms: 10 }),
+                                )),
+                                Ok(true) => {
+                                    let reply = cluster_reply(
+                                        Arc::clone(&self.shared),
+                                        front.done.clone(),
+                                        Arc::clone(&front.book),
+                                        (idx, conn.generation),
+                                        (request_id, frame.header().partition()),
+                                        Answer::Done,
+                                    );
+                                    conn.in_flight += 1;
+                                    request.submit(&front.driver, reply);
+                                    conn.start += len;
+                                    conn.partial_since = None;
+                                    continue;
+                                }
                             }
-                        },
+                        }
                     }
                 }
                 OpClass::Subscription if opcode == Opcode::TopicSubscribe => Some(match frame.decode(&limits) {
