@@ -832,9 +832,8 @@ impl EventLoop {
                                 )),
                                 Ok(true) => {
                                     let reply = cluster_reply(
-                                        Arc::clone(&self.shared),
-                                        front.done.clone(),
-                                        Arc::clone(&front.book),
+                                        &self.shared,
+                                        front,
                                         (idx, conn.generation),
                                         (request_id, frame.header().partition()),
                                         Answer::Done,
@@ -942,9 +941,8 @@ impl EventLoop {
                 let bytes: Arc<[u8]> = Arc::from(frame.bytes());
                 let is_read = opcode.class() == OpClass::Read;
                 let reply = cluster_reply(
-                    Arc::clone(&self.shared),
-                    front.done.clone(),
-                    Arc::clone(&front.book),
+                    &self.shared,
+                    front,
                     (idx, conn.generation),
                     (request_id, frame.header().partition()),
                     if is_read {
@@ -1080,15 +1078,16 @@ impl EventLoop {
                 .unwrap_or_else(|p| p.into_inner())
                 .queue_len(&queue)
                 > 0;
-        self.parked.entry(queue.clone()).or_default().push_back(ParkedPoll {
+        // Parked again after losing an item: one offered since may already
+        // have been handed to the polls parked before.
+        let retry = items.then(|| queue.clone());
+        self.parked.entry(queue).or_default().push_back(ParkedPoll {
             conn,
             generation,
             frame,
             deadline: Instant::now() + wait,
         });
-        if items {
-            // Parked again after losing an item: one offered since may
-            // already have been handed to the polls parked before.
+        if let Some(queue) = retry {
             self.propose_parked(&queue);
         }
     }
@@ -1154,9 +1153,8 @@ impl EventLoop {
             }
             let entry: Arc<[u8]> = Arc::from(&poll.frame[..]);
             let reply = cluster_reply(
-                Arc::clone(&self.shared),
-                front.done.clone(),
-                Arc::clone(&front.book),
+                &self.shared,
+                front,
                 (poll.conn, poll.generation),
                 (request_id_of(&poll.frame), 0),
                 Answer::Parked {
@@ -1864,13 +1862,13 @@ fn poll_answered_empty(response: &[u8], limits: &Limits) -> bool {
 /// The answer path of a request handed to the Raft driver: the outcome
 /// becomes a response frame on the request's connection.
 fn cluster_reply(
-    shared: Arc<Shared>,
-    done: Sender<Done>,
-    book: Arc<AddressBook>,
+    shared: &Arc<Shared>,
+    front: &ClusterFront,
     (conn, generation): (usize, u64),
     (request_id, partition): (u64, u16),
     answer: Answer,
 ) -> crate::raft::Reply {
+    let (shared, done, book) = (Arc::clone(shared), front.done.clone(), Arc::clone(&front.book));
     Box::new(move |outcome| {
         let bytes = match outcome {
             Outcome::Applied(bytes) => match answer {

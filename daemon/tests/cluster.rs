@@ -260,9 +260,8 @@ fn a_waiting_poll_that_loses_its_item_waits_on() {
     assert_eq!(all, expected, "every item taken exactly once");
 }
 
-/// A poll waiting at a leader that hands leadership over is redirected to
-/// the new leader and waits there, so an item offered after the change
-/// reaches it before its wait ends.
+/// A poll waiting at a leader that hands leadership over still receives an
+/// item offered at the new leader, before its wait ends.
 #[test]
 fn a_waiting_poll_follows_the_leadership() {
     let (_tmp, members, _procs, c) = three_up();

@@ -92,7 +92,7 @@ pub struct StateMachine {
     applied: u64,
     /// The last `apply` answered a retry from the deduplication table.
     last_was_replay: bool,
-    /// The last entry applied was a QUEUE_POLL that found nothing.
+    /// Set by a QUEUE_POLL that found nothing, for `apply` to see.
     last_poll_found_nothing: bool,
 }
 
@@ -128,12 +128,6 @@ impl StateMachine {
     /// such as a topic push, must not happen again).
     pub fn last_was_replay(&self) -> bool {
         self.last_was_replay
-    }
-
-    /// Whether the last entry applied was a QUEUE_POLL that found its queue
-    /// empty (and so changed nothing).
-    pub fn last_poll_found_nothing(&self) -> bool {
-        self.last_poll_found_nothing
     }
 
     /// Whether a `QUEUE_POLL` with a wait should wait rather than be
@@ -200,7 +194,6 @@ impl StateMachine {
         // remembered: a retry of its sequence polls again, which lets a
         // waiting poll that lost its item to another consumer wait on.
         let found_nothing = frame.opcode() == Opcode::QueuePoll && self.last_poll_found_nothing;
-        self.last_poll_found_nothing = found_nothing;
         if let Some((client, seq)) = sequence.filter(|_| !found_nothing) {
             self.dedup.record(client, seq, self.now_ms, outcome, &out[start..]);
         }
