@@ -597,7 +597,6 @@ mod events {
 
     use std::os::fd::{AsRawFd, OwnedFd};
 
-    use hdrhistogram::Histogram;
     use mio::net::TcpStream;
     use mio::unix::SourceFd;
     use mio::{Events, Interest, Poll, Token};
@@ -665,13 +664,6 @@ mod events {
         stop: &'a AtomicBool,
     }
 
-    /// What a thread measured, over all its connections.
-    struct Tally {
-        hist: Histogram<u64>,
-        ops: u64,
-        failures: Failures,
-    }
-
     struct Driven {
         stream: TcpStream,
         proto: Proto,
@@ -723,7 +715,7 @@ mod events {
 
         /// The batch is answered: records it and starts the next, pauses
         /// after a failure, or ends once the run stops.
-        fn batch_answered(&mut self, load: &Load<'_>, tally: &mut Tally) -> io::Result<()> {
+        fn batch_answered(&mut self, load: &Load<'_>, tally: &mut Outcome) -> io::Result<()> {
             let us = self.sent.elapsed().as_micros().max(1) as u64;
             let failed = self.failed;
             let answered = load.args.pipeline as u64 - failed;
@@ -757,7 +749,7 @@ mod events {
 
         /// Handles a readiness event: sends what is pending and reads
         /// until the socket is empty.
-        fn service(&mut self, load: &Load<'_>, tally: &mut Tally) -> io::Result<()> {
+        fn service(&mut self, load: &Load<'_>, tally: &mut Outcome) -> io::Result<()> {
             if self.written < self.proto.out().len() {
                 self.send()?;
             }
@@ -812,7 +804,8 @@ mod events {
             measuring,
             stop,
         };
-        let mut tally = Tally {
+        // What this thread measured, over all its connections.
+        let mut tally = Outcome {
             hist: new_histogram()?,
             ops: 0,
             failures: Failures::default(),
@@ -900,11 +893,7 @@ mod events {
             }
             live = conns.iter().filter(|c| !c.done).count();
         }
-        Ok(Outcome {
-            hist: tally.hist,
-            ops: tally.ops,
-            failures: tally.failures,
-        })
+        Ok(tally)
     }
 }
 
