@@ -8,6 +8,12 @@
 //!
 //! Truncation bumps a generation: a flush that started before it may cover
 //! bytes that are no longer the log, so its completion is ignored.
+//!
+//! Waiters sleep on one of two condition variables, by flush round: those
+//! whose index the round in flight covers on that round's, the others on
+//! the next round's. A completed round wakes exactly its own waiters with a
+//! single call; one call per waiter would keep the flush thread busy waking
+//! threads for longer than the flush itself takes.
 
 use crate::sync::{Condvar, Mutex, MutexGuard};
 
@@ -29,6 +35,22 @@ struct State {
     closing: bool,
     /// The flush thread has exited: nothing more will become durable.
     stopped: bool,
+    /// Flush rounds started; the round in flight (if any) is this one.
+    round: u64,
+    /// The target of the round in flight.
+    in_flight: Option<u64>,
+}
+
+impl State {
+    /// Which of the two condition variables a waiter for `index` sleeps
+    /// on: the round in flight's if that round covers it, else the next's.
+    fn round_of(&self, index: u64) -> usize {
+        let round = match self.in_flight {
+            Some(target) if index <= target => self.round,
+            _ => self.round + 1,
+        };
+        (round % 2) as usize
+    }
 }
 
 /// What [`GroupCommit::next_work_within`] found.
@@ -50,22 +72,27 @@ pub struct FlushTicket {
     generation: u64,
 }
 
-/// Waiters for index `i` sleep on condition variable `i % WAIT_STRIPES`,
-/// so a flush wakes the appenders it released and, mostly, no others: with
-/// one shared condition variable every flush would wake every waiter.
-#[cfg(not(loom))]
-const WAIT_STRIPES: usize = 64;
-#[cfg(loom)]
-const WAIT_STRIPES: usize = 2;
-
 /// The shared state of group commit.
 #[derive(Debug)]
 pub struct GroupCommit {
     state: Mutex<State>,
-    /// Signalled when `durable` passes a waiter's index, or on poison or stop.
-    durable_changed: [Condvar; WAIT_STRIPES],
+    /// By round parity: signalled when that round completes (or on
+    /// truncation, poison or stop, both).
+    durable_changed: [Condvar; 2],
     /// Signalled when `appended` or `closing` changes.
     work_arrived: Condvar,
+}
+
+impl State {
+    /// Starts a flush round covering everything appended.
+    fn start_round(&mut self) -> FlushTicket {
+        self.round += 1;
+        self.in_flight = Some(self.appended);
+        FlushTicket {
+            target: self.appended,
+            generation: self.generation,
+        }
+    }
 }
 
 impl GroupCommit {
@@ -79,8 +106,10 @@ impl GroupCommit {
                 poisoned: false,
                 closing: false,
                 stopped: false,
+                round: 0,
+                in_flight: None,
             }),
-            durable_changed: core::array::from_fn(|_| Condvar::new()),
+            durable_changed: [Condvar::new(), Condvar::new()],
             work_arrived: Condvar::new(),
         }
     }
@@ -89,24 +118,9 @@ impl GroupCommit {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn stripe(&self, index: u64) -> &Condvar {
-        &self.durable_changed[(index % WAIT_STRIPES as u64) as usize]
-    }
-
     fn wake_all(&self) {
         for cv in &self.durable_changed {
             cv.notify_all();
-        }
-    }
-
-    /// Wakes the waiters of indexes `from..=to`.
-    fn wake_range(&self, from: u64, to: u64) {
-        if to.saturating_sub(from) >= WAIT_STRIPES as u64 - 1 {
-            self.wake_all();
-        } else {
-            for index in from..=to {
-                self.stripe(index).notify_all();
-            }
         }
     }
 
@@ -129,7 +143,7 @@ impl GroupCommit {
         s.durable = s.durable.max(index);
         drop(s);
         if index > before {
-            self.wake_range(before + 1, index);
+            self.wake_all();
         }
     }
 
@@ -147,7 +161,8 @@ impl GroupCommit {
             if s.stopped {
                 return Err(CommitError::Closed);
             }
-            s = self.stripe(index).wait(s).unwrap_or_else(|p| p.into_inner());
+            let cv = &self.durable_changed[s.round_of(index)];
+            s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -171,10 +186,7 @@ impl GroupCommit {
                 return None;
             }
             if s.appended > s.durable {
-                return Some(FlushTicket {
-                    target: s.appended,
-                    generation: s.generation,
-                });
+                return Some(s.start_round());
             }
             if s.closing {
                 return None;
@@ -193,10 +205,7 @@ impl GroupCommit {
                 return Idle::Done;
             }
             if s.appended > s.durable {
-                return Idle::Work(FlushTicket {
-                    target: s.appended,
-                    generation: s.generation,
-                });
+                return Idle::Work(s.start_round());
             }
             if s.closing {
                 return Idle::Done;
@@ -225,18 +234,21 @@ impl GroupCommit {
     /// target durable (unless a truncation intervened); `Err` poisons.
     pub fn completed(&self, ticket: FlushTicket, ok: bool) {
         let mut s = self.lock();
-        let before = s.durable;
+        let current = ok && ticket.generation == s.generation;
         if !ok {
             s.poisoned = true;
-        } else if ticket.generation == s.generation && ticket.target > s.durable {
+        } else if current && ticket.target > s.durable {
             s.durable = ticket.target;
         }
-        let after = s.durable;
+        s.in_flight = None;
+        let cv = (s.round % 2) as usize;
         drop(s);
-        if !ok {
+        if current {
+            // Every waiter of this round is covered; the next round's
+            // waiters sleep on the other variable.
+            self.durable_changed[cv].notify_all();
+        } else {
             self.wake_all();
-        } else if after > before {
-            self.wake_range(before + 1, after);
         }
     }
 
@@ -247,6 +259,10 @@ impl GroupCommit {
         s.generation += 1;
         s.appended = index;
         s.durable = s.durable.min(index);
+        drop(s);
+        // Waiters chose their variable by the round in flight, which no
+        // longer counts: let them choose again.
+        self.wake_all();
     }
 
     /// Asks the flush thread to drain what was appended and exit.

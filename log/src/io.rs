@@ -2,10 +2,8 @@
 //! inject disk-full and flush failures without a special filesystem.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::path::Path;
-
-use memmap2::MmapRaw;
 
 /// File-system operations used by the log. The default methods are the
 /// real calls; a test implementation overrides some to fail.
@@ -17,9 +15,19 @@ pub trait LogIo: Send + Sync + core::fmt::Debug + 'static {
         rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len).map_err(io::Error::from)
     }
 
-    /// Makes `len` bytes of a mapping from `offset` durable (msync).
-    fn flush_mapping(&self, map: &MmapRaw, offset: usize, len: usize) -> io::Result<()> {
-        map.flush_range(offset, len)
+    /// Writes all of `bufs`, in order, to a segment file at `offset`
+    /// (pwritev, repeated after a short write). The slices may be advanced
+    /// past what was written.
+    fn write_segment(&self, file: &File, bufs: &mut [IoSlice<'_>], offset: u64) -> io::Result<()> {
+        write_all_vectored_at(file, bufs, offset)
+    }
+
+    /// Makes a segment file's bytes from `offset` for `len` durable. The
+    /// real call is fdatasync, which covers the whole file; the range says
+    /// which bytes the caller needs covered (fault tests record it).
+    fn sync_segment(&self, file: &File, offset: usize, len: usize) -> io::Result<()> {
+        let _ = (offset, len);
+        file.sync_data()
     }
 
     /// Writes all of `buf` to `file` at its current position.
@@ -54,3 +62,24 @@ pub trait LogIo: Send + Sync + core::fmt::Debug + 'static {
 pub struct OsIo;
 
 impl LogIo for OsIo {}
+
+/// pwritev until every byte of `bufs` is written at `offset` onwards.
+/// `bufs` is consumed: on return its slices are advanced past what was
+/// written.
+pub(crate) fn write_all_vectored_at(file: &File, mut bufs: &mut [IoSlice<'_>], mut offset: u64) -> io::Result<()> {
+    // IOV_MAX on Linux; longer lists go in several calls.
+    const MAX_IOVECS: usize = 1024;
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let take = bufs.len().min(MAX_IOVECS);
+        let n = match rustix::io::pwritev(file, &bufs[..take], offset) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        offset += n as u64;
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}

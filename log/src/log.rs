@@ -8,9 +8,10 @@
 //! segment's mapping and file go with the last list that holds it, so no
 //! reader ever touches an unmapped segment.
 
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use crossbeam_epoch::{self as epoch, Guard};
@@ -20,16 +21,16 @@ use crate::epoch::EpochCell;
 use crate::commit::{CommitError, GroupCommit, Idle};
 use crate::error::{LogError, Result};
 use crate::io::{LogIo, OsIo};
-use crate::record::{decode_record, encode_record, Record, RECORD_HEADER_LEN};
-use crate::segment::{Segment, SegmentMeta, SEGMENT_HEADER_LEN};
+use crate::record::{decode_record, encode_header, Record, RECORD_HEADER_LEN};
+use crate::segment::{Prepared, Segment, SegmentMeta, PREPARED_PREFIX, PREPARED_SUFFIX, SEGMENT_HEADER_LEN};
 
 /// Whether appends wait for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PersistMode {
-    /// Records are written to the mapped files but never flushed; an
+    /// Records are written to the segment files but never flushed; an
     /// append is "durable" at once. For memory-only deployments and tests.
     None,
-    /// A flush thread makes appends durable by group commit (msync); an
+    /// A flush thread makes appends durable by group commit (fdatasync); an
     /// appender learns its records are durable only after a flush covering
     /// them completed. The default.
     Sync,
@@ -48,6 +49,13 @@ pub struct LogConfig {
     /// along with the next flush for free; only an idle log pays for a
     /// separate one. Default 5 ms.
     pub idle_flush_delay: std::time::Duration,
+    /// With persist `Sync`, a thread keeps the next segment file ready:
+    /// allocated, zero-filled and flushed, so that rotation does not wait
+    /// for it and flushes of its records are data flushes only. Costs one
+    /// segment of disk space. Without it (or while the next file is not
+    /// ready) rotation creates a file whose space is only allocated.
+    /// Default true.
+    pub prepare_segments: bool,
     /// The file-system calls (replaced in fault tests).
     pub io: Arc<dyn LogIo>,
 }
@@ -58,6 +66,7 @@ impl Default for LogConfig {
             segment_bytes: 64 << 20,
             persist: PersistMode::Sync,
             idle_flush_delay: std::time::Duration::from_millis(5),
+            prepare_segments: true,
             io: Arc::new(OsIo),
         }
     }
@@ -123,7 +132,27 @@ pub(crate) struct Shared {
     flush: Mutex<FlushState>,
     /// Completed flush rounds, for statistics.
     flush_rounds: AtomicU64,
+    /// The next segment file, made ready ahead of need (persist `Sync`).
+    preparer: Preparer,
 }
+
+/// Keeps one zero-filled segment file ready, so that rotation neither
+/// waits for the filling nor writes into merely allocated space.
+#[derive(Debug, Default)]
+struct Preparer {
+    state: Mutex<PreparerState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PreparerState {
+    ready: Option<Prepared>,
+    stop: bool,
+}
+
+/// How long the preparer waits after a failure (a full disk, say) before
+/// it tries again; rotation meanwhile creates segments itself.
+const PREPARE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 struct FlushState {
@@ -157,6 +186,7 @@ pub struct Log {
 struct FlusherHandle {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    preparer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl FlusherHandle {
@@ -168,6 +198,14 @@ impl FlusherHandle {
                 let _ = h.join();
             }
             None => self.shared.commit.stopped(),
+        }
+        lock(&self.shared.preparer.state).stop = true;
+        self.shared.preparer.changed.notify_all();
+        if let Some(h) = lock(&self.preparer).take() {
+            let _ = h.join();
+        }
+        if let Some(p) = lock(&self.shared.preparer.state).ready.take() {
+            p.discard();
         }
     }
 }
@@ -195,6 +233,7 @@ impl Log {
         config.validate()?;
         std::fs::create_dir_all(dir).map_err(|e| LogError::io("create log directory", dir, e))?;
         let dir_lock = lock_dir(dir)?;
+        remove_prepared_files(dir)?;
         let recovered = crate::recovery::recover(dir, &config, snapshot_index)?;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -211,6 +250,7 @@ impl Log {
             last_index: AtomicU64::new(recovered.last_index),
             flush: Mutex::new(FlushState::default()),
             flush_rounds: AtomicU64::new(0),
+            preparer: Preparer::default(),
             config,
         });
         {
@@ -238,10 +278,33 @@ impl Log {
             }
             PersistMode::None => None,
         };
+        let preparer = match shared.config.persist {
+            PersistMode::Sync if shared.config.prepare_segments => {
+                let s = Arc::clone(&shared);
+                let spawned = std::thread::Builder::new()
+                    .name("loomcache-log-prepare".into())
+                    .spawn(move || s.prepare_loop())
+                    .map_err(|e| LogError::io("spawn segment preparer", dir, e));
+                match spawned {
+                    Ok(handle) => Some(handle),
+                    Err(e) => {
+                        // Stop the flush thread before failing the open.
+                        drop(FlusherHandle {
+                            shared: Arc::clone(&shared),
+                            thread: Mutex::new(flusher),
+                            preparer: Mutex::new(None),
+                        });
+                        return Err(e);
+                    }
+                }
+            }
+            PersistMode::Sync | PersistMode::None => None,
+        };
         let log = Log {
             handle: Arc::new(FlusherHandle {
                 shared: Arc::clone(&shared),
                 thread: Mutex::new(flusher),
+                preparer: Mutex::new(preparer),
             }),
             shared,
         };
@@ -381,30 +444,88 @@ impl Log {
             self.shared.replace(list, &guard);
         }
 
-        // Phase 2: write; nothing here can fail.
-        let mut targets = tail.into_iter().chain(new_segments);
-        let mut target = targets.next().expect("phase 1 planned a segment");
-        let mut last = first - 1;
-        for record in records() {
-            let len = record.encoded_len();
-            if target.free() < len {
-                target = targets.next().expect("phase 1 planned a segment for every record");
+        // Phase 2: write each segment's share with as few pwritev calls as
+        // the iovec limit allows, then publish everything at once. A failed
+        // write publishes nothing and poisons the log: the bytes on disk
+        // are no longer known.
+        let targets: Vec<Arc<Segment>> = tail.into_iter().chain(new_segments).collect();
+        let counts: Vec<usize> = targets.iter().map(|t| t.offsets_len()).collect();
+        let ends = match self.write_records(&targets, records()) {
+            Ok(ends) => ends,
+            Err(e) => {
+                for (t, &count) in targets.iter().zip(&counts) {
+                    t.forget_offsets_after(count);
+                }
+                self.shared.commit.poison();
+                return Err(e);
             }
-            target.append(
-                record.index,
-                |dst| encode_record(dst, &record).expect("the destination was sized for the record"),
-                len,
-            );
-            last = record.index;
-            // Readers may see each record as soon as it is written.
-            self.shared.last_index.store(last, Ordering::Release);
+        };
+        for (t, end) in targets.iter().zip(ends) {
+            if let Some(end) = end {
+                t.publish(end);
+            }
         }
+        let last = first + count - 1;
+        self.shared.last_index.store(last, Ordering::Release);
         writer.last_term = term;
         match self.shared.config.persist {
             PersistMode::Sync => self.shared.commit.appended(last),
             PersistMode::None => self.shared.commit.assume_durable(last),
         }
         Ok(Appended { first, last })
+    }
+
+    /// Writes `records` into `targets` (the tail, then segments created
+    /// for the batch, in order), moving on when a record does not fit.
+    /// Answers the new end of each target that received records.
+    fn write_records<'a>(
+        &self,
+        targets: &[Arc<Segment>],
+        records: impl Iterator<Item = Record<'a>>,
+    ) -> Result<Vec<Option<usize>>> {
+        /// Records per pwritev call: a header and a payload slice each.
+        const BATCH: usize = 64;
+        let io = &*self.shared.config.io;
+        let mut ends: Vec<Option<usize>> = vec![None; targets.len()];
+        let mut t = 0;
+        let mut at = targets[0].end();
+        let mut headers = [[0u8; RECORD_HEADER_LEN]; BATCH];
+        let mut payloads: [&[u8]; BATCH] = [&[]; BATCH];
+        let mut pending = 0;
+        let mut pending_len = 0;
+        let mut records = records.peekable();
+        loop {
+            let next = records.peek().map(Record::encoded_len);
+            let moves_on = next.is_some_and(|len| targets[t].capacity() - (at + pending_len) < len);
+            if pending > 0 && (pending == BATCH || next.is_none() || moves_on) {
+                let mut bufs: [IoSlice<'_>; 2 * BATCH] = [IoSlice::new(&[]); 2 * BATCH];
+                for i in 0..pending {
+                    bufs[2 * i] = IoSlice::new(&headers[i]);
+                    bufs[2 * i + 1] = IoSlice::new(payloads[i]);
+                }
+                targets[t]
+                    .write(io, at, pending_len, &mut bufs[..2 * pending])
+                    .map_err(|e| LogError::io("write records", targets[t].path(), e))?;
+                at += pending_len;
+                ends[t] = Some(at);
+                pending = 0;
+                pending_len = 0;
+            }
+            let Some(record) = records.next() else {
+                break;
+            };
+            if moves_on {
+                t += 1;
+                at = targets[t].end();
+            }
+            let len = record.encoded_len();
+            targets[t].push_offset(record.index, at + pending_len);
+            headers[pending] = encode_header(&record).expect("phase 1 checked the record's size");
+            payloads[pending] = record.payload;
+            pending += 1;
+            pending_len += len;
+        }
+        Ok(ends)
     }
 
     /// Blocks until every index up to `index` is durable.
@@ -573,6 +694,24 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
+/// Deletes segment files a preparer left unfinished or unused: they hold
+/// no records, and a new preparer builds its own.
+fn remove_prepared_files(dir: &Path) -> Result<()> {
+    let listing = std::fs::read_dir(dir).map_err(|e| LogError::io("list log directory", dir, e))?;
+    for entry in listing {
+        let entry = entry.map_err(|e| LogError::io("list log directory", dir, e))?;
+        let name = entry.file_name();
+        let prepared = name
+            .to_str()
+            .is_some_and(|n| n.starts_with(PREPARED_PREFIX) && n.ends_with(PREPARED_SUFFIX));
+        if prepared {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| LogError::io("remove unused segment file", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -621,6 +760,7 @@ impl Shared {
             &*self.config.io,
             meta,
             self.config.segment_bytes,
+            self.take_prepared(),
         )?);
         writer.next_seq += 1;
         lock(&self.flush).flushed.push((seq, SEGMENT_HEADER_LEN));
@@ -666,8 +806,7 @@ impl Shared {
                 Idle::TimedOut => {
                     // Idle: make the watermark current and durable on its
                     // own, so a quiet log is fully covered by it.
-                    self.refresh_watermark();
-                    if !self.flush_header() {
+                    if !self.refresh_watermark() || !self.flush_header() {
                         self.commit.poison();
                         break;
                     }
@@ -677,11 +816,8 @@ impl Shared {
             };
         }
         // A clean stop leaves the watermark covering everything flushed.
-        if !self.commit.is_poisoned() {
-            self.refresh_watermark();
-            if !self.flush_header() {
-                self.commit.poison();
-            }
+        if !self.commit.is_poisoned() && (!self.refresh_watermark() || !self.flush_header()) {
+            self.commit.poison();
         }
         self.commit.stopped();
     }
@@ -690,14 +826,20 @@ impl Shared {
     /// whose header watermark changed is flushed from its first byte so
     /// the header rides along in the same call.
     fn flush_round(&self, refresh_watermark: bool) -> bool {
-        // The segment list and the last index are read together under the
-        // writer lock, so the watermark never names records that a
-        // concurrent truncation or rotation moved elsewhere.
+        // A round that refreshes the watermark reads the segment list and
+        // the last index together under the writer lock, so the watermark
+        // never names records that a concurrent truncation or rotation
+        // moved elsewhere. Other rounds do not wait for appenders: the last
+        // index is read first, and every record up to it lies in a segment
+        // published before it (segments are listed before records are
+        // written into them); a truncation since then voids the round's
+        // completion anyway.
         let (segments, durable_target) = {
-            let _writer = lock(&self.writer);
+            let _writer = refresh_watermark.then(|| lock(&self.writer));
+            let last = self.last_index.load(Ordering::Acquire);
             let guard = epoch::pin();
             let list = self.load(&guard).list.clone();
-            (Segments { list }, self.last_index.load(Ordering::Acquire))
+            (Segments { list }, last)
         };
         let mut flush = lock(&self.flush);
         let io = &*self.config.io;
@@ -725,7 +867,9 @@ impl Shared {
             if let Some(tail) = segments.list.last() {
                 // Everything up to the index read before flushing is
                 // durable now; record that in the tail's header.
-                tail.set_watermark(durable_target);
+                if tail.set_watermark(io, durable_target).is_err() {
+                    return false;
+                }
                 flush.header_dirty = Some(Arc::clone(tail));
             }
         }
@@ -733,14 +877,65 @@ impl Shared {
     }
 
     /// Writes the highest flushed index into the tail's header.
-    fn refresh_watermark(&self) {
+    fn refresh_watermark(&self) -> bool {
         let _writer = lock(&self.writer);
         let guard = epoch::pin();
         let segments = self.load(&guard);
         let mut flush = lock(&self.flush);
         if let Some(tail) = segments.list.last() {
-            tail.set_watermark(flush.flushed_through.min(self.commit.durable()));
+            let watermark = flush.flushed_through.min(self.commit.durable());
+            if tail.set_watermark(&*self.config.io, watermark).is_err() {
+                return false;
+            }
             flush.header_dirty = Some(Arc::clone(tail));
+        }
+        true
+    }
+
+    /// The ready segment file, if there is one; the preparer starts on the
+    /// next.
+    fn take_prepared(&self) -> Option<Prepared> {
+        let taken = lock(&self.preparer.state).ready.take();
+        if taken.is_some() {
+            self.preparer.changed.notify_all();
+        }
+        taken
+    }
+
+    /// The preparer thread: keeps one zero-filled segment file ready until
+    /// the log stops. Each file gets its own name, so a file being renamed
+    /// into place is never the one being built.
+    fn prepare_loop(&self) {
+        let mut built = 0u64;
+        loop {
+            {
+                let mut state = lock(&self.preparer.state);
+                while state.ready.is_some() && !state.stop {
+                    state = self.preparer.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+                if state.stop {
+                    return;
+                }
+            }
+            built += 1;
+            let name = format!("{PREPARED_PREFIX}{built}{PREPARED_SUFFIX}");
+            match Prepared::create(&self.dir.join(name), &*self.config.io, self.config.segment_bytes) {
+                Ok(prepared) => {
+                    let mut state = lock(&self.preparer.state);
+                    if state.stop {
+                        prepared.discard();
+                        return;
+                    }
+                    state.ready = Some(prepared);
+                }
+                Err(_) => {
+                    let state = lock(&self.preparer.state);
+                    if state.stop {
+                        return;
+                    }
+                    let _ = self.preparer.changed.wait_timeout(state, PREPARE_RETRY);
+                }
+            }
         }
     }
 

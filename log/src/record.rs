@@ -136,20 +136,13 @@ fn checksum(header: &[u8], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// Writes a record into `out` and answers its length. The payload is copied
-/// once, here.
-pub fn encode_record(out: &mut [u8], record: &Record<'_>) -> Result<usize, RecordError> {
-    let total = record.encoded_len();
+/// The header bytes of `record`, checksum included: what goes before its
+/// payload on disk.
+pub fn encode_header(record: &Record<'_>) -> Result<[u8; RECORD_HEADER_LEN], RecordError> {
     let payload_len = u32::try_from(record.payload.len()).map_err(|_| RecordError::NoRoom {
-        needed: total as u64,
+        needed: record.encoded_len() as u64,
         available: u64::from(u32::MAX),
     })?;
-    let Some(dst) = out.get_mut(..total) else {
-        return Err(RecordError::NoRoom {
-            needed: total as u64,
-            available: out.len() as u64,
-        });
-    };
     let mut header = RecordHeader {
         payload_len: U32::new(payload_len),
         crc: U32::new(0),
@@ -160,8 +153,24 @@ pub fn encode_record(out: &mut [u8], record: &Record<'_>) -> Result<usize, Recor
         timestamp_ms: U64::new(record.timestamp_ms),
     };
     header.crc = U32::new(checksum(header.as_bytes(), record.payload));
+    let mut out = [0u8; RECORD_HEADER_LEN];
+    out.copy_from_slice(header.as_bytes());
+    Ok(out)
+}
+
+/// Writes a record into `out` and answers its length. The payload is copied
+/// once, here.
+pub fn encode_record(out: &mut [u8], record: &Record<'_>) -> Result<usize, RecordError> {
+    let total = record.encoded_len();
+    let header = encode_header(record)?;
+    let Some(dst) = out.get_mut(..total) else {
+        return Err(RecordError::NoRoom {
+            needed: total as u64,
+            available: out.len() as u64,
+        });
+    };
     let (head, body) = dst.split_at_mut(RECORD_HEADER_LEN);
-    head.copy_from_slice(header.as_bytes());
+    head.copy_from_slice(&header);
     body.copy_from_slice(record.payload);
     Ok(total)
 }

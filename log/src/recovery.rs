@@ -18,9 +18,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{LogError, Result};
-use crate::log::{LogConfig, Recovered};
+use crate::log::{LogConfig, PersistMode, Recovered};
 use crate::record::{decode_record, RecordError};
-use crate::segment::{Segment, SegmentMeta, SEGMENT_HEADER_LEN};
+use crate::segment::{Prepared, Segment, SegmentMeta, PREPARED_PREFIX, PREPARED_SUFFIX, SEGMENT_HEADER_LEN};
 
 /// Where a segment's valid records stop before its written space ends.
 #[derive(Debug)]
@@ -254,7 +254,21 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig, floor: u64) -> Result<Reco
             watermark: floor,
         };
         next_seq += 1;
-        out.push(Arc::new(Segment::create(dir, &*config.io, meta, config.segment_bytes)?));
+        // A new log's first segment is filled like every later one, so its
+        // flushes are data flushes too.
+        let prepared = if config.persist == PersistMode::Sync && config.prepare_segments {
+            let path = dir.join(format!("{PREPARED_PREFIX}0{PREPARED_SUFFIX}"));
+            Some(Prepared::create(&path, &*config.io, config.segment_bytes)?)
+        } else {
+            None
+        };
+        out.push(Arc::new(Segment::create(
+            dir,
+            &*config.io,
+            meta,
+            config.segment_bytes,
+            prepared,
+        )?));
         return Ok(Recovered {
             segments: out,
             first_index,

@@ -17,6 +17,13 @@
 //! Records start at byte 64 and follow each other without padding; the
 //! space after the last record is zero.
 //!
+//! Writes go through the file (pwritev), reads through the mapping: both
+//! are the same page-cache pages, so a record's bytes are copied once, from
+//! the caller's buffer into the pages the mapping shows. Writing through
+//! the mapping instead would make every first store to a page after a
+//! flush take a write fault, and on ext4 that fault dirties the journal, so
+//! each flush became a journal commit as well as a data flush.
+//!
 //! Concurrency: exactly one thread at a time writes records (the holder of
 //! the log's writer lock) and only beyond `end`; readers only read below
 //! `end`, which is published with release ordering after the bytes are
@@ -24,6 +31,7 @@
 //! no reader reads the header after the segment is opened.
 
 use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::RwLock;
@@ -89,11 +97,68 @@ pub(crate) fn segment_file_name(seq: u64, first_index: u64) -> String {
     format!("{seq:020}-{first_index:020}.seg")
 }
 
+/// File names of [`Prepared`] segment files: prefix, a number, suffix.
+/// Recovery reads only `.seg` files; the log deletes these at open.
+pub(crate) const PREPARED_PREFIX: &str = "prepared-";
+pub(crate) const PREPARED_SUFFIX: &str = ".tmp";
+
+/// Zeros written per call when filling a file.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// A segment file made ready ahead of need: its space allocated, every
+/// byte written with zeros and flushed, so that records later written into
+/// it change no file-system metadata and a flush is a data flush only
+/// (writing into merely allocated space converts extents, which costs a
+/// journal commit per flush on ext4).
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    path: PathBuf,
+    file: File,
+    capacity: usize,
+}
+
+impl Prepared {
+    /// Builds a zero-filled file of `capacity` bytes at `path`, replacing
+    /// any earlier one.
+    pub fn create(path: &Path, io: &dyn LogIo, capacity: usize) -> Result<Prepared> {
+        let path = path.to_path_buf();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| LogError::io("create segment file", &path, e))?;
+        let fail = |what: &'static str, e: std::io::Error| {
+            let _ = std::fs::remove_file(&path);
+            LogError::io(what, &path, e)
+        };
+        io.allocate(&file, capacity as u64)
+            .map_err(|e| fail("preallocate segment", e))?;
+        let zeros = vec![0u8; ZERO_CHUNK.min(capacity)];
+        let mut at = 0;
+        while at < capacity {
+            let n = zeros.len().min(capacity - at);
+            io.write_segment(&file, &mut [IoSlice::new(&zeros[..n])], at as u64)
+                .map_err(|e| fail("zero-fill segment", e))?;
+            at += n;
+        }
+        io.sync_segment(&file, 0, capacity)
+            .map_err(|e| fail("flush zero-filled segment", e))?;
+        Ok(Prepared { path, file, capacity })
+    }
+
+    /// Deletes the file.
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// A mapped segment.
 #[derive(Debug)]
 pub(crate) struct Segment {
     path: PathBuf,
-    _file: File,
+    file: File,
     map: MmapRaw,
     capacity: usize,
     meta: SegmentMeta,
@@ -107,43 +172,76 @@ pub(crate) struct Segment {
 
 impl Segment {
     /// Creates, preallocates and maps a new segment, and makes its header
-    /// and directory entry durable before answering.
-    pub fn create(dir: &Path, io: &dyn LogIo, meta: SegmentMeta, capacity: usize) -> Result<Segment> {
+    /// and directory entry durable before answering. A `prepared` file of
+    /// the same capacity becomes the segment (renamed into place);
+    /// otherwise a new file's space is only allocated.
+    pub fn create(
+        dir: &Path,
+        io: &dyn LogIo,
+        meta: SegmentMeta,
+        capacity: usize,
+        prepared: Option<Prepared>,
+    ) -> Result<Segment> {
         let path = dir.join(segment_file_name(meta.seq, meta.first_index));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| LogError::io("create segment", &path, e))?;
-        // Until the segment exists, a failure removes the file so that a
+        let (file, from) = match prepared {
+            Some(p) if p.capacity == capacity => (p.file, Some(p.path)),
+            other => {
+                if let Some(p) = other {
+                    p.discard();
+                }
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|e| LogError::io("create segment", &path, e))?;
+                if let Err(e) = io.allocate(&file, capacity as u64) {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(LogError::io("preallocate segment", &path, e));
+                }
+                (file, None)
+            }
+        };
+        // Until the segment exists, a failure removes its file so that a
         // retry can create it again.
+        let written = path.clone();
         let remove_on_error = |e: LogError| {
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(from.as_deref().unwrap_or(&written));
             e
         };
-        io.allocate(&file, capacity as u64)
-            .map_err(|e| remove_on_error(LogError::io("preallocate segment", &path, e)))?;
+        let header = SegmentHeader::sealed(meta.seq, meta.first_index, capacity as u64, meta.watermark);
+        io.write_segment(&file, &mut [IoSlice::new(header.as_bytes())], 0)
+            .map_err(|e| remove_on_error(LogError::io("write segment header", &path, e)))?;
+        // The header is durable before the name is: a segment file that
+        // recovery finds always has a valid header.
+        io.sync_segment(&file, 0, SEGMENT_HEADER_LEN)
+            .map_err(|e| remove_on_error(LogError::io("flush segment header", &path, e)))?;
+        if let Some(from) = &from {
+            io.rename(from, &path)
+                .map_err(|e| remove_on_error(LogError::io("rename prepared segment", &path, e)))?;
+        }
         let map = MmapOptions::new()
             .len(capacity)
-            .map_raw(&file)
-            .map_err(|e| remove_on_error(LogError::io("map segment", &path, e)))?;
+            .map_raw_read_only(&file)
+            .map_err(|e| LogError::io("map segment", &path, e));
         let segment = Segment {
             path,
-            _file: file,
-            map,
+            file,
+            map: match map {
+                Ok(map) => map,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&written);
+                    return Err(e);
+                }
+            },
             capacity,
             meta,
             offsets: RwLock::new(Vec::new()),
             end: AtomicUsize::new(SEGMENT_HEADER_LEN),
             remove_on_drop: AtomicBool::new(false),
         };
-        let header = SegmentHeader::sealed(meta.seq, meta.first_index, capacity as u64, meta.watermark);
-        segment.write_header(&header);
         // From here a failure drops the segment, which removes its file.
         segment.remove_when_dropped();
-        io.flush_mapping(&segment.map, 0, SEGMENT_HEADER_LEN)
-            .map_err(|e| LogError::io("flush segment header", &segment.path, e))?;
         io.sync_dir(dir)
             .map_err(|e| LogError::io("sync log directory", dir, e))?;
         segment.keep();
@@ -203,19 +301,28 @@ impl Segment {
                 .map_err(|e| LogError::io("re-extend segment", path, e))?;
         }
         let capacity = capacity as usize;
-        // Recovery reads every byte: populating the mapping up front costs
-        // one bulk fault-in instead of one fault per page.
+        // Recovery reads every byte: start reading the whole file now, in
+        // large requests, so that faulting the mapping in finds it cached.
+        // Only a hint; failure changes nothing.
+        let _ = rustix::fs::fadvise(
+            &file,
+            0,
+            std::num::NonZeroU64::new(capacity as u64),
+            rustix::fs::Advice::WillNeed,
+        );
+        // Populating the mapping up front costs one bulk fault-in instead
+        // of one fault per page.
         let map = MmapOptions::new()
             .len(capacity)
             .populate()
-            .map_raw(&file)
+            .map_raw_read_only(&file)
             .map_err(|e| LogError::io("map segment", path, e))?;
         // Recovery reads the whole segment front to back: ask for
         // aggressive read-ahead. Only a hint; failure changes nothing.
         let _ = map.advise(memmap2::Advice::Sequential);
         Ok(Segment {
             path: path.to_path_buf(),
-            _file: file,
+            file,
             map,
             capacity,
             meta: SegmentMeta {
@@ -290,49 +397,75 @@ impl Segment {
         unsafe { core::slice::from_raw_parts(self.map.as_ptr().add(from), to - from) }
     }
 
-    /// Writes a record's bytes at the current end and publishes them.
-    /// Called only by the holder of the log's writer lock.
-    pub fn append(&self, index: u64, write: impl FnOnce(&mut [u8]) -> usize, len: usize) -> usize {
-        let at = self.end.load(Ordering::Relaxed);
-        assert!(len <= self.capacity - at, "append of {len} bytes overflows the segment");
+    /// Writes `bufs` at byte `at`, which is at or beyond `end`, without
+    /// publishing them. Called only by the holder of the log's writer lock.
+    pub fn write(&self, io: &dyn LogIo, at: usize, len: usize, bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+        assert!(
+            at >= self.end.load(Ordering::Relaxed) && len <= self.capacity - at,
+            "write of {len} bytes at {at} is outside the free space"
+        );
+        io.write_segment(&self.file, bufs, at as u64)
+    }
+
+    /// Notes that the record with `index` starts at byte `at`; it becomes
+    /// readable once [`Segment::publish`] moves `end` past it.
+    pub fn push_offset(&self, index: u64, at: usize) {
         let mut offsets = self.offsets.write().unwrap_or_else(|p| p.into_inner());
         assert_eq!(
             self.meta.first_index + offsets.len() as u64,
             index,
             "append out of order"
         );
-        // SAFETY: `at..at + len` is inside the mapping (checked above) and at
-        // or beyond `end`, so no reader holds a slice of it (readers only
-        // read below `end`); the writer lock makes this the only writer.
-        let dst = unsafe { core::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(at), len) };
-        let written = write(dst);
-        assert_eq!(written, len, "record writer wrote {written} of {len} bytes");
         offsets.push(at as u32);
-        drop(offsets);
-        self.end.store(at + len, Ordering::Release);
-        at
     }
 
-    /// Zeroes `from..capacity`, skipping pages that are already zero, so
-    /// stale bytes after a torn tail can never be mistaken for records.
-    /// Called by recovery before the segment is shared.
+    /// Forgets offsets pushed beyond the first `count` (an append that
+    /// failed before publishing).
+    pub fn forget_offsets_after(&self, count: usize) {
+        self.offsets.write().unwrap_or_else(|p| p.into_inner()).truncate(count);
+    }
+
+    /// Records pushed so far.
+    pub fn offsets_len(&self) -> usize {
+        self.offsets.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Makes every byte below `end` readable.
+    pub fn publish(&self, end: usize) {
+        assert!(end <= self.capacity, "published end {end} beyond the segment");
+        self.end.store(end, Ordering::Release);
+    }
+
+    /// Zeroes `from..capacity` where it is not zero already, so stale bytes
+    /// after a torn tail can never be mistaken for records. Called by
+    /// recovery before the segment is shared.
     pub fn zero_from(&self, from: usize, io: &dyn LogIo) -> Result<()> {
         let len = self.capacity - from;
-        // SAFETY: `from..capacity` is inside the mapping; recovery calls this
-        // before the segment is shared with readers or the flush thread, so
-        // nothing else reads or writes these bytes.
-        let tail = unsafe { core::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(from), len) };
         let mut dirty = None;
-        for (i, chunk) in tail.chunks_mut(4096).enumerate() {
-            if chunk.iter().any(|&b| b != 0) {
-                chunk.fill(0);
-                let lo = from + i * 4096;
-                let hi = lo + chunk.len();
-                dirty = Some(dirty.map_or((lo, hi), |(a, _)| (a, hi)));
+        {
+            // SAFETY: `from..capacity` is inside the mapping; recovery calls
+            // this before the segment is shared, so nothing writes these
+            // bytes while the slice lives (the zeroing below writes through
+            // the file after this block, where `tail` is gone).
+            let tail = unsafe { core::slice::from_raw_parts(self.map.as_ptr().add(from), len) };
+            for (i, chunk) in tail.chunks(4096).enumerate() {
+                if chunk.iter().any(|&b| b != 0) {
+                    let lo = from + i * 4096;
+                    let hi = lo + chunk.len();
+                    dirty = Some(dirty.map_or((lo, hi), |(a, _)| (a, hi)));
+                }
             }
         }
         if let Some((lo, hi)) = dirty {
-            io.flush_mapping(&self.map, lo, hi - lo)
+            let zeros = vec![0u8; ZERO_CHUNK.min(hi - lo)];
+            let mut at = lo;
+            while at < hi {
+                let n = zeros.len().min(hi - at);
+                io.write_segment(&self.file, &mut [IoSlice::new(&zeros[..n])], at as u64)
+                    .map_err(|e| LogError::io("zero torn tail", &self.path, e))?;
+                at += n;
+            }
+            io.sync_segment(&self.file, lo, hi - lo)
                 .map_err(|e| LogError::io("flush zeroed tail", &self.path, e))?;
         }
         Ok(())
@@ -341,26 +474,18 @@ impl Segment {
     /// Makes `from..to` durable.
     pub fn flush(&self, io: &dyn LogIo, from: usize, to: usize) -> std::io::Result<()> {
         if to > from {
-            io.flush_mapping(&self.map, from, to - from)
+            io.sync_segment(&self.file, from, to - from)
         } else {
             Ok(())
         }
     }
 
-    fn write_header(&self, header: &SegmentHeader) {
-        // SAFETY: the header occupies the first 64 bytes of the mapping,
-        // which no reader reads after `open`; header writes come from
-        // `create` (before sharing) and `set_watermark`, which the flush
-        // thread serialises.
-        let dst = unsafe { core::slice::from_raw_parts_mut(self.map.as_mut_ptr(), SEGMENT_HEADER_LEN) };
-        dst.copy_from_slice(header.as_bytes());
-    }
-
     /// Records in the header that every index up to `watermark` is durable.
-    /// The header page is made durable by the next flush of this segment.
-    pub fn set_watermark(&self, watermark: u64) {
+    /// The header is made durable by the next flush of this segment. Only
+    /// the flush thread calls this once the segment is shared.
+    pub fn set_watermark(&self, io: &dyn LogIo, watermark: u64) -> std::io::Result<()> {
         let header = SegmentHeader::sealed(self.meta.seq, self.meta.first_index, self.capacity as u64, watermark);
-        self.write_header(&header);
+        io.write_segment(&self.file, &mut [IoSlice::new(header.as_bytes())], 0)
     }
 
     /// Deletes the file once the last reference is dropped.

@@ -8,7 +8,7 @@
 //! successful flush, and the directory still opens afterwards.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -17,7 +17,6 @@ use std::time::Duration;
 use loomcache_log::{
     pin, Log, LogConfig, LogError, LogIo, OsIo, PersistMode, RecordKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
-use memmap2::MmapRaw;
 
 const ENOSPC: i32 = 28;
 const EIO: i32 = 5;
@@ -33,6 +32,13 @@ const LARGE_SEGMENT_BYTES: usize = 1 << 16;
 struct FaultIo {
     allocations_left: AtomicU64,
     flushes_left: AtomicU64,
+    /// Segment writes outside the flush thread (records, new segments'
+    /// headers, zero fill) allowed before they fail.
+    writes_left: AtomicU64,
+    /// Prepared files renamed into place as segments.
+    prepared_renames: AtomicU64,
+    /// Files the preparer thread finished (its final flush succeeded).
+    prepared_built: AtomicU64,
     allocations_refused: AtomicU64,
     flush_calls: AtomicU64,
     flushes_failed: AtomicU64,
@@ -48,6 +54,9 @@ impl FaultIo {
         Arc::new(FaultIo {
             allocations_left: AtomicU64::new(allocations),
             flushes_left: AtomicU64::new(flushes),
+            writes_left: AtomicU64::new(UNLIMITED),
+            prepared_renames: AtomicU64::new(0),
+            prepared_built: AtomicU64::new(0),
             allocations_refused: AtomicU64::new(0),
             flush_calls: AtomicU64::new(0),
             flushes_failed: AtomicU64::new(0),
@@ -92,22 +101,46 @@ impl LogIo for FaultIo {
         OsIo.allocate(file, len)
     }
 
-    fn flush_mapping(&self, map: &MmapRaw, offset: usize, len: usize) -> io::Result<()> {
+    fn sync_segment(&self, file: &File, offset: usize, len: usize) -> io::Result<()> {
         self.flush_calls.fetch_add(1, Ordering::SeqCst);
         if !FaultIo::draw(&self.flushes_left) {
             self.flushes_failed.fetch_add(1, Ordering::SeqCst);
             return Err(io::Error::from_raw_os_error(EIO));
         }
-        OsIo.flush_mapping(map, offset, len)?;
+        OsIo.sync_segment(file, offset, len)?;
         self.flushed_to.fetch_max(offset + len, Ordering::SeqCst);
+        if std::thread::current().name() == Some("loomcache-log-prepare") {
+            self.prepared_built.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn write_segment(&self, file: &File, bufs: &mut [IoSlice<'_>], offset: u64) -> io::Result<()> {
+        // Only appenders' writes fail: the flush thread's header writes
+        // would poison the log on their own schedule.
+        if !is_flush_thread() && !FaultIo::draw(&self.writes_left) {
+            return Err(io::Error::from_raw_os_error(EIO));
+        }
+        OsIo.write_segment(file, bufs, offset)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        OsIo.rename(from, to)?;
+        let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_owned();
+        if name(from).starts_with("prepared-") && name(to).ends_with(".seg") {
+            self.prepared_renames.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(())
     }
 }
 
+/// Segments are created on demand (no preparer), so every allocation and
+/// flush the tests count comes from the operation under test.
 fn config(io: &Arc<FaultIo>, segment_bytes: usize, persist: PersistMode) -> LogConfig {
     LogConfig {
         segment_bytes,
         persist,
+        prepare_segments: false,
         io: Arc::clone(io) as Arc<dyn LogIo>,
         ..LogConfig::default()
     }
@@ -553,7 +586,7 @@ impl HeldFlush {
 }
 
 impl LogIo for HeldFlush {
-    fn flush_mapping(&self, map: &MmapRaw, offset: usize, len: usize) -> io::Result<()> {
+    fn sync_segment(&self, file: &File, offset: usize, len: usize) -> io::Result<()> {
         if is_flush_thread() && self.armed.swap(false, Ordering::SeqCst) {
             self.state.lock().unwrap().0 = true;
             self.changed.notify_all();
@@ -564,7 +597,7 @@ impl LogIo for HeldFlush {
             // lock this flush holds.
             std::thread::sleep(Duration::from_millis(20));
         }
-        OsIo.flush_mapping(map, offset, len)?;
+        OsIo.sync_segment(file, offset, len)?;
         if is_flush_thread() && self.recording.load(Ordering::SeqCst) {
             self.record_image();
         }
@@ -758,6 +791,151 @@ fn unrelated_files_in_the_directory_are_left_alone() {
     log.close().unwrap();
     assert_eq!(std::fs::read(&notes).unwrap(), b"operator notes");
     assert_eq!(stray_files(dir.path()), vec![notes]);
+}
+
+// ------------------------------------------------------- prepared segments
+
+/// Files a preparer built and has not handed over yet.
+fn prepared_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("prepared-"))
+        .collect()
+}
+
+fn with_preparer(io: &Arc<FaultIo>, segment_bytes: usize) -> LogConfig {
+    LogConfig {
+        prepare_segments: true,
+        ..config(io, segment_bytes, PersistMode::Sync)
+    }
+}
+
+/// Waits (bounded) until the preparer thread has finished `n` files.
+fn wait_for_prepared(io: &FaultIo, n: u64) {
+    for _ in 0..1000 {
+        if io.prepared_built.load(Ordering::SeqCst) >= n {
+            // Finished means flushed; it is handed over just after, under
+            // one lock.
+            std::thread::sleep(Duration::from_millis(50));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("the preparer did not finish file {n} within 2 s");
+}
+
+#[test]
+fn rotation_takes_the_prepared_file_and_the_next_one_is_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = FaultIo::healthy();
+    let log = Log::open(dir.path(), with_preparer(&io, SMALL_SEGMENT_BYTES)).unwrap();
+    // The first segment is itself built as a prepared file.
+    assert_eq!(io.prepared_renames.load(Ordering::SeqCst), 1);
+    let mut last = 0;
+    for rotation in 1..=5 {
+        wait_for_prepared(&io, rotation);
+        let segments = segment_files(dir.path()).len();
+        while segment_files(dir.path()).len() == segments {
+            last = append_one(&log, 1).unwrap();
+        }
+        assert_eq!(io.prepared_renames.load(Ordering::SeqCst), 1 + rotation);
+        assert!(
+            prepared_files(dir.path()).len() <= 1,
+            "{:?}",
+            prepared_files(dir.path())
+        );
+    }
+    log.wait_durable(last).unwrap();
+    closes_clean_and_reopens(dir.path(), log, last);
+}
+
+/// Closes `log` (holding records `1..=last`), checks that only segments
+/// remain, and that a reopen finds every record.
+fn closes_clean_and_reopens(dir: &Path, log: Log, last: u64) {
+    check_records(&log, 1, last);
+    log.close().unwrap();
+    drop(log);
+    assert!(
+        prepared_files(dir).is_empty(),
+        "a closed log leaves its prepared file behind"
+    );
+    assert!(stray_files(dir).is_empty(), "{:?}", stray_files(dir));
+    let log = open_healthy(dir).unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (1, last));
+    check_records(&log, 1, last);
+}
+
+#[test]
+fn a_prepared_file_left_by_a_crash_is_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with_records(dir.path(), 20);
+    // As if the process died while building the next file.
+    let leftover = dir.path().join("prepared-3.tmp");
+    std::fs::write(&leftover, vec![0u8; SMALL_SEGMENT_BYTES / 2]).unwrap();
+    let log = open_healthy(dir.path()).unwrap();
+    assert!(!leftover.exists(), "the unfinished prepared file is still there");
+    assert_eq!((log.first_index(), log.last_index()), (1, 20));
+    check_records(&log, 1, 20);
+}
+
+#[test]
+fn full_disk_with_the_preparer_fails_appends_cleanly_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first segment and whatever the preparer and rotation draw after.
+    let io = FaultIo::new(3, UNLIMITED);
+    let log = Log::open(dir.path(), with_preparer(&io, SMALL_SEGMENT_BYTES)).unwrap();
+    let mut last = 0;
+    let err = loop {
+        assert!(last < 100, "three small segments cannot hold 100 records");
+        match append_one(&log, 1) {
+            Ok(index) => last = index,
+            Err(e) => break e,
+        }
+    };
+    assert!(err.is_no_space(), "expected an out-of-space error, got {err}");
+    assert!(!log.is_poisoned(), "a full disk is not a failed flush");
+    assert_eq!(log.last_index(), last);
+    log.wait_durable(last).unwrap();
+    check_records(&log, 1, last);
+
+    io.allocations_left.store(UNLIMITED, Ordering::SeqCst);
+    for _ in 0..30 {
+        last = append_one(&log, 1).unwrap();
+    }
+    log.wait_durable(last).unwrap();
+    closes_clean_and_reopens(dir.path(), log, last);
+}
+
+/// A failed write of records publishes none of the batch and poisons the
+/// log: what reached the file is unknown, so nothing more is appended.
+#[test]
+fn failed_record_write_publishes_nothing_and_poisons() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = FaultIo::healthy();
+    let log = Log::open(dir.path(), config(&io, LARGE_SEGMENT_BYTES, PersistMode::Sync)).unwrap();
+    for _ in 0..10 {
+        append_one(&log, 1).unwrap();
+    }
+    log.wait_durable(10).unwrap();
+    io.writes_left.store(0, Ordering::SeqCst);
+    let batch: Vec<Vec<u8>> = (11..=13).map(payload).collect();
+    let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+    let err = log
+        .append_payloads(1, RecordKind::Normal, timestamp(11), &refs)
+        .unwrap_err();
+    assert!(matches!(err, LogError::Io { .. }), "{err:?}");
+    assert_eq!(log.last_index(), 10, "a failed write published records");
+    assert!(log.is_poisoned());
+    assert!(matches!(append_one(&log, 1), Err(LogError::Poisoned)));
+    let guard = pin();
+    assert!(log.entry(11, &guard).is_err());
+    drop(guard);
+    check_records(&log, 1, 10);
+    drop(log);
+    let log = open_healthy(dir.path()).unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (1, 10));
+    check_records(&log, 1, 10);
 }
 
 // ------------------------------------------------------------------ reopen

@@ -815,18 +815,18 @@ mod tests {
         driver.stop();
     }
 
-    /// Fails every flush of the log's mappings once `failing` is set.
+    /// Fails every flush of the log's segments once `failing` is set.
     #[derive(Debug, Default)]
     struct FailingFlush {
         failing: std::sync::atomic::AtomicBool,
     }
 
     impl loomcache_log::LogIo for FailingFlush {
-        fn flush_mapping(&self, map: &memmap2::MmapRaw, offset: usize, len: usize) -> std::io::Result<()> {
+        fn sync_segment(&self, file: &std::fs::File, offset: usize, len: usize) -> std::io::Result<()> {
             if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(std::io::Error::other("injected flush failure"));
             }
-            map.flush_range(offset, len)
+            loomcache_log::OsIo.sync_segment(file, offset, len)
         }
     }
 
