@@ -88,10 +88,15 @@ fn sequential_write(dir: &Path, total: usize) -> f64 {
 }
 
 /// Records per second with `appenders` threads, each appending one record
-/// and waiting for it to be durable.
-fn log_sync(dir: &Path, appenders: usize, size: usize, run: Duration) -> f64 {
+/// and waiting for it to be durable; the flush rounds run on the waiting
+/// threads (`waiters_flush`) or on the log's flush thread.
+fn log_sync(dir: &Path, appenders: usize, size: usize, run: Duration, waiters_flush: bool) -> f64 {
     let path = dir.join(format!("log-{appenders}-{size}"));
-    let log = Log::open(&path, LogConfig::default()).unwrap();
+    let config = LogConfig {
+        waiters_flush,
+        ..LogConfig::default()
+    };
+    let log = Log::open(&path, config).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..appenders)
@@ -201,14 +206,16 @@ fn main() {
             "1.0x"
         );
         for appenders in [1usize, 8, 64] {
-            let r = log_sync(&dir, appenders, size, run);
-            println!(
-                "{:<44} {:>14.0} {:>10.2} {:>11.1}x",
-                format!("log sync, {appenders} appenders, {size} B"),
-                r,
-                r * size as f64 / 1e6,
-                r / raw
-            );
+            for (waiters_flush, by) in [(true, "waiters"), (false, "thread")] {
+                let r = log_sync(&dir, appenders, size, run, waiters_flush);
+                println!(
+                    "{:<44} {:>14.0} {:>10.2} {:>11.1}x",
+                    format!("log sync, {appenders} appenders, {size} B, {by}"),
+                    r,
+                    r * size as f64 / 1e6,
+                    r / raw
+                );
+            }
         }
     }
     let seq = sequential_write(&dir, 256 << 20);

@@ -9,6 +9,15 @@
 //! Truncation bumps a generation: a flush that started before it may cover
 //! bytes that are no longer the log, so its completion is ignored.
 //!
+//! Two ways to run the flushes. With a flush thread, appenders report
+//! what they appended and the thread flushes. With waiters leading
+//! ([`GroupCommit::new_led_by_waiters`]), a waiter that finds no round in
+//! flight runs the next one itself ([`GroupCommit::wait_or_lead`]), and a
+//! completed round with work left wakes one waiter of the next round to
+//! lead it: a lone appender (the Raft driver) then flushes on its own
+//! thread with no hand-off, and many appenders hand the lead over once per
+//! round instead of twice. Only one round is ever in flight.
+//!
 //! Waiters sleep on one of two condition variables, by flush round: those
 //! whose index the round in flight covers on that round's, the others on
 //! the next round's. A completed round wakes exactly its own waiters with a
@@ -72,9 +81,21 @@ pub struct FlushTicket {
     generation: u64,
 }
 
+/// What [`GroupCommit::wait_or_lead`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The index is durable.
+    Durable,
+    /// No round is in flight and there is work: the caller runs this round
+    /// (flushes, then [`GroupCommit::completed`]) and asks again.
+    Lead(FlushTicket),
+}
+
 /// The shared state of group commit.
 #[derive(Debug)]
 pub struct GroupCommit {
+    /// Waiters run the rounds (no flush thread is woken for work).
+    led_by_waiters: bool,
     state: Mutex<State>,
     /// By round parity: signalled when that round completes (or on
     /// truncation, poison or stop, both).
@@ -98,7 +119,18 @@ impl State {
 impl GroupCommit {
     /// Starts with everything up to `durable` already durable.
     pub fn new(durable: u64) -> GroupCommit {
+        GroupCommit::with_leading(durable, false)
+    }
+
+    /// Starts with everything up to `durable` already durable; waiters run
+    /// the flush rounds through [`GroupCommit::wait_or_lead`].
+    pub fn new_led_by_waiters(durable: u64) -> GroupCommit {
+        GroupCommit::with_leading(durable, true)
+    }
+
+    fn with_leading(durable: u64, led_by_waiters: bool) -> GroupCommit {
         GroupCommit {
+            led_by_waiters,
             state: Mutex::new(State {
                 appended: durable,
                 durable,
@@ -131,7 +163,9 @@ impl GroupCommit {
         if index > s.appended {
             s.appended = index;
             drop(s);
-            self.work_arrived.notify_one();
+            if !self.led_by_waiters {
+                self.work_arrived.notify_one();
+            }
         }
     }
 
@@ -166,6 +200,36 @@ impl GroupCommit {
         }
     }
 
+    /// For a waiter that may run a flush round itself: answers
+    /// [`Step::Durable`] once `index` is durable, [`Step::Lead`] when no
+    /// round is in flight and something is appended but not durable (the
+    /// caller must run that round), and otherwise sleeps. Fails as
+    /// [`GroupCommit::wait_durable`] does.
+    pub fn wait_or_lead(&self, index: u64) -> Result<Step, CommitError> {
+        let mut s = self.lock();
+        loop {
+            if s.durable >= index {
+                return Ok(Step::Durable);
+            }
+            if s.poisoned {
+                return Err(CommitError::Poisoned);
+            }
+            if s.stopped {
+                return Err(CommitError::Closed);
+            }
+            if s.in_flight.is_none() && s.appended > s.durable {
+                return Ok(Step::Lead(s.start_round()));
+            }
+            let cv = &self.durable_changed[s.round_of(index)];
+            s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// True when waiters run the flush rounds.
+    pub fn led_by_waiters(&self) -> bool {
+        self.led_by_waiters
+    }
+
     /// The highest index known durable.
     pub fn durable(&self) -> u64 {
         self.lock().durable
@@ -185,7 +249,7 @@ impl GroupCommit {
             if s.poisoned {
                 return None;
             }
-            if s.appended > s.durable {
+            if s.in_flight.is_none() && s.appended > s.durable {
                 return Some(s.start_round());
             }
             if s.closing {
@@ -204,10 +268,12 @@ impl GroupCommit {
             if s.poisoned {
                 return Idle::Done;
             }
-            if s.appended > s.durable {
+            if s.in_flight.is_none() && s.appended > s.durable {
                 return Idle::Work(s.start_round());
             }
-            if s.closing {
+            // A round in flight (run by a waiter) finishes before the
+            // flush thread may stop.
+            if s.closing && s.in_flight.is_none() {
                 return Idle::Done;
             }
             if waited {
@@ -242,11 +308,16 @@ impl GroupCommit {
         }
         s.in_flight = None;
         let cv = (s.round % 2) as usize;
+        let work_left = s.appended > s.durable && !s.poisoned;
         drop(s);
         if current {
             // Every waiter of this round is covered; the next round's
             // waiters sleep on the other variable.
             self.durable_changed[cv].notify_all();
+            if work_left && self.led_by_waiters {
+                // One of them runs the next round.
+                self.durable_changed[1 - cv].notify_one();
+            }
         } else {
             self.wake_all();
         }

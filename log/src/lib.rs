@@ -31,7 +31,7 @@ mod segment;
 mod snapshot;
 mod sync;
 
-pub use commit::{CommitError, FlushTicket, GroupCommit, Idle};
+pub use commit::{CommitError, FlushTicket, GroupCommit, Idle, Step};
 pub use crossbeam_epoch::{pin, Guard};
 pub use epoch::EpochCell;
 pub use error::{LogError, Result};

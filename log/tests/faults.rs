@@ -452,9 +452,23 @@ fn reopen_keeps_the_durable_records(dir: &Path, durable: u64, appended: u64) {
 
 #[test]
 fn failed_flush_poisons_the_log_and_fails_its_waiter() {
+    failed_flush_poisons_and_fails_the_waiter(false);
+}
+
+/// The same when the waiter runs the failing flush itself.
+#[test]
+fn failed_flush_run_by_the_waiter_poisons_and_fails_it() {
+    failed_flush_poisons_and_fails_the_waiter(true);
+}
+
+fn failed_flush_poisons_and_fails_the_waiter(waiters_flush: bool) {
     let dir = tempfile::tempdir().unwrap();
     let io = FaultIo::healthy();
-    let log = Log::open(dir.path(), config(&io, LARGE_SEGMENT_BYTES, PersistMode::Sync)).unwrap();
+    let config = LogConfig {
+        waiters_flush,
+        ..config(&io, LARGE_SEGMENT_BYTES, PersistMode::Sync)
+    };
+    let log = Log::open(dir.path(), config).unwrap();
     for _ in 0..5 {
         let index = append_one(&log, 1).unwrap();
         log.wait_durable(index).unwrap();

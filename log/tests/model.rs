@@ -1,6 +1,7 @@
 //! The log against a plain in-memory model, under random operations.
 //!
-//! A case is a persistence mode and a sequence of operations: appends of a
+//! A case is a mode (no persistence, or sync with the flush rounds run by
+//! the flush thread or by the waiters) and a sequence of operations: appends of a
 //! few records (random payload sizes and kinds, the term staying or
 //! rising), truncations, compactions, reboots (drop the log and reopen the
 //! directory after the snapshot floor), waits for durability and reads.
@@ -219,17 +220,41 @@ fn check_all(log: &Log, model: &Model, ctx: &str) {
     }
 }
 
-fn config(persist: PersistMode) -> LogConfig {
+/// How a case's log persists: not at all, or in sync mode with the flush
+/// rounds run by the flush thread or by the waiters.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    persist: PersistMode,
+    waiters_flush: bool,
+}
+
+const MODES: [Mode; 3] = [
+    Mode {
+        persist: PersistMode::Sync,
+        waiters_flush: false,
+    },
+    Mode {
+        persist: PersistMode::Sync,
+        waiters_flush: true,
+    },
+    Mode {
+        persist: PersistMode::None,
+        waiters_flush: false,
+    },
+];
+
+fn config(mode: Mode) -> LogConfig {
     LogConfig {
         segment_bytes: SEGMENT_BYTES,
-        persist,
+        persist: mode.persist,
+        waiters_flush: mode.waiters_flush,
         ..LogConfig::default()
     }
 }
 
-fn run(persist: PersistMode, ops: &[Op]) {
+fn run(mode: Mode, ops: &[Op]) {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), config(persist)).unwrap();
+    let mut log = Log::open(dir.path(), config(mode)).unwrap();
     let mut model = Model::default();
     check(&log, &model, "after open");
     for (step, op) in ops.iter().enumerate() {
@@ -305,7 +330,7 @@ fn run(persist: PersistMode, ops: &[Op]) {
                     .unwrap_or_else(|e| panic!("{ctx}: wait_durable({last}): {e}"));
                 log.close().unwrap_or_else(|e| panic!("{ctx}: close: {e}"));
                 drop(log);
-                log = Log::open_after(dir.path(), config(persist), model.floor)
+                log = Log::open_after(dir.path(), config(mode), model.floor)
                     .unwrap_or_else(|e| panic!("{ctx}: reopen after {}: {e}", model.floor));
             }
             Op::WaitDurable => {
@@ -325,7 +350,7 @@ fn run(persist: PersistMode, ops: &[Op]) {
     log.wait_durable(model.last()).unwrap();
     log.close().unwrap();
     drop(log);
-    let log = Log::open_after(dir.path(), config(persist), model.floor).unwrap();
+    let log = Log::open_after(dir.path(), config(mode), model.floor).unwrap();
     check_all(&log, &model, "after the final reopen");
 }
 
@@ -372,18 +397,18 @@ fn fixed_walk() -> Vec<Op> {
 /// covered in faults.rs.
 #[test]
 fn log_matches_the_model() {
-    for persist in [PersistMode::Sync, PersistMode::None] {
-        run(persist, &fixed_walk());
+    for mode in MODES {
+        run(mode, &fixed_walk());
     }
     let config = ProptestConfig {
         cases: cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     };
-    let case = (any::<bool>(), prop::collection::vec(op(), 1..=OPS_MAX));
+    let case = (0..MODES.len(), prop::collection::vec(op(), 1..=OPS_MAX));
     TestRunner::new(config)
-        .run(&case, |(sync, ops)| {
-            run(if sync { PersistMode::Sync } else { PersistMode::None }, &ops);
+        .run(&case, |(mode, ops)| {
+            run(MODES[mode], &ops);
             Ok(())
         })
         .unwrap_or_else(|e| panic!("{e}"));

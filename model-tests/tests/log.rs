@@ -1,11 +1,12 @@
 //! loom models of the durable log's concurrency: the group-commit handoff
-//! and epoch reclamation racing a reader. Both drive the real types.
+//! (to a flush thread, and between waiters that run the rounds themselves)
+//! and epoch reclamation racing a reader. All drive the real types.
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use loom::sync::{Arc, Mutex};
 use loom::thread;
-use loomcache_log::{CommitError, EpochCell, GroupCommit};
+use loomcache_log::{CommitError, EpochCell, GroupCommit, Step};
 
 /// What the flush thread does, reduced to its effect: it snapshots how far
 /// records are published, "flushes" that far, and reports completion.
@@ -89,6 +90,67 @@ fn a_failed_flush_releases_waiters_with_an_error_and_never_as_durable() {
         assert_eq!(commit.durable(), 0);
         commit.close();
         f.join().unwrap();
+    });
+}
+
+/// An appender of a log whose waiters run the flush rounds: it publishes
+/// its record, then either finds it durable, sleeps, or runs the next
+/// round itself ("flushing" everything published so far).
+fn leading_appender(
+    writer: Arc<Mutex<u64>>,
+    commit: Arc<GroupCommit>,
+    published: Arc<AtomicU64>,
+    flushed: Arc<AtomicU64>,
+) -> u64 {
+    let index = {
+        let mut next = writer.lock().unwrap();
+        *next += 1;
+        published.store(*next, Ordering::Release);
+        *next
+    };
+    commit.appended(index);
+    loop {
+        match commit.wait_or_lead(index).unwrap() {
+            Step::Durable => break,
+            Step::Lead(ticket) => {
+                let covered = published.load(Ordering::Acquire);
+                assert!(
+                    covered >= ticket.target,
+                    "a round named records that were not published"
+                );
+                // One round at a time: what it covers only grows.
+                assert!(flushed.load(Ordering::Acquire) <= covered, "two rounds overlapped");
+                flushed.store(covered, Ordering::Release);
+                commit.completed(ticket, true);
+            }
+        }
+    }
+    assert!(
+        flushed.load(Ordering::Acquire) >= index,
+        "appender {index} released before its flush"
+    );
+    index
+}
+
+/// Waiters hand the lead over without a flush thread: a record appended
+/// while another waiter's round is in flight is flushed by a later round
+/// that some waiter runs, so nobody sleeps forever (loom reports a
+/// deadlock otherwise) and nobody is released early.
+#[test]
+fn waiters_running_the_rounds_release_each_only_after_its_flush() {
+    loom::model(|| {
+        let commit = Arc::new(GroupCommit::new_led_by_waiters(0));
+        let writer = Arc::new(Mutex::new(0u64));
+        let published = Arc::new(AtomicU64::new(0));
+        let flushed = Arc::new(AtomicU64::new(0));
+        let a = {
+            let (w, c, p, fl) = (writer.clone(), commit.clone(), published.clone(), flushed.clone());
+            thread::spawn(move || leading_appender(w, c, p, fl))
+        };
+        let mine = leading_appender(writer, commit.clone(), published, flushed);
+        let theirs = a.join().unwrap();
+        assert_eq!(mine + theirs, 3, "indexes 1 and 2, one each");
+        assert_eq!(commit.durable(), 2);
     });
 }
 

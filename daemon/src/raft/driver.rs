@@ -98,14 +98,20 @@ pub struct DriverConfig {
 impl DriverConfig {
     /// Defaults for node `id` of group `group` in `dir`: 10 ms ticks (a
     /// 100–200 ms election timeout), snapshots every 100 000 entries, an
-    /// inbox of 65 536 inputs, batches of up to 4096 inputs.
+    /// inbox of 65 536 inputs, batches of up to 4096 inputs, and a log
+    /// whose flushes run on the driver's thread (`waiters_flush`).
     pub fn new(id: NodeId, group: u32, dir: PathBuf, initial_voters: Vec<NodeId>) -> DriverConfig {
         DriverConfig {
             raft: RaftConfig::new(id, group),
             dir,
             initial_voters,
             tick: Duration::from_millis(10),
-            log: LogConfig::default(),
+            // The driver is the log's only appender and waits for each
+            // batch: it runs the flush itself rather than hand it over.
+            log: LogConfig {
+                waiters_flush: true,
+                ..LogConfig::default()
+            },
             snapshot_every_entries: 100_000,
             snapshot_every_bytes: 256 << 20,
             inbox_max: 65_536,
