@@ -48,6 +48,9 @@ struct State {
     round: u64,
     /// The target of the round in flight.
     in_flight: Option<u64>,
+    /// The flush thread sleeps waiting for work: only then does an append
+    /// wake it (a wake-up costs a system call even with nobody asleep).
+    flusher_waiting: bool,
 }
 
 impl State {
@@ -140,6 +143,7 @@ impl GroupCommit {
                 stopped: false,
                 round: 0,
                 in_flight: None,
+                flusher_waiting: false,
             }),
             durable_changed: [Condvar::new(), Condvar::new()],
             work_arrived: Condvar::new(),
@@ -162,8 +166,9 @@ impl GroupCommit {
         let mut s = self.lock();
         if index > s.appended {
             s.appended = index;
+            let wake = s.flusher_waiting && !self.led_by_waiters;
             drop(s);
-            if !self.led_by_waiters {
+            if wake {
                 self.work_arrived.notify_one();
             }
         }
@@ -255,7 +260,9 @@ impl GroupCommit {
             if s.closing {
                 return None;
             }
+            s.flusher_waiting = true;
             s = self.work_arrived.wait(s).unwrap_or_else(|p| p.into_inner());
+            s.flusher_waiting = false;
         }
     }
 
@@ -279,11 +286,13 @@ impl GroupCommit {
             if waited {
                 return Idle::TimedOut;
             }
+            s.flusher_waiting = true;
             let (guard, result) = self
                 .work_arrived
                 .wait_timeout(s, timeout)
                 .unwrap_or_else(|p| p.into_inner());
             s = guard;
+            s.flusher_waiting = false;
             waited = result.timed_out();
         }
     }

@@ -849,6 +849,9 @@ impl Shared {
         };
         // The durable index as of the last idle refresh of the watermark.
         let mut named = None;
+        // Rounds completed as of the previous timeout: when waiters run
+        // the rounds, the log is idle only if none ran for a whole delay.
+        let mut rounds_seen = None;
         loop {
             match next {
                 Idle::Work(ticket) => {
@@ -858,9 +861,13 @@ impl Shared {
                 }
                 Idle::TimedOut => {
                     // Idle: make the watermark current and durable on its
-                    // own, so a quiet log is fully covered by it.
+                    // own, so a quiet log is fully covered by it. (While
+                    // rounds run, they refresh it themselves.)
                     let durable = self.commit.durable();
-                    if named != Some(durable) {
+                    let rounds = self.flush_rounds.load(Ordering::Relaxed);
+                    let quiet = !led || rounds_seen == Some(rounds);
+                    rounds_seen = Some(rounds);
+                    if quiet && named != Some(durable) {
                         if !self.refresh_watermark() || !self.flush_header() {
                             self.commit.poison();
                             break;
