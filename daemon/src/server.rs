@@ -1641,8 +1641,8 @@ impl Replicated for ClusterMachine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).snapshot();
-        members::encode_envelope(&self.book.render(), &state)
+        let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        members::encode_envelope_with(&self.book.render(), |out| state.snapshot_into(out))
     }
 
     fn restore(&mut self, data: &[u8]) {

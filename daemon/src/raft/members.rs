@@ -57,6 +57,17 @@ pub fn encode_envelope(members: &str, state: &[u8]) -> Vec<u8> {
     out
 }
 
+/// [`encode_envelope`] with the state written straight after the book by
+/// `write_state`, which appends to the buffer it is given and returns it:
+/// the state is not copied a second time.
+pub fn encode_envelope_with(members: &str, write_state: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + members.len());
+    out.extend_from_slice(ENVELOPE_MAGIC);
+    out.extend_from_slice(&(members.len() as u32).to_le_bytes());
+    out.extend_from_slice(members.as_bytes());
+    write_state(out)
+}
+
 /// Splits [`encode_envelope`]'s output into the members and the state.
 /// Bytes without the marker are a bare state snapshot (empty: none yet),
 /// as written before snapshots carried the book; they name no members,
@@ -170,6 +181,11 @@ mod tests {
     fn envelope_round_trips_and_rejects_damage() {
         let text = render([member(1), member(2)]);
         let bytes = encode_envelope(&text, b"state");
+        let direct = encode_envelope_with(&text, |mut out| {
+            out.extend_from_slice(b"state");
+            out
+        });
+        assert_eq!(direct, bytes, "writing the state in place changes nothing");
         let (members, state) = decode_envelope(&bytes).unwrap();
         assert_eq!(members, vec![member(1), member(2)]);
         assert_eq!(state, b"state");

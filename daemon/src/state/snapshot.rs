@@ -134,7 +134,18 @@ impl<'a> R<'a> {
 impl StateMachine {
     /// The whole state as snapshot bytes.
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut w = W(Vec::with_capacity(64 + self.memory_used as usize));
+        self.snapshot_into(Vec::new())
+    }
+
+    /// Appends the snapshot bytes to `out` (which may already hold a
+    /// header), reserving room for all of them first so the state is
+    /// copied once, without the buffer growing under it.
+    pub fn snapshot_into(&self, mut out: Vec<u8>) -> Vec<u8> {
+        // Stored bytes plus the fixed fields and length prefixes of each
+        // item (at most a quarter more for the smallest items).
+        let used = self.memory_used as usize;
+        out.reserve(4096 + used.saturating_add(used / 4));
+        let mut w = W(out);
         w.0.extend_from_slice(&MAGIC);
         w.u16(VERSION);
         w.u64(self.now_ms);
