@@ -1455,6 +1455,7 @@ fn node_info(
             ("raft_commit", r.commit.to_string()),
             ("raft_applied", r.applied.to_string()),
             ("raft_last_index", r.last_index.to_string()),
+            ("raft_snapshot_handovers", r.snapshot_handovers.to_string()),
         ]);
         let view = front.driver.membership();
         let ids = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");

@@ -160,6 +160,9 @@ pub struct Summary {
     pub applied: Index,
     /// Last log index.
     pub last_index: Index,
+    /// Snapshots ahead of which this member, leading, handed leadership
+    /// over (its snapshots take long), since start.
+    pub snapshot_handovers: u64,
 }
 
 /// The group's membership and, on the leader, each member's progress, as
@@ -329,6 +332,9 @@ impl Driver {
             next_read: 1,
             applied_since_snapshot: 0,
             applied_bytes_since_snapshot: 0,
+            last_snapshot_took: None,
+            handed_over: false,
+            snapshot_handovers: 0,
             conf_index: snapshot_index,
             summary: Arc::clone(&handle.summary),
             membership: Arc::clone(&handle.membership),
@@ -401,6 +407,11 @@ struct Run {
     next_read: u64,
     applied_since_snapshot: u64,
     applied_bytes_since_snapshot: u64,
+    /// How long this member's last snapshot took (encoding and storing).
+    last_snapshot_took: Option<Duration>,
+    /// Leadership was handed over ahead of the snapshot now due.
+    handed_over: bool,
+    snapshot_handovers: u64,
     conf_index: Index,
     summary: Arc<Mutex<Summary>>,
     membership: Arc<Mutex<MembershipView>>,
@@ -684,6 +695,7 @@ impl Run {
                 commit: self.raft.committed(),
                 applied,
                 last_index: self.raft.last_index(),
+                snapshot_handovers: self.snapshot_handovers,
             };
             *self.summary.lock().unwrap_or_else(|p| p.into_inner()) = summary;
             if self.confirmed.iter().any(|(index, _)| *index <= applied) {
@@ -702,10 +714,20 @@ impl Run {
             // snapshot (it cannot know the configuration at index 1).
             let first_snapshot = !conf_changes.is_empty() && self.raft.storage().snapshot_index() == 0;
             let id = self.config.raft.id;
-            if self.applied_since_snapshot >= staggered(self.config.snapshot_every_entries, id)
-                || self.applied_bytes_since_snapshot >= staggered(self.config.snapshot_every_bytes, id)
-                || first_snapshot
-            {
+            let (entries_bound, bytes_bound) = (
+                staggered(self.config.snapshot_every_entries, id),
+                staggered(self.config.snapshot_every_bytes, id),
+            );
+            let due = self.applied_since_snapshot >= entries_bound || self.applied_bytes_since_snapshot >= bytes_bound;
+            // A leader whose snapshots take long hands leadership over and
+            // snapshots as a follower, stalling only itself; it waits for
+            // that up to twice the bounds, then snapshots where it is.
+            let overdue = self.applied_since_snapshot >= entries_bound.saturating_mul(2)
+                || self.applied_bytes_since_snapshot >= bytes_bound.saturating_mul(2);
+            if due && !first_snapshot && !overdue && self.hands_over_before_snapshot() {
+                continue;
+            }
+            if due || first_snapshot {
                 let started = Instant::now();
                 let conf = self.raft.conf_state().clone();
                 let data: Arc<[u8]> = Arc::from(machine.snapshot());
@@ -722,9 +744,43 @@ impl Run {
                 );
                 self.applied_since_snapshot = 0;
                 self.applied_bytes_since_snapshot = 0;
+                self.last_snapshot_took = Some(started.elapsed());
+                self.handed_over = false;
             }
         }
         Ok(())
+    }
+
+    /// True if this member leads a group with other voters and its last
+    /// snapshot took more than half the shortest election timeout (taking
+    /// one here would cost the group an election); it then asks the
+    /// most up-to-date other voter to take over, once per snapshot.
+    fn hands_over_before_snapshot(&mut self) -> bool {
+        let half_election = self.config.tick * (self.config.raft.election_timeout_ticks as u32) / 2;
+        let slow = self.last_snapshot_took.is_some_and(|took| took > half_election);
+        if !slow || self.raft.role() != Role::Leader {
+            return false;
+        }
+        let status = self.raft.status();
+        let target = status
+            .peers
+            .iter()
+            .filter(|p| p.id != status.id && !p.is_learner && status.conf.voters.contains(&p.id))
+            .max_by_key(|p| p.matched);
+        let Some(target) = target else {
+            return false;
+        };
+        match self.raft.transfer_leader(target.id) {
+            Ok(()) => {
+                if !self.handed_over {
+                    self.handed_over = true;
+                    self.snapshot_handovers += 1;
+                    tracing::info!(to = target.id, "handing leadership over before a snapshot");
+                }
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -909,7 +965,35 @@ mod tests {
         l.local_addr().unwrap()
     }
 
+    /// A journal whose snapshots take `delay`.
+    struct SlowJournal {
+        journal: Journal,
+        delay: Duration,
+    }
+
+    impl Replicated for SlowJournal {
+        fn apply(&mut self, entry: &Entry) -> Vec<u8> {
+            self.journal.apply(entry)
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            std::thread::sleep(self.delay);
+            self.journal.snapshot()
+        }
+        fn restore(&mut self, data: &[u8]) {
+            self.journal.restore(data);
+        }
+    }
+
     fn start_node(id: NodeId, dir: &std::path::Path, addrs: &BTreeMap<NodeId, SocketAddr>) -> Node {
+        start_node_slow(id, dir, addrs, Duration::ZERO)
+    }
+
+    fn start_node_slow(
+        id: NodeId,
+        dir: &std::path::Path,
+        addrs: &BTreeMap<NodeId, SocketAddr>,
+        snapshot_delay: Duration,
+    ) -> Node {
         let mut config = DriverConfig::new(id, 0, dir.join(format!("n{id}")), vec![1, 2, 3]);
         config.snapshot_every_entries = 50;
         let (handle, inbox) = Driver::inbox_pair(config.inbox_max);
@@ -919,7 +1003,11 @@ mod tests {
         tcfg.reconnect_min = Duration::from_millis(10);
         tcfg.reconnect_max = Duration::from_millis(200);
         let transport = Arc::new(Transport::start(tcfg, move |m| deliver.deliver(m)).unwrap());
-        let driver = Driver::start_on(config, Journal::default(), Some(Arc::clone(&transport)), handle, inbox).unwrap();
+        let machine = SlowJournal {
+            journal: Journal::default(),
+            delay: snapshot_delay,
+        };
+        let driver = Driver::start_on(config, machine, Some(Arc::clone(&transport)), handle, inbox).unwrap();
         Node {
             driver: Some(driver),
             transport: Some(transport),
@@ -957,6 +1045,44 @@ mod tests {
     /// redirect, the leader's loss is survived, and a restarted node
     /// catches up (by snapshot, since the leader compacts every 50
     /// entries).
+    /// Snapshots that take longer than half an election timeout: once a
+    /// leader has seen one, it hands leadership over before the next and
+    /// takes it as a follower, and writes go on throughout.
+    #[test]
+    fn a_leader_with_slow_snapshots_hands_over_before_the_next() {
+        let tmp = tempfile::tempdir().unwrap();
+        let addrs: BTreeMap<NodeId, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
+        let delay = Duration::from_millis(120);
+        let nodes: Vec<Node> = (1..=3)
+            .map(|id| start_node_slow(id, tmp.path(), &addrs, delay))
+            .collect();
+        let handovers = |nodes: &[Node]| -> u64 {
+            nodes
+                .iter()
+                .map(|n| n.driver.as_ref().unwrap().handle().summary().snapshot_handovers)
+                .sum()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut written = 0;
+        // Bounds of 56 to 68 entries: a few snapshots per member.
+        while written < 400 || handovers(&nodes) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{written} writes, {} hand-overs",
+                handovers(&nodes)
+            );
+            let h = nodes[wait_leader(&nodes)].driver.as_ref().unwrap().handle().clone();
+            match ask(|r| h.propose(Arc::from(format!("w{written}").as_bytes()), r)) {
+                Outcome::Applied(_) => written += 1,
+                Outcome::NotLeader(_) | Outcome::Busy(_) | Outcome::Lost | Outcome::Indeterminate => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                other => panic!("write {written}: {other:?}"),
+            }
+        }
+        assert!(handovers(&nodes) >= 1);
+    }
+
     #[test]
     fn three_nodes_replicate_fail_over_and_catch_up() {
         let tmp = tempfile::tempdir().unwrap();
