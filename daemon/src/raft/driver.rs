@@ -161,7 +161,8 @@ pub struct Summary {
     /// Last log index.
     pub last_index: Index,
     /// Snapshots ahead of which this member, leading, handed leadership
-    /// over (its snapshots take long), since start.
+    /// over (its last one took long enough to cost an election), since
+    /// start.
     pub snapshot_handovers: u64,
 }
 
@@ -752,12 +753,18 @@ impl Run {
     }
 
     /// True if this member leads a group with other voters and its last
-    /// snapshot took more than half the shortest election timeout (taking
-    /// one here would cost the group an election); it then asks the
-    /// most up-to-date other voter to take over, once per snapshot.
+    /// snapshot took longer than followers wait for a heartbeat before they
+    /// may campaign (the shortest election timeout less one heartbeat
+    /// interval): taking the next one here would likely cost the group an
+    /// election. It then asks the most up-to-date other voter to take
+    /// over, once per snapshot.
     fn hands_over_before_snapshot(&mut self) -> bool {
-        let half_election = self.config.tick * (self.config.raft.election_timeout_ticks as u32) / 2;
-        let slow = self.last_snapshot_took.is_some_and(|took| took > half_election);
+        let raft = &self.config.raft;
+        let ticks = raft
+            .election_timeout_ticks
+            .saturating_sub(raft.heartbeat_interval_ticks);
+        let patience = self.config.tick * u32::try_from(ticks).unwrap_or(u32::MAX);
+        let slow = self.last_snapshot_took.is_some_and(|took| took > patience);
         if !slow || self.raft.role() != Role::Leader {
             return false;
         }
@@ -1045,9 +1052,9 @@ mod tests {
     /// redirect, the leader's loss is survived, and a restarted node
     /// catches up (by snapshot, since the leader compacts every 50
     /// entries).
-    /// Snapshots that take longer than half an election timeout: once a
-    /// leader has seen one, it hands leadership over before the next and
-    /// takes it as a follower, and writes go on throughout.
+    /// Snapshots that take longer than followers wait for a heartbeat:
+    /// once a leader has seen one, it hands leadership over before the
+    /// next and takes it as a follower, and writes go on throughout.
     #[test]
     fn a_leader_with_slow_snapshots_hands_over_before_the_next() {
         let tmp = tempfile::tempdir().unwrap();
