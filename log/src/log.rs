@@ -356,7 +356,8 @@ impl Log {
     }
 
     /// Appends records whose indexes continue the log. Each payload is
-    /// copied once, into the mapping. Returns once the records are
+    /// copied once, into the segment file's page cache (the pages the
+    /// mapping shows). Returns once the records are
     /// published (readable); [`Log::wait_durable`] waits for the disk.
     pub fn append(&self, records: &[Record<'_>]) -> Result<Appended> {
         let mut writer = lock(&self.shared.writer);
