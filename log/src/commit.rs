@@ -63,6 +63,16 @@ impl State {
         };
         (round % 2) as usize
     }
+
+    /// Starts a flush round covering everything appended.
+    fn start_round(&mut self) -> FlushTicket {
+        self.round += 1;
+        self.in_flight = Some(self.appended);
+        FlushTicket {
+            target: self.appended,
+            generation: self.generation,
+        }
+    }
 }
 
 /// What [`GroupCommit::next_work_within`] found.
@@ -105,18 +115,6 @@ pub struct GroupCommit {
     durable_changed: [Condvar; 2],
     /// Signalled when `appended` or `closing` changes.
     work_arrived: Condvar,
-}
-
-impl State {
-    /// Starts a flush round covering everything appended.
-    fn start_round(&mut self) -> FlushTicket {
-        self.round += 1;
-        self.in_flight = Some(self.appended);
-        FlushTicket {
-            target: self.appended,
-            generation: self.generation,
-        }
-    }
 }
 
 impl GroupCommit {

@@ -463,15 +463,12 @@ impl Log {
         // Phase 2: write each segment's share with as few pwritev calls as
         // the iovec limit allows, then publish everything at once. A failed
         // write publishes nothing and poisons the log: the bytes on disk
-        // are no longer known.
+        // are no longer known, and no later write or truncation happens
+        // (so the offsets noted for unpublished records are never read).
         let targets: Vec<Arc<Segment>> = tail.into_iter().chain(new_segments).collect();
-        let counts: Vec<usize> = targets.iter().map(|t| t.offsets_len()).collect();
         let ends = match self.write_records(&targets, records()) {
             Ok(ends) => ends,
             Err(e) => {
-                for (t, &count) in targets.iter().zip(&counts) {
-                    t.forget_offsets_after(count);
-                }
                 self.shared.commit.poison();
                 return Err(e);
             }

@@ -135,14 +135,7 @@ impl Prepared {
         };
         io.allocate(&file, capacity as u64)
             .map_err(|e| fail("preallocate segment", e))?;
-        let zeros = vec![0u8; ZERO_CHUNK.min(capacity)];
-        let mut at = 0;
-        while at < capacity {
-            let n = zeros.len().min(capacity - at);
-            io.write_segment(&file, &mut [IoSlice::new(&zeros[..n])], at as u64)
-                .map_err(|e| fail("zero-fill segment", e))?;
-            at += n;
-        }
+        write_zeros(io, &file, 0, capacity).map_err(|e| fail("zero-fill segment", e))?;
         io.sync_segment(&file, 0, capacity)
             .map_err(|e| fail("flush zero-filled segment", e))?;
         Ok(Prepared { path, file, capacity })
@@ -152,6 +145,18 @@ impl Prepared {
     pub fn discard(self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Writes zeros over `from..to` of `file`, a chunk per call.
+fn write_zeros(io: &dyn LogIo, file: &File, from: usize, to: usize) -> std::io::Result<()> {
+    let zeros = vec![0u8; ZERO_CHUNK.min(to.saturating_sub(from))];
+    let mut at = from;
+    while at < to {
+        let n = zeros.len().min(to - at);
+        io.write_segment(file, &mut [IoSlice::new(&zeros[..n])], at as u64)?;
+        at += n;
+    }
+    Ok(())
 }
 
 /// A mapped segment.
@@ -202,38 +207,32 @@ impl Segment {
                 (file, None)
             }
         };
-        // Until the segment exists, a failure removes its file so that a
-        // retry can create it again.
-        let written = path.clone();
-        let remove_on_error = |e: LogError| {
-            let _ = std::fs::remove_file(from.as_deref().unwrap_or(&written));
+        // Until the segment exists, a failure removes its file (under the
+        // name it has at that point) so that a retry can create it again.
+        let remove_on_error = |at: &Path, e: LogError| {
+            let _ = std::fs::remove_file(at);
             e
         };
+        let current = from.as_deref().unwrap_or(&path);
         let header = SegmentHeader::sealed(meta.seq, meta.first_index, capacity as u64, meta.watermark);
         io.write_segment(&file, &mut [IoSlice::new(header.as_bytes())], 0)
-            .map_err(|e| remove_on_error(LogError::io("write segment header", &path, e)))?;
+            .map_err(|e| remove_on_error(current, LogError::io("write segment header", &path, e)))?;
         // The header is durable before the name is: a segment file that
         // recovery finds always has a valid header.
         io.sync_segment(&file, 0, SEGMENT_HEADER_LEN)
-            .map_err(|e| remove_on_error(LogError::io("flush segment header", &path, e)))?;
+            .map_err(|e| remove_on_error(current, LogError::io("flush segment header", &path, e)))?;
         if let Some(from) = &from {
             io.rename(from, &path)
-                .map_err(|e| remove_on_error(LogError::io("rename prepared segment", &path, e)))?;
+                .map_err(|e| remove_on_error(from, LogError::io("rename prepared segment", &path, e)))?;
         }
         let map = MmapOptions::new()
             .len(capacity)
             .map_raw_read_only(&file)
-            .map_err(|e| LogError::io("map segment", &path, e));
+            .map_err(|e| remove_on_error(&path, LogError::io("map segment", &path, e)))?;
         let segment = Segment {
             path,
             file,
-            map: match map {
-                Ok(map) => map,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&written);
-                    return Err(e);
-                }
-            },
+            map,
             capacity,
             meta,
             offsets: RwLock::new(Vec::new()),
@@ -419,17 +418,6 @@ impl Segment {
         offsets.push(at as u32);
     }
 
-    /// Forgets offsets pushed beyond the first `count` (an append that
-    /// failed before publishing).
-    pub fn forget_offsets_after(&self, count: usize) {
-        self.offsets.write().unwrap_or_else(|p| p.into_inner()).truncate(count);
-    }
-
-    /// Records pushed so far.
-    pub fn offsets_len(&self) -> usize {
-        self.offsets.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     /// Makes every byte below `end` readable.
     pub fn publish(&self, end: usize) {
         assert!(end <= self.capacity, "published end {end} beyond the segment");
@@ -457,14 +445,7 @@ impl Segment {
             }
         }
         if let Some((lo, hi)) = dirty {
-            let zeros = vec![0u8; ZERO_CHUNK.min(hi - lo)];
-            let mut at = lo;
-            while at < hi {
-                let n = zeros.len().min(hi - at);
-                io.write_segment(&self.file, &mut [IoSlice::new(&zeros[..n])], at as u64)
-                    .map_err(|e| LogError::io("zero torn tail", &self.path, e))?;
-                at += n;
-            }
+            write_zeros(io, &self.file, lo, hi).map_err(|e| LogError::io("zero torn tail", &self.path, e))?;
             io.sync_segment(&self.file, lo, hi - lo)
                 .map_err(|e| LogError::io("flush zeroed tail", &self.path, e))?;
         }
@@ -481,8 +462,8 @@ impl Segment {
     }
 
     /// Records in the header that every index up to `watermark` is durable.
-    /// The header is made durable by the next flush of this segment. Only
-    /// the flush thread calls this once the segment is shared.
+    /// The header is made durable by the next flush of this segment. Once
+    /// the segment is shared, callers hold the log's flush lock.
     pub fn set_watermark(&self, io: &dyn LogIo, watermark: u64) -> std::io::Result<()> {
         let header = SegmentHeader::sealed(self.meta.seq, self.meta.first_index, self.capacity as u64, watermark);
         io.write_segment(&self.file, &mut [IoSlice::new(header.as_bytes())], 0)

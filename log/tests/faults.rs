@@ -216,14 +216,7 @@ fn full_disk_fails_only_the_append_that_needs_a_segment() {
     // The first segment and two rotations.
     let io = FaultIo::new(3, UNLIMITED);
     let log = Log::open(dir.path(), config(&io, SMALL_SEGMENT_BYTES, PersistMode::Sync)).unwrap();
-    let mut last = 0;
-    let err = loop {
-        assert!(last < 100, "three small segments cannot hold 100 records");
-        match append_one(&log, 1) {
-            Ok(index) => last = index,
-            Err(e) => break e,
-        }
-    };
+    let (mut last, err) = append_until_refused(&log);
     assert!(err.is_no_space(), "expected an out-of-space error, got {err}");
     assert!(matches!(err, LogError::Io { .. }), "{err:?}");
     assert_eq!(io.allocations_refused.load(Ordering::SeqCst), 1);
@@ -265,6 +258,19 @@ fn full_disk_fails_only_the_append_that_needs_a_segment() {
     .unwrap();
     assert_eq!((log.first_index(), log.last_index()), (1, last));
     check_records(&log, 1, last);
+}
+
+/// Appends until an append fails (a full disk, in these tests): the last
+/// index appended, and the error.
+fn append_until_refused(log: &Log) -> (u64, LogError) {
+    let mut last = 0;
+    loop {
+        assert!(last < 100, "three small segments cannot hold 100 records");
+        match append_one(log, 1) {
+            Ok(index) => last = index,
+            Err(e) => return (last, e),
+        }
+    }
 }
 
 /// Four records of 200 bytes fill a 1024-byte segment to 864 bytes, leaving
@@ -899,14 +905,7 @@ fn full_disk_with_the_preparer_fails_appends_cleanly_and_recovers() {
     // The first segment and whatever the preparer and rotation draw after.
     let io = FaultIo::new(3, UNLIMITED);
     let log = Log::open(dir.path(), with_preparer(&io, SMALL_SEGMENT_BYTES)).unwrap();
-    let mut last = 0;
-    let err = loop {
-        assert!(last < 100, "three small segments cannot hold 100 records");
-        match append_one(&log, 1) {
-            Ok(index) => last = index,
-            Err(e) => break e,
-        }
-    };
+    let (mut last, err) = append_until_refused(&log);
     assert!(err.is_no_space(), "expected an out-of-space error, got {err}");
     assert!(!log.is_poisoned(), "a full disk is not a failed flush");
     assert_eq!(log.last_index(), last);

@@ -25,14 +25,8 @@ fn flusher(commit: Arc<GroupCommit>, published: Arc<AtomicU64>, flushed: Arc<Ato
     commit.stopped();
 }
 
-/// An appender: takes the next index under the writer lock, publishes it,
-/// reports it, and waits until it is durable.
-fn appender(
-    writer: Arc<Mutex<u64>>,
-    commit: Arc<GroupCommit>,
-    published: Arc<AtomicU64>,
-    flushed: Arc<AtomicU64>,
-) -> Result<u64, CommitError> {
+/// Takes the next index under the writer lock, publishes it and reports it.
+fn publish_next(writer: &Mutex<u64>, commit: &GroupCommit, published: &AtomicU64) -> u64 {
     let index = {
         let mut next = writer.lock().unwrap();
         *next += 1;
@@ -40,6 +34,17 @@ fn appender(
         *next
     };
     commit.appended(index);
+    index
+}
+
+/// An appender: publishes the next index and waits until it is durable.
+fn appender(
+    writer: Arc<Mutex<u64>>,
+    commit: Arc<GroupCommit>,
+    published: Arc<AtomicU64>,
+    flushed: Arc<AtomicU64>,
+) -> Result<u64, CommitError> {
+    let index = publish_next(&writer, &commit, &published);
     commit.wait_durable(index)?;
     // Released only after a completed flush covered this record.
     assert!(
@@ -102,13 +107,7 @@ fn leading_appender(
     published: Arc<AtomicU64>,
     flushed: Arc<AtomicU64>,
 ) -> u64 {
-    let index = {
-        let mut next = writer.lock().unwrap();
-        *next += 1;
-        published.store(*next, Ordering::Release);
-        *next
-    };
-    commit.appended(index);
+    let index = publish_next(&writer, &commit, &published);
     loop {
         match commit.wait_or_lead(index).unwrap() {
             Step::Durable => break,

@@ -772,7 +772,7 @@ impl Run {
         let target = status
             .peers
             .iter()
-            .filter(|p| p.id != status.id && !p.is_learner && status.conf.voters.contains(&p.id))
+            .filter(|p| p.id != status.id && status.conf.voters.contains(&p.id))
             .max_by_key(|p| p.matched);
         let Some(target) = target else {
             return false;
@@ -1048,10 +1048,6 @@ mod tests {
         }
     }
 
-    /// Three nodes over TCP: writes commit through the leader, followers
-    /// redirect, the leader's loss is survived, and a restarted node
-    /// catches up (by snapshot, since the leader compacts every 50
-    /// entries).
     /// Snapshots that take longer than followers wait for a heartbeat:
     /// once a leader has seen one, it hands leadership over before the
     /// next and takes it as a follower, and writes go on throughout.
@@ -1090,6 +1086,10 @@ mod tests {
         assert!(handovers(&nodes) >= 1);
     }
 
+    /// Three nodes over TCP: writes commit through the leader, followers
+    /// redirect, the leader's loss is survived, and a restarted node
+    /// catches up (by snapshot, since the leader compacts every 50
+    /// entries).
     #[test]
     fn three_nodes_replicate_fail_over_and_catch_up() {
         let tmp = tempfile::tempdir().unwrap();
