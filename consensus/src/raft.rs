@@ -357,6 +357,19 @@ impl<S: Storage> Raft<S> {
         self.role == Role::Leader && self.lease_valid()
     }
 
+    /// While this node leads, its lease is valid and an entry of its term
+    /// is committed: the tick (in [`Raft::now_ticks`]'s count) before which
+    /// no other leader can be elected except through a transfer this node
+    /// starts, which ends the lease at once. With the term's first entry
+    /// applied, every write acknowledged by any leader is in the state
+    /// machine, so a read of it is linearizable until then.
+    pub fn lease_until_tick(&self) -> Option<u64> {
+        if self.role != Role::Leader || !self.lease_valid() || !self.committed_in_current_term() {
+            return None;
+        }
+        self.lease_start.map(|start| start + self.cfg.lease_ticks())
+    }
+
     /// A status report.
     pub fn status(&self) -> Status {
         Status {

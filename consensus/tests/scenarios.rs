@@ -225,6 +225,7 @@ fn lease_expires_after_a_partition() {
     }
     assert!(ticks_with_lease < lease_ticks, "lease outlived its bound");
     assert!(!net.raft(1).has_lease(), "lease expired");
+    assert_eq!(net.raft(1).lease_until_tick(), None);
     // A read now waits for a quorum round that cannot complete.
     let before = net.read_states[&1].len();
     net.raft_mut(1).read_index(2).unwrap();
@@ -375,6 +376,47 @@ fn snapshot_install_races_appends() {
     assert_eq!(net.raft(3).committed(), net.raft(1).committed());
 }
 
+/// The lease's end as a tick: only a leader with an entry of its term
+/// committed has one, and no other node is elected before the old leader's
+/// clock reaches it, however the partition falls.
+#[test]
+fn no_leader_is_elected_before_the_published_lease_ends() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.tick(1, 1);
+    net.stabilize();
+    let until = net
+        .raft(1)
+        .lease_until_tick()
+        .expect("a leader with a quorum round has a lease");
+    assert!(until > net.raft(1).now_ticks());
+    for id in [2, 3] {
+        assert_eq!(net.raft(id).lease_until_tick(), None, "followers hold no lease");
+    }
+
+    net.isolate(1);
+    let mut last = until;
+    for _ in 0..100 {
+        for id in [1, 2, 3] {
+            net.tick(id, 1);
+        }
+        net.stabilize();
+        if let Some(t) = net.raft(1).lease_until_tick() {
+            assert!(net.raft(1).now_ticks() < t);
+            last = t;
+        }
+        if [2, 3].iter().any(|&id| net.raft(id).role() == Role::Leader) {
+            assert!(
+                net.raft(1).now_ticks() >= last,
+                "elected at tick {} before the lease's end {last}",
+                net.raft(1).now_ticks()
+            );
+            return;
+        }
+    }
+    panic!("the majority side never elected a leader");
+}
+
 /// Thesis §3.10: leadership transfer brings the target up to date, then
 /// tells it to campaign at once; voters disregard their lease for it.
 #[test]
@@ -391,6 +433,7 @@ fn leadership_transfer_with_timeout_now() {
         Err(Error::TransferInProgress)
     );
     assert!(!net.raft(1).has_lease(), "a transferring leader gives up its lease");
+    assert_eq!(net.raft(1).lease_until_tick(), None);
     net.stabilize();
     assert_eq!(net.leader(), Some(3));
     assert!(net.count_sent(|m| matches!(m.body, MessageBody::TimeoutNow)) == 1);

@@ -28,7 +28,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::backpressure::{Backpressure, Level};
 use crate::config::{ClusterConfig, Config};
 use crate::raft::members::{self, AddressBook};
-use crate::raft::{Driver, DriverConfig, DriverHandle, Outcome, Replicated, Transport, TransportConfig};
+use crate::raft::{Driver, DriverConfig, DriverHandle, LeaseGate, Outcome, Replicated, Transport, TransportConfig};
 use crate::state::StateMachine;
 
 const LISTENER: Token = Token(0);
@@ -353,15 +353,36 @@ fn execute(shared: &Shared, frame_bytes: &[u8], out: Vec<u8>) -> Executed {
 
 /// [`execute`] at time `now`; `park` says whether a poll may wait (not for
 /// a committed entry, which is applied as it stands).
-fn execute_at(shared: &Shared, frame_bytes: &[u8], mut out: Vec<u8>, now: u64, park: bool) -> Executed {
+fn execute_at(shared: &Shared, frame_bytes: &[u8], out: Vec<u8>, now: u64, park: bool) -> Executed {
+    execute_under(shared, frame_bytes, out, now, park, None)
+        .unwrap_or_else(|| Executed::answer(error_frame(0, ErrorCode::Internal, "no lease was asked for")))
+}
+
+/// A linearizable read answered on the calling thread, if the leader lease
+/// holds once the state machine is locked; `None` otherwise (the read then
+/// takes the round through the Raft driver).
+fn read_under_lease(shared: &Shared, frame_bytes: &[u8], out: Vec<u8>, now: u64, lease: &LeaseGate) -> Option<Vec<u8>> {
+    execute_under(shared, frame_bytes, out, now, false, Some(lease)).map(|e| e.bytes)
+}
+
+/// [`execute_at`]; with `lease`, `None` unless the lease holds while the
+/// state machine is locked.
+fn execute_under(
+    shared: &Shared,
+    frame_bytes: &[u8],
+    mut out: Vec<u8>,
+    now: u64,
+    park: bool,
+    lease: Option<&LeaseGate>,
+) -> Option<Executed> {
     let frame = match parse_frame(frame_bytes, &shared.limits) {
         Ok(Parsed::Frame(f)) => f,
         _ => {
-            return Executed::answer(error_frame(
+            return Some(Executed::answer(error_frame(
                 0,
                 ErrorCode::Internal,
                 "an admitted frame no longer parses",
-            ))
+            )))
         }
     };
     let (request_id, partition) = (frame.request_id(), frame.header().partition());
@@ -378,22 +399,29 @@ fn execute_at(shared: &Shared, frame_bytes: &[u8], mut out: Vec<u8>, now: u64, p
     let mut replayed = false;
     let outcome = {
         let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if lease.is_some_and(|lease| !lease.holds()) {
+            return None;
+        }
         if let Some(Ok(Payload::QueuePoll(p))) = decoded {
             if park && p.wait_ms > 0 && state.poll_would_wait(p.name, &frame) {
-                return Executed {
+                return Some(Executed {
                     bytes: Vec::new(),
                     publication: None,
                     offered: None,
                     parked: Some((p.name.into(), Duration::from_millis(u64::from(p.wait_ms)))),
-                };
+                });
             }
         }
         if frame.opcode().class() == OpClass::Read {
             match decoded {
                 Some(Ok(payload)) => state.read(&payload, now, &mut out),
-                Some(Err(e)) => return Executed::answer(error_frame(request_id, e.code(), &e.to_string())),
+                Some(Err(e)) => return Some(Executed::answer(error_frame(request_id, e.code(), &e.to_string()))),
                 None => {
-                    return Executed::answer(error_frame(request_id, ErrorCode::Internal, "a read was not decoded"))
+                    return Some(Executed::answer(error_frame(
+                        request_id,
+                        ErrorCode::Internal,
+                        "a read was not decoded",
+                    )))
                 }
             }
         } else {
@@ -434,12 +462,12 @@ fn execute_at(shared: &Shared, frame_bytes: &[u8], mut out: Vec<u8>, now: u64, p
     };
     let body_len = out.len() - loomcache_wire::HEADER_LEN;
     out[..loomcache_wire::HEADER_LEN].copy_from_slice(&header_bytes(&fields, body_len));
-    Executed {
+    Some(Executed {
         bytes: out,
         publication,
         offered,
         parked: None,
-    }
+    })
 }
 
 struct Conn {
@@ -927,6 +955,19 @@ impl EventLoop {
                         continue;
                     }
                 }
+                let is_read = opcode.class() == OpClass::Read;
+                if is_read && !busy {
+                    // Under the leader lease a read needs no round through
+                    // the driver: it is answered here, like a single node's.
+                    let buf = self.spare.pop().unwrap_or_default();
+                    let at = *now.get_or_insert_with(now_ms);
+                    if let Some(bytes) = read_under_lease(&self.shared, frame.bytes(), buf, at, front.driver.lease()) {
+                        conn.start += len;
+                        conn.partial_since = None;
+                        conn.out.push_back(bytes);
+                        continue;
+                    }
+                }
                 if busy || !self.shared.backpressure.try_admit() {
                     conn.stalled = true;
                     conn.partial_since = None;
@@ -939,7 +980,6 @@ impl EventLoop {
                     return Step::Pause;
                 }
                 let bytes: Arc<[u8]> = Arc::from(frame.bytes());
-                let is_read = opcode.class() == OpClass::Read;
                 let reply = cluster_reply(
                     &self.shared,
                     front,

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -184,12 +185,56 @@ pub struct MembershipView {
     pub conf_index: Index,
 }
 
+/// The leader lease as a point in time, published by the driver so that
+/// reads can be answered on other threads without a round through it.
+///
+/// The driver publishes an end only while its core holds a lease, an entry
+/// of the current term is committed and everything committed is applied;
+/// it withdraws it before sending any message of a leadership transfer.
+/// Until the end, no other leader can be elected (voters keep their
+/// promise for an election timeout, and the end is counted from the
+/// scheduled time of the tick the confirming heartbeat round was sent at,
+/// never later than its real sending), so the state machine holds every
+/// acknowledged write. A reader checks [`LeaseGate::holds`] while holding
+/// the state machine's lock, then reads: the state it reads is what it was
+/// at a moment the lease held.
+#[derive(Debug)]
+pub struct LeaseGate {
+    origin: Instant,
+    /// Nanoseconds after `origin` at which the lease ends; 0 for none.
+    until_ns: AtomicU64,
+}
+
+impl LeaseGate {
+    fn new() -> LeaseGate {
+        LeaseGate {
+            origin: Instant::now(),
+            until_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// True while this member leads under a lease and has applied every
+    /// entry committed when the lease was last published.
+    pub fn holds(&self) -> bool {
+        let until = self.until_ns.load(Ordering::Acquire);
+        until != 0 && u64::try_from(self.origin.elapsed().as_nanos()).is_ok_and(|now| now < until)
+    }
+
+    fn publish(&self, until: Option<Instant>) {
+        let ns = until.map_or(0, |t| {
+            u64::try_from(t.saturating_duration_since(self.origin).as_nanos()).unwrap_or(0)
+        });
+        self.until_ns.store(ns, Ordering::Release);
+    }
+}
+
 /// A handle to a running driver; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct DriverHandle {
     inbox: SyncSender<Input>,
     summary: Arc<Mutex<Summary>>,
     membership: Arc<Mutex<MembershipView>>,
+    lease: Arc<LeaseGate>,
 }
 
 fn offer(inbox: &SyncSender<Input>, input: Input) {
@@ -241,6 +286,11 @@ impl DriverHandle {
         *self.summary.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The leader lease, for reads answered off the driver's thread.
+    pub fn lease(&self) -> &LeaseGate {
+        &self.lease
+    }
+
     /// The membership as of the driver's last tick.
     pub fn membership(&self) -> MembershipView {
         self.membership.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -283,6 +333,7 @@ impl Driver {
                 inbox: tx,
                 summary: Arc::new(Mutex::new(Summary::default())),
                 membership: Arc::new(Mutex::new(MembershipView::default())),
+                lease: Arc::new(LeaseGate::new()),
             },
             InboxReceiver(rx),
         )
@@ -339,6 +390,8 @@ impl Driver {
             conf_index: snapshot_index,
             summary: Arc::clone(&handle.summary),
             membership: Arc::clone(&handle.membership),
+            lease: Arc::clone(&handle.lease),
+            tick_at: Instant::now(),
             config,
         };
         Ok((handle, run))
@@ -416,6 +469,9 @@ struct Run {
     conf_index: Index,
     summary: Arc<Mutex<Summary>>,
     membership: Arc<Mutex<MembershipView>>,
+    lease: Arc<LeaseGate>,
+    /// When the core's current tick was due (it ran then or later).
+    tick_at: Instant,
 }
 
 /// A snapshot bound made a little larger by node id (by 0, 1/8, 2/8 or
@@ -448,7 +504,7 @@ fn not_leader(e: &RaftError) -> Outcome {
 
 impl Run {
     fn run<M: Replicated>(mut self, mut machine: M) {
-        let mut next_tick = Instant::now() + self.config.tick;
+        let mut next_tick = self.tick_at + self.config.tick;
         'outer: loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             let first = match self.inbox.recv_timeout(wait) {
@@ -470,6 +526,7 @@ impl Run {
                 if replayed >= 4 * self.config.raft.election_timeout_ticks {
                     next_tick = now + self.config.tick;
                 }
+                self.tick_at = next_tick - self.config.tick;
             }
             if replayed > 0 {
                 self.promote_caught_up_learners();
@@ -495,6 +552,7 @@ impl Run {
                 break;
             }
         }
+        self.lease.publish(None);
         for (_, (_, reply)) in std::mem::take(&mut self.writes) {
             reply(Outcome::Stopped);
         }
@@ -607,6 +665,11 @@ impl Run {
 
     fn process_ready<M: Replicated>(&mut self, machine: &mut M) -> Result<(), RaftStorageError> {
         while self.raft.has_ready() {
+            // Before any message leaves: one may start a transfer, after
+            // which voters no longer keep the promise the lease rests on.
+            if self.raft.lease_until_tick().is_none() {
+                self.lease.publish(None);
+            }
             let mut ready = self.raft.ready();
             // The leader's appends go out while its own write is under way.
             self.send(std::mem::take(&mut ready.messages));
@@ -749,7 +812,22 @@ impl Run {
                 self.handed_over = false;
             }
         }
+        self.publish_lease();
         Ok(())
+    }
+
+    /// Publishes the lease's end for reads off this thread, or withdraws
+    /// it: it needs the core's lease, and everything committed applied.
+    fn publish_lease(&self) {
+        let until = self
+            .raft
+            .lease_until_tick()
+            .filter(|_| self.raft.applied() >= self.raft.committed())
+            .and_then(|tick| {
+                let ticks = u32::try_from(tick.saturating_sub(self.raft.now_ticks())).ok()?;
+                Some(self.tick_at + self.config.tick.checked_mul(ticks)?)
+            });
+        self.lease.publish(until);
     }
 
     /// True if this member leads a group with other voters and its last
@@ -1084,6 +1162,61 @@ mod tests {
             }
         }
         assert!(handovers(&nodes) >= 1);
+    }
+
+    /// The published lease of a leader stuck in a long snapshot ends on
+    /// time although its driver publishes nothing meanwhile: at no moment
+    /// do two members' leases hold, even once another member is elected
+    /// during the stall.
+    #[test]
+    fn a_stalled_leaders_lease_ends_before_another_leader_holds_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let addrs: BTreeMap<NodeId, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
+        // Only node 1 (bound 56; 62 and 68 for the others) snapshots below.
+        let nodes: Vec<Node> = (1..=3)
+            .map(|id| start_node_slow(id, tmp.path(), &addrs, Duration::from_secs(3)))
+            .collect();
+        let handle = |i: usize| nodes[i].driver.as_ref().unwrap().handle().clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while leader_of(&nodes) != Some(0) {
+            assert!(Instant::now() < deadline, "node 1 never took over");
+            let l = wait_leader(&nodes);
+            if l != 0 {
+                let _ = ask(|r| handle(l).transfer_leader(1, r));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let h = handle(0);
+        // The entry that reaches node 1's bound is answered, then the
+        // snapshot starts.
+        assert!(matches!(
+            ask(|r| h.propose(Arc::from(&b"w"[..]), r)),
+            Outcome::Applied(_)
+        ));
+        let settled = |s: Summary| s.applied == s.last_index;
+        while !settled(h.summary()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut applied = h.summary().applied;
+        while applied < staggered(50, 1) {
+            match ask(|r| h.propose(Arc::from(format!("w{applied}").as_bytes()), r)) {
+                Outcome::Applied(_) => applied += 1,
+                other => panic!("write at {applied} before the stall: {other:?}"),
+            }
+        }
+        // Node 1 is now snapshotting for 3 s.
+        let leases = [handle(0), handle(1), handle(2)];
+        let (mut first_held, mut other_held) = (false, false);
+        let watch_until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < watch_until {
+            let holding: Vec<usize> = (0..3).filter(|&i| leases[i].lease().holds()).collect();
+            assert!(holding.len() <= 1, "leases held at once by {holding:?}");
+            first_held |= holding == [0];
+            other_held |= holding.iter().any(|&i| i != 0);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert!(first_held, "the leader never published its lease");
+        assert!(other_held, "no other member was elected while node 1 stalled");
     }
 
     /// Three nodes over TCP: writes commit through the leader, followers
