@@ -112,11 +112,14 @@ const ERROR_PAUSE: Duration = Duration::from_millis(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Requests that failed (an error answer, or for etcd a failed call), and
-/// the first one's message. They are counted, not measured.
+/// the first one's message. They are counted, not measured. A native
+/// connection answered REDIRECT moves to the leader it names once its
+/// batch is answered; `redirects` counts those moves.
 #[derive(Debug, Default)]
 struct Failures {
     count: u64,
     first: Option<String>,
+    redirects: u64,
 }
 
 impl Failures {
@@ -129,6 +132,7 @@ impl Failures {
 
     fn merge(&mut self, other: Failures) {
         self.count += other.count;
+        self.redirects += other.redirects;
         if self.first.is_none() {
             self.first = other.first;
         }
@@ -154,6 +158,8 @@ enum Proto {
         framer: Framer<Vec<u8>>,
         out: Vec<u8>,
         next_id: u64,
+        /// The leader's client address from a REDIRECT answer.
+        redirect: Option<String>,
     },
     Resp {
         buf: Vec<u8>,
@@ -175,6 +181,7 @@ impl Proto {
                     .map_err(std::io::Error::other)?,
                 out: Vec::with_capacity(64 << 10),
                 next_id: 1,
+                redirect: None,
             },
             Backend::Resp => Proto::Resp {
                 buf: vec![0u8; 1 << 20],
@@ -233,12 +240,15 @@ impl Proto {
     fn take_answers(&mut self, max: usize, failures: &mut Failures) -> std::io::Result<usize> {
         let mut got = 0;
         match self {
-            Proto::Native { framer, .. } => {
+            Proto::Native { framer, redirect, .. } => {
                 while got < max {
                     let Some(frame) = framer.next_frame().map_err(std::io::Error::other)? else {
                         break;
                     };
                     if frame.opcode() != Opcode::ResponseOk {
+                        if let Ok(Response::Redirect(r)) = frame.decode_response(Opcode::MapGet, &Limits::DEFAULT) {
+                            *redirect = Some(r.leader_addr.to_owned());
+                        }
                         failures.note(|| describe_refusal(&frame));
                     }
                     got += 1;
@@ -258,6 +268,14 @@ impl Proto {
             }
         }
         Ok(got)
+    }
+
+    /// Where a REDIRECT answered since the last call sends the connection.
+    fn take_redirect(&mut self) -> Option<String> {
+        match self {
+            Proto::Native { redirect, .. } => redirect.take(),
+            Proto::Resp { .. } => None,
+        }
     }
 
     /// Room to receive into; [`Proto::filled`] reports what arrived.
@@ -294,7 +312,11 @@ struct Conn {
 
 impl Conn {
     fn open(args: &Args) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect(args.addr.as_str())?;
+        Conn::open_at(args, &args.addr)
+    }
+
+    fn open_at(args: &Args, addr: &str) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
         Ok(Conn {
@@ -404,6 +426,11 @@ fn run_connection(args: &Args, seed: u64, measuring: &AtomicBool, stop: &AtomicB
         if measuring.load(Ordering::Relaxed) && answered > 0 {
             hist.record_n(us, answered).map_err(std::io::Error::other)?;
             ops += answered;
+        }
+        if let Some(leader) = conn.proto.take_redirect() {
+            conn = Conn::open_at(args, &leader)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot follow a redirect to {leader}: {e}")))?;
+            failures.redirects += 1;
         }
         if answered < args.pipeline as u64 {
             std::thread::sleep(ERROR_PAUSE);
@@ -550,8 +577,12 @@ fn main() -> std::process::ExitCode {
         }
     }
     let errors = failures.count;
+    let redirects = failures.redirects;
     if let Some(first) = &failures.first {
         eprintln!("loomcache-bench: {errors} request(s) failed; the first: {first}");
+    }
+    if redirects > 0 {
+        eprintln!("loomcache-bench: connections followed {redirects} redirect(s) to a new leader");
     }
     let rate = ops as f64 / elapsed;
     let (p50, p99, p999, max) = (
@@ -563,7 +594,7 @@ fn main() -> std::process::ExitCode {
     let backend = args.backend.name();
     if args.json {
         println!(
-            "{{\"backend\":\"{backend}\",\"addr\":\"{}\",\"connections\":{},\"pipeline\":{},\"value_size\":{},\"keys\":{},\"read_ratio\":{},\"seconds\":{elapsed:.3},\"ops\":{ops},\"errors\":{errors},\"ops_per_sec\":{rate:.1},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"max_us\":{max}}}",
+            "{{\"backend\":\"{backend}\",\"addr\":\"{}\",\"connections\":{},\"pipeline\":{},\"value_size\":{},\"keys\":{},\"read_ratio\":{},\"seconds\":{elapsed:.3},\"ops\":{ops},\"errors\":{errors},\"redirects\":{redirects},\"ops_per_sec\":{rate:.1},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"max_us\":{max}}}",
             args.addr, args.connections, args.pipeline, args.value_size, args.keys, args.read_ratio
         );
     } else {
@@ -599,7 +630,7 @@ mod events {
 
     use mio::net::TcpStream;
     use mio::unix::SourceFd;
-    use mio::{Events, Interest, Poll, Token};
+    use mio::{Events, Interest, Poll, Registry, Token};
     use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 
     use super::{
@@ -666,6 +697,7 @@ mod events {
 
     struct Driven {
         stream: TcpStream,
+        token: Token,
         proto: Proto,
         rng: Rng,
         /// Bytes of the batch's encoding written so far.
@@ -714,8 +746,18 @@ mod events {
         }
 
         /// The batch is answered: records it and starts the next, pauses
-        /// after a failure, or ends once the run stops.
-        fn batch_answered(&mut self, load: &Load<'_>, tally: &mut Outcome) -> io::Result<()> {
+        /// after a failure, or ends once the run stops. A connection that
+        /// was redirected reconnects to the leader first.
+        fn batch_answered(&mut self, load: &Load<'_>, tally: &mut Outcome, registry: &Registry) -> io::Result<()> {
+            if let Some(leader) = self.proto.take_redirect() {
+                let mut stream = connect(&leader)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot follow a redirect to {leader}: {e}")))?;
+                registry.deregister(&mut self.stream)?;
+                registry.register(&mut stream, self.token, Interest::READABLE | Interest::WRITABLE)?;
+                self.stream = stream;
+                self.proto = Proto::new(load.args.backend)?;
+                tally.failures.redirects += 1;
+            }
             let us = self.sent.elapsed().as_micros().max(1) as u64;
             let failed = self.failed;
             let answered = load.args.pipeline as u64 - failed;
@@ -749,7 +791,7 @@ mod events {
 
         /// Handles a readiness event: sends what is pending and reads
         /// until the socket is empty.
-        fn service(&mut self, load: &Load<'_>, tally: &mut Outcome) -> io::Result<()> {
+        fn service(&mut self, load: &Load<'_>, tally: &mut Outcome, registry: &Registry) -> io::Result<()> {
             if self.written < self.proto.out().len() {
                 self.send()?;
             }
@@ -767,7 +809,7 @@ mod events {
                         self.failed += tally.failures.count - before;
                         self.awaited -= got;
                         if got > 0 && self.awaited == 0 {
-                            self.batch_answered(load, tally)?;
+                            self.batch_answered(load, tally, registry)?;
                         }
                         if cfg!(unix) && n < room {
                             // A short read emptied the socket; a later
@@ -783,6 +825,14 @@ mod events {
             }
             Ok(())
         }
+    }
+
+    /// A non-blocking connection without Nagle's delay.
+    fn connect(addr: &str) -> io::Result<TcpStream> {
+        let stream = std::net::TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        Ok(TcpStream::from_std(stream))
     }
 
     /// Drives the connections numbered `indexes` (of `--connections`) until
@@ -812,14 +862,12 @@ mod events {
         };
         let mut conns = Vec::with_capacity(indexes.len());
         for (token, &index) in indexes.iter().enumerate() {
-            let stream = std::net::TcpStream::connect(args.addr.as_str())?;
-            stream.set_nodelay(true)?;
-            stream.set_nonblocking(true)?;
-            let mut stream = TcpStream::from_std(stream);
+            let mut stream = connect(&args.addr)?;
             poll.registry()
                 .register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)?;
             conns.push(Driven {
                 stream,
+                token: Token(token),
                 proto: Proto::new(args.backend)?,
                 rng: Rng(connection_seed(index) | 1),
                 written: 0,
@@ -866,7 +914,7 @@ mod events {
                     continue;
                 }
                 if let Some(conn) = conns.get_mut(event.token().0).filter(|c| !c.done) {
-                    conn.service(&load, &mut tally)?;
+                    conn.service(&load, &mut tally, poll.registry())?;
                 }
             }
             let now = Instant::now();
