@@ -213,6 +213,20 @@ impl Client {
         let mut attempt = 0;
         let mut redirects = 0;
         loop {
+            // A waiting poll sent again (to a new leader, or after a
+            // failure) waits only what is left of its wait.
+            let resent;
+            let payload = match payload {
+                Payload::QueuePoll(p) if p.wait_ms > 0 && (attempt > 0 || redirects > 0) => {
+                    let elapsed = u32::try_from(start.elapsed().as_millis()).unwrap_or(u32::MAX);
+                    resent = Payload::QueuePoll(QueuePoll {
+                        name: p.name,
+                        wait_ms: p.wait_ms.saturating_sub(elapsed),
+                    });
+                    &resent
+                }
+                _ => payload,
+            };
             let result = self.take().and_then(|mut conn| {
                 let r = conn.call(payload, sequence);
                 // A connection that failed is dropped, never pooled.

@@ -286,6 +286,35 @@ fn a_waiting_poll_follows_the_leadership() {
     );
 }
 
+/// A poll redirected to a new leader waits there only what is left of its
+/// wait, not the whole wait again.
+#[test]
+fn a_redirected_poll_waits_only_what_is_left_of_its_wait() {
+    let (_tmp, members, _procs, c) = three_up();
+    let old = leader_of(&members).expect("a leader");
+    let wait = Duration::from_secs(4);
+    let poller = spawn_poller(&members, wait);
+    std::thread::sleep(Duration::from_millis(2000));
+    let next = (old + 1) % members.len();
+    c.transfer_leader(members[next].id).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while leader_of(&members) != Some(next) {
+        assert!(Instant::now() < deadline, "leadership did not move");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (got, waited) = poller.join().unwrap();
+    assert_eq!(got, None);
+    assert!(
+        waited >= wait - Duration::from_millis(200),
+        "answered early: {waited:?}"
+    );
+    // Waiting the whole wait again at the new leader would take 6 s.
+    assert!(
+        waited < wait + Duration::from_millis(1500),
+        "the redirected poll waited {waited:?}"
+    );
+}
+
 /// A poll waiting at a leader that is cut off from the other members is
 /// answered NO_LEADER once that leader steps down, instead of waiting out
 /// its wait where no offer can commit: its client then finds the new
