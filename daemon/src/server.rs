@@ -1681,6 +1681,11 @@ impl Replicated for ClusterMachine {
         executed.bytes
     }
 
+    fn snapshot_size_hint(&self) -> usize {
+        let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        usize::try_from(state.memory_used()).unwrap_or(usize::MAX)
+    }
+
     fn snapshot(&self) -> Vec<u8> {
         let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         members::encode_envelope_with(&self.book.render(), |out| state.snapshot_into(out))
