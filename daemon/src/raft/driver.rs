@@ -389,7 +389,7 @@ impl Driver {
             next_read: 1,
             applied_since_snapshot: 0,
             applied_bytes_since_snapshot: 0,
-            last_snapshot_took: None,
+            snapshot_pace: SnapshotPace::new(),
             handed_over: false,
             snapshot_handovers: 0,
             conf_index: snapshot_index,
@@ -466,9 +466,8 @@ struct Run {
     next_read: u64,
     applied_since_snapshot: u64,
     applied_bytes_since_snapshot: u64,
-    /// How long this member's last snapshot took (encoding and storing),
-    /// and the state machine's size hint then.
-    last_snapshot_took: Option<(Duration, usize)>,
+    /// How fast this member's snapshots have been taken.
+    snapshot_pace: SnapshotPace,
     /// Leadership was handed over ahead of the snapshot now due.
     handed_over: bool,
     snapshot_handovers: u64,
@@ -481,21 +480,47 @@ struct Run {
 }
 
 /// Bytes per millisecond a snapshot is assumed to be taken at before this
-/// member has taken one. A busy two-vCPU host took 621–664 ms for a 31 MB
-/// state (about 50 MB/s) and 26–226 ms for a 10 MB one while serving
-/// writes; erring low costs an unneeded leadership transfer, erring high
-/// an election, once per member until it has measured its own.
-const SNAPSHOT_BYTES_PER_MS_GUESS: u64 = 50_000;
+/// member has taken one. On a two-vCPU host serving 50 × 16 writes, 31 MB
+/// snapshots took 60–300 ms (encoding and storing), 100–500 MB/s; the
+/// guess sits at the slow end: erring low costs an unneeded leadership
+/// transfer, erring high an election.
+const SNAPSHOT_BYTES_PER_MS_GUESS: f64 = 100_000.0;
 
-/// How long the next snapshot is expected to take: the last one's time
-/// scaled by the size hint now against the hint then; with no last one
-/// (or no hint then) the hint at [`SNAPSHOT_BYTES_PER_MS_GUESS`]; the last
-/// time as it was when the state machine gives no hint now.
-fn predicted_snapshot_time(last: Option<(Duration, usize)>, size_hint: usize) -> Duration {
-    match (last, size_hint) {
-        (Some((took, _)), 0) => took,
-        (Some((took, bytes)), size) if bytes > 0 => took.mul_f64(size as f64 / bytes as f64),
-        (_, size) => Duration::from_millis(size as u64 / SNAPSHOT_BYTES_PER_MS_GUESS),
+/// How long this member's snapshots take, to predict the next one's time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SnapshotPace {
+    /// The last snapshot's time (encoding and storing).
+    last_took: Option<Duration>,
+    /// Bytes of size hint per millisecond: the guess at first, then each
+    /// measurement averaged in with weight one half, so a single slow or
+    /// fast snapshot moves it only halfway.
+    bytes_per_ms: f64,
+}
+
+impl SnapshotPace {
+    fn new() -> SnapshotPace {
+        SnapshotPace {
+            last_took: None,
+            bytes_per_ms: SNAPSHOT_BYTES_PER_MS_GUESS,
+        }
+    }
+
+    /// A snapshot of a state with `size_hint` took `took`.
+    fn record(&mut self, took: Duration, size_hint: usize) {
+        self.last_took = Some(took);
+        if size_hint > 0 {
+            let measured = size_hint as f64 / (took.as_secs_f64() * 1000.0).max(0.001);
+            self.bytes_per_ms = (self.bytes_per_ms + measured) / 2.0;
+        }
+    }
+
+    /// The expected time of a snapshot of a state with `size_hint`; with
+    /// no hint, the last snapshot's time (none before the first).
+    fn predict(&self, size_hint: usize) -> Duration {
+        if size_hint == 0 {
+            return self.last_took.unwrap_or(Duration::ZERO);
+        }
+        Duration::from_secs_f64(size_hint as f64 / self.bytes_per_ms / 1000.0)
     }
 }
 
@@ -834,7 +859,7 @@ impl Run {
                 );
                 self.applied_since_snapshot = 0;
                 self.applied_bytes_since_snapshot = 0;
-                self.last_snapshot_took = Some((started.elapsed(), size_hint));
+                self.snapshot_pace.record(started.elapsed(), size_hint);
                 self.handed_over = false;
             }
         }
@@ -857,7 +882,7 @@ impl Run {
     }
 
     /// True if this member leads a group with other voters and the
-    /// snapshot now due is expected ([`predicted_snapshot_time`], from
+    /// snapshot now due is expected ([`SnapshotPace::predict`], from
     /// `size_hint`) to take longer than followers wait for a heartbeat
     /// before they may campaign (the shortest election timeout less one
     /// heartbeat interval): taking it here would likely cost the group an
@@ -872,7 +897,7 @@ impl Run {
             .election_timeout_ticks
             .saturating_sub(raft.heartbeat_interval_ticks);
         let patience = self.config.tick * u32::try_from(ticks).unwrap_or(u32::MAX);
-        if predicted_snapshot_time(self.last_snapshot_took, size_hint) <= patience {
+        if self.snapshot_pace.predict(size_hint) <= patience {
             return false;
         }
         let status = self.raft.status();
@@ -1234,19 +1259,22 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_time_is_predicted_from_the_last_one_or_the_size() {
+    fn snapshot_time_is_predicted_from_the_size_at_an_averaged_pace() {
         let ms = Duration::from_millis;
-        let cases = [
-            (None, 0, ms(0)),
-            (None, 50_000_000, ms(1000)),
-            (Some((ms(100), 1000)), 2000, ms(200)),
-            (Some((ms(100), 1000)), 500, ms(50)),
-            (Some((ms(100), 1000)), 0, ms(100)),
-            (Some((ms(100), 0)), 5_000_000, ms(100)),
-        ];
-        for (last, hint, want) in cases {
-            assert_eq!(predicted_snapshot_time(last, hint), want, "{last:?}, {hint}");
-        }
+        let mut pace = SnapshotPace::new();
+        assert_eq!(pace.predict(0), Duration::ZERO, "no hint, no history");
+        assert_eq!(pace.predict(100_000_000), ms(1000), "the guess: 100 MB/s");
+        // 10 MB in 200 ms is 50 MB/s: halfway from 100 to 50 is 75 MB/s.
+        pace.record(ms(200), 10_000_000);
+        assert_eq!(pace.predict(0), ms(200), "no hint: the last time");
+        assert_eq!(pace.predict(75_000_000), ms(1000));
+        // A fast one (750 MB/s) moves it halfway again: 412.5 MB/s.
+        pace.record(ms(20), 15_000_000);
+        assert_eq!(pace.predict(41_250_000), ms(100));
+        // A snapshot with no hint keeps the pace.
+        pace.record(ms(5), 0);
+        assert_eq!(pace.predict(41_250_000), ms(100));
+        assert_eq!(pace.predict(0), ms(5));
     }
 
     /// The published lease of a leader stuck in a long snapshot ends on
