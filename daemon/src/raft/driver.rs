@@ -20,11 +20,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use loomcache_consensus::{
     ConfChange, ConfState, Config as RaftConfig, Entry, EntryKind, Error as RaftError, Index, Message, NodeId,
-    PeerStatus, Raft, Role, Status, Term,
+    PeerStatus, Raft, Role, Snapshot, Status, Term,
 };
 use loomcache_log::LogConfig;
 
-use super::storage::{LogStorage, RaftStorageError};
+use super::storage::{LogStorage, PendingSnapshot, RaftStorageError};
 use super::transport::Transport;
 
 /// What the driver applies committed entries to.
@@ -390,6 +390,7 @@ impl Driver {
             applied_since_snapshot: 0,
             applied_bytes_since_snapshot: 0,
             snapshot_pace: SnapshotPace::new(),
+            snapshot_job: None,
             handed_over: false,
             snapshot_handovers: 0,
             conf_index: snapshot_index,
@@ -468,6 +469,8 @@ struct Run {
     applied_bytes_since_snapshot: u64,
     /// How fast this member's snapshots have been taken.
     snapshot_pace: SnapshotPace,
+    /// The snapshot being written, if any.
+    snapshot_job: Option<SnapshotJob>,
     /// Leadership was handed over ahead of the snapshot now due.
     handed_over: bool,
     snapshot_handovers: u64,
@@ -522,6 +525,57 @@ impl SnapshotPace {
         }
         Duration::from_secs_f64(size_hint as f64 / self.bytes_per_ms / 1000.0)
     }
+}
+
+/// A snapshot of the state machine being written and synced on its own
+/// thread, so that the driver stalls only while the state is encoded.
+struct SnapshotJob {
+    index: Index,
+    /// How long encoding the state took (on the driver's thread).
+    encoded: Duration,
+    /// When the writing started.
+    started: Instant,
+    done: Receiver<Result<Snapshot, RaftStorageError>>,
+    thread: JoinHandle<()>,
+}
+
+impl SnapshotJob {
+    /// `None` when no thread can be started: the snapshot is not taken
+    /// (its temporary file is removed) and the next one is due later.
+    fn start(pending: PendingSnapshot, data: Arc<[u8]>, encoded: Duration) -> Option<SnapshotJob> {
+        let index = pending.index();
+        let (tx, done) = mpsc::channel();
+        let started = Instant::now();
+        let spawned = std::thread::Builder::new()
+            .name("loomcache-snapshot".into())
+            .spawn(move || {
+                let _ = tx.send(pending.write(data));
+            });
+        match spawned {
+            Ok(thread) => Some(SnapshotJob {
+                index,
+                encoded,
+                started,
+                done,
+                thread,
+            }),
+            Err(e) => {
+                tracing::warn!(index, error = %e, "cannot start a thread to write a snapshot; none was taken");
+                None
+            }
+        }
+    }
+}
+
+/// The group waits while a snapshot is encoded: worth seeing.
+fn log_snapshot(index: Index, bytes: usize, encoded: Duration, stored: Duration) {
+    tracing::info!(
+        index,
+        bytes,
+        encode_ms = encoded.as_millis() as u64,
+        store_ms = stored.as_millis() as u64,
+        "snapshot taken"
+    );
 }
 
 /// A snapshot bound made a little larger by node id (by 0, 1/8, 2/8 or
@@ -597,10 +651,16 @@ impl Run {
                     }
                 }
             }
-            if let Err(e) = self.process_ready(&mut machine) {
+            if let Err(e) = self
+                .process_ready(&mut machine)
+                .and_then(|()| self.finish_snapshot_job(false))
+            {
                 tracing::error!(error = %e, "the Raft driver stops: storage failed");
                 break;
             }
+        }
+        if let Err(e) = self.finish_snapshot_job(true) {
+            tracing::warn!(error = %e, "the last snapshot was not written");
         }
         self.lease.publish(None);
         for (_, (_, reply)) in std::mem::take(&mut self.writes) {
@@ -838,33 +898,83 @@ impl Run {
             // that up to twice the bounds, then snapshots where it is.
             let overdue = self.applied_since_snapshot >= entries_bound.saturating_mul(2)
                 || self.applied_bytes_since_snapshot >= bytes_bound.saturating_mul(2);
-            if due && !first_snapshot && !overdue && self.hands_over_before_snapshot(machine.snapshot_size_hint()) {
+            // One snapshot is written at a time; a due one waits for it.
+            let writing = self.snapshot_job.is_some();
+            if due
+                && !writing
+                && !first_snapshot
+                && !overdue
+                && self.hands_over_before_snapshot(machine.snapshot_size_hint())
+            {
                 continue;
             }
-            if due || first_snapshot {
+            if first_snapshot || (due && !writing) {
                 let size_hint = machine.snapshot_size_hint();
                 let started = Instant::now();
                 let conf = self.raft.conf_state().clone();
                 let data: Arc<[u8]> = Arc::from(machine.snapshot());
                 let encoded = started.elapsed();
-                let bytes = data.len();
-                self.raft.storage_mut().create_snapshot(applied, conf, data)?;
-                // The group waits while a snapshot is taken: worth seeing.
-                tracing::info!(
-                    index = applied,
-                    bytes,
-                    encode_ms = encoded.as_millis() as u64,
-                    total_ms = started.elapsed().as_millis() as u64,
-                    "snapshot taken"
-                );
+                if first_snapshot {
+                    // A joining member is sent this snapshot: it must be
+                    // held before the change goes on.
+                    self.finish_snapshot_job(true)?;
+                    let bytes = data.len();
+                    self.raft.storage_mut().create_snapshot(applied, conf, data)?;
+                    log_snapshot(applied, bytes, encoded, started.elapsed() - encoded);
+                } else if let Some(pending) = self.raft.storage().begin_snapshot(applied, conf)? {
+                    self.snapshot_job = SnapshotJob::start(pending, data, encoded);
+                }
                 self.applied_since_snapshot = 0;
                 self.applied_bytes_since_snapshot = 0;
-                self.snapshot_pace.record(started.elapsed(), size_hint);
+                // The member stalls only while the state is encoded.
+                self.snapshot_pace.record(encoded, size_hint);
                 self.handed_over = false;
             }
         }
         self.publish_lease();
         Ok(())
+    }
+
+    /// Installs the snapshot written on its own thread once it is durable
+    /// (`wait`: waiting for that), compacting the log behind it. A failed
+    /// write fails the driver like any storage failure, unless a newer
+    /// snapshot (received from the leader) is held by then.
+    fn finish_snapshot_job(&mut self, wait: bool) -> Result<(), RaftStorageError> {
+        let Some(job) = &self.snapshot_job else {
+            return Ok(());
+        };
+        let outcome = if wait {
+            job.done.recv().ok()
+        } else {
+            match job.done.try_recv() {
+                Ok(outcome) => Some(outcome),
+                Err(mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::TryRecvError::Disconnected) => None,
+            }
+        };
+        let job = self.snapshot_job.take().expect("checked above");
+        let _ = job.thread.join();
+        let storage = self.raft.storage_mut();
+        match outcome {
+            Some(Ok(snapshot)) => {
+                let bytes = snapshot.data.len();
+                storage.install_written_snapshot(snapshot)?;
+                log_snapshot(job.index, bytes, job.encoded, job.started.elapsed());
+                Ok(())
+            }
+            Some(Err(e)) if job.index <= storage.snapshot_index() => {
+                tracing::debug!(index = job.index, error = %e, "a superseded snapshot was not written");
+                Ok(())
+            }
+            Some(Err(e)) => Err(e),
+            None => Err(RaftStorageError::Inconsistent {
+                dir: self.config.dir.clone(),
+                reason: format!(
+                    "the thread writing the snapshot at {} ended without an answer",
+                    job.index
+                ),
+            }),
+        }
     }
 
     /// Publishes the lease's end for reads off this thread, or withdraws
@@ -1042,6 +1152,70 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         driver.stop();
+    }
+
+    /// Takes a second over renaming each snapshot into place, and says
+    /// when it is doing so.
+    #[derive(Debug, Default)]
+    struct SlowSnapshotRename {
+        renaming: std::sync::atomic::AtomicBool,
+    }
+
+    impl loomcache_log::LogIo for SlowSnapshotRename {
+        fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+            if to.extension().is_some_and(|e| e == "snap") {
+                self.renaming.store(true, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(Duration::from_secs(1));
+                let renamed = loomcache_log::OsIo.rename(from, to);
+                self.renaming.store(false, std::sync::atomic::Ordering::SeqCst);
+                return renamed;
+            }
+            loomcache_log::OsIo.rename(from, to)
+        }
+    }
+
+    /// A snapshot is written on its own thread: while it is being made
+    /// durable, writes go on being committed and answered; once it is, the
+    /// log is compacted behind it and a restart starts from it.
+    #[test]
+    fn writes_are_answered_while_a_snapshot_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let io = Arc::new(SlowSnapshotRename::default());
+        let mut config = DriverConfig::new(1, 0, tmp.path().to_path_buf(), vec![1]);
+        config.log.io = io.clone();
+        config.snapshot_every_entries = 20;
+        let driver = Driver::start(config.clone(), Journal::default(), None).unwrap();
+        let h = driver.handle().clone();
+        let renaming = || io.renaming.load(std::sync::atomic::Ordering::SeqCst);
+        let (mut written, mut during) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while during < 5 {
+            assert!(
+                Instant::now() < deadline,
+                "{written} writes, {during} while a snapshot was written"
+            );
+            match ask(|r| h.propose(Arc::from(format!("w{written}").as_bytes()), r)) {
+                Outcome::Applied(_) => {
+                    written += 1;
+                    if renaming() {
+                        during += 1;
+                    }
+                }
+                Outcome::NotLeader(_) => std::thread::sleep(Duration::from_millis(20)),
+                other => panic!("write {written}: {other:?}"),
+            }
+        }
+        driver.stop();
+        let storage = LogStorage::open(&config.dir, config.log.clone(), ConfState::with_voters([1])).unwrap();
+        assert!(
+            storage.snapshot_index() >= 20,
+            "snapshot at {}",
+            storage.snapshot_index()
+        );
+        assert!(
+            loomcache_consensus::Storage::first_index(&storage) > 1,
+            "the log was compacted"
+        );
     }
 
     /// Fails every flush of the log's segments once `failing` is set.

@@ -11,7 +11,7 @@ use loomcache_consensus::{
     ConfState, Entry, EntryKind, HardState, Index, Snapshot, SnapshotMeta, Storage, StorageError, Term,
 };
 use loomcache_log::{
-    HardState as LogHardState, HardStateFile, Log, LogConfig, LogError, Record, RecordKind, Snapshots,
+    HardState as LogHardState, HardStateFile, Log, LogConfig, LogError, Record, RecordKind, SnapshotWriter, Snapshots,
 };
 
 /// Why the stored state cannot be opened or written.
@@ -220,10 +220,7 @@ impl LogStorage {
         let mut writer = self.snapshots.begin(meta.index, meta.term, &meta.conf.encode())?;
         writer.write(0, &snapshot.data)?;
         writer.finish()?;
-        self.log.compact_through(meta.index)?;
-        self.snapshots.remove_older_than(meta.index)?;
-        self.snapshot = snapshot;
-        Ok(())
+        self.install_written_snapshot(snapshot)
     }
 
     /// Installs a snapshot received from the leader: written durably, then
@@ -238,17 +235,45 @@ impl LogStorage {
     /// Records a snapshot of the state machine taken at `index` (applied
     /// here), then compacts the log through it.
     pub fn create_snapshot(&mut self, index: Index, conf: ConfState, data: Arc<[u8]>) -> Result<(), RaftStorageError> {
+        match self.begin_snapshot(index, conf)? {
+            Some(pending) => {
+                let snapshot = pending.write(data)?;
+                self.install_written_snapshot(snapshot)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Starts a snapshot of the state machine taken at `index` (applied
+    /// here), to be written by [`PendingSnapshot::write`] on any thread and
+    /// then installed with [`LogStorage::install_written_snapshot`]. `None`
+    /// if a snapshot at or past `index` is held already.
+    pub fn begin_snapshot(&self, index: Index, conf: ConfState) -> Result<Option<PendingSnapshot>, RaftStorageError> {
         if index <= self.snapshot.meta.index {
-            return Ok(());
+            return Ok(None);
         }
         let term = self.term(index).map_err(|e| RaftStorageError::Inconsistent {
             dir: self.dir.clone(),
             reason: format!("snapshot at {index}: {e}"),
         })?;
-        self.write_snapshot(Snapshot {
+        let writer = self.snapshots.begin(index, term, &conf.encode())?;
+        Ok(Some(PendingSnapshot {
             meta: SnapshotMeta { index, term, conf },
-            data,
-        })
+            writer,
+        }))
+    }
+
+    /// Makes a snapshot written by [`PendingSnapshot::write`] the one held,
+    /// and compacts the log through it; nothing if a snapshot at or past
+    /// its index is held already (one received from the leader meanwhile).
+    pub fn install_written_snapshot(&mut self, snapshot: Snapshot) -> Result<(), RaftStorageError> {
+        if snapshot.meta.index <= self.snapshot.meta.index {
+            return Ok(());
+        }
+        self.log.compact_through(snapshot.meta.index)?;
+        self.snapshots.remove_older_than(snapshot.meta.index)?;
+        self.snapshot = snapshot;
+        Ok(())
     }
 
     /// Index of the newest snapshot held (0: none yet).
@@ -259,6 +284,30 @@ impl LogStorage {
     /// Stops the log's flush thread after a final flush.
     pub fn close(&self) -> Result<(), RaftStorageError> {
         Ok(self.log.close()?)
+    }
+}
+
+/// A snapshot begun by [`LogStorage::begin_snapshot`]: its file is open,
+/// nothing is durable yet, and dropping it removes the file.
+#[derive(Debug)]
+pub struct PendingSnapshot {
+    meta: SnapshotMeta,
+    writer: SnapshotWriter,
+}
+
+impl PendingSnapshot {
+    /// The index the snapshot is taken at.
+    pub fn index(&self) -> Index {
+        self.meta.index
+    }
+
+    /// Writes the state machine's bytes and makes the file durable (synced,
+    /// renamed into place, directory synced); answers the snapshot to
+    /// install.
+    pub fn write(mut self, data: Arc<[u8]>) -> Result<Snapshot, RaftStorageError> {
+        self.writer.write(0, &data)?;
+        self.writer.finish()?;
+        Ok(Snapshot { meta: self.meta, data })
     }
 }
 
@@ -448,6 +497,59 @@ mod tests {
         assert_eq!((s.first_index(), s.last_index()), (11, 11));
         assert_eq!(s.term(10), Ok(3));
         assert_eq!(&s.entries(11, 12, 0).unwrap()[0].data[..], b"next");
+    }
+
+    /// A snapshot begun here and written on another thread compacts the
+    /// log only once installed; one superseded meanwhile by a snapshot
+    /// from the leader is not installed, and the newer one survives a
+    /// restart.
+    #[test]
+    fn a_snapshot_written_elsewhere_compacts_only_once_installed() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut s = open(tmp.path());
+            let last = s
+                .append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
+                .unwrap();
+            s.log().wait_durable(last).unwrap();
+            let pending = s
+                .begin_snapshot(2, ConfState::with_voters([1]))
+                .unwrap()
+                .expect("newer");
+            assert_eq!(pending.index(), 2);
+            let written = std::thread::spawn(move || pending.write(Arc::from(&b"state@2"[..])))
+                .join()
+                .unwrap()
+                .unwrap();
+            assert_eq!(s.first_index(), 1, "nothing compacted before the install");
+            s.install_written_snapshot(written).unwrap();
+            assert_eq!((s.first_index(), s.snapshot_index()), (3, 2));
+            assert!(s.begin_snapshot(2, ConfState::with_voters([1])).unwrap().is_none());
+
+            let pending = s
+                .begin_snapshot(3, ConfState::with_voters([1]))
+                .unwrap()
+                .expect("newer");
+            let received = Snapshot {
+                meta: SnapshotMeta {
+                    index: 9,
+                    term: 2,
+                    conf: ConfState::with_voters([1]),
+                },
+                data: Arc::from(&b"state@9"[..]),
+            };
+            s.apply_snapshot(received).unwrap();
+            // The older one may or may not finish writing; either way it
+            // is not installed.
+            if let Ok(older) = pending.write(Arc::from(&b"state@3"[..])) {
+                s.install_written_snapshot(older).unwrap();
+            }
+            assert_eq!(s.snapshot_index(), 9);
+            s.close().unwrap();
+        }
+        let s = open(tmp.path());
+        assert_eq!(s.snapshot_index(), 9);
+        assert_eq!(&s.snapshot().unwrap().data[..], b"state@9");
     }
 
     /// A group of one over the durable log: what it committed before a
