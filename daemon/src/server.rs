@@ -939,20 +939,30 @@ impl EventLoop {
             }
             if let Some(front) = &self.cluster {
                 let busy = conn.in_flight as usize + conn.out.len() >= in_flight_max as usize;
+                // A waiting poll proposed because its queue holds an item
+                // now: should another consumer take the item first, it is
+                // parked for the rest of its wait, like a woken one.
+                let mut waits_if_beaten = None;
                 if !busy && opcode == Opcode::QueuePoll {
-                    if let Some((queue, wait)) = leader_poll_waits(&self.shared, &front.driver, &frame) {
-                        // Held at the leader until an item arrives or the
-                        // wait ends; counted in flight until answered.
-                        conn.in_flight += 1;
-                        conn.start += len;
-                        conn.partial_since = None;
-                        self.parked.entry(queue).or_default().push_back(ParkedPoll {
-                            conn: idx,
-                            generation: conn.generation,
-                            frame: frame.bytes().to_vec(),
-                            deadline: Instant::now() + wait,
-                        });
-                        continue;
+                    if let Some((queue, wait, empty)) = leader_poll_waits(&self.shared, &front.driver, &frame) {
+                        let deadline = Instant::now() + wait;
+                        if !empty {
+                            waits_if_beaten = Some((queue, deadline));
+                        } else {
+                            // Held at the leader until an item arrives or
+                            // the wait ends; counted in flight until
+                            // answered.
+                            conn.in_flight += 1;
+                            conn.start += len;
+                            conn.partial_since = None;
+                            self.parked.entry(queue).or_default().push_back(ParkedPoll {
+                                conn: idx,
+                                generation: conn.generation,
+                                frame: frame.bytes().to_vec(),
+                                deadline,
+                            });
+                            continue;
+                        }
                     }
                 }
                 let is_read = opcode.class() == OpClass::Read;
@@ -985,10 +995,14 @@ impl EventLoop {
                     front,
                     (idx, conn.generation),
                     (request_id, frame.header().partition()),
-                    if is_read {
-                        Answer::Read(Arc::clone(&bytes))
-                    } else {
-                        Answer::Applied
+                    match waits_if_beaten {
+                        _ if is_read => Answer::Read(Arc::clone(&bytes)),
+                        Some((queue, deadline)) => Answer::Parked {
+                            queue,
+                            frame: frame.bytes().to_vec(),
+                            deadline,
+                        },
+                        None => Answer::Applied,
                     },
                 );
                 conn.start += len;
@@ -1853,14 +1867,14 @@ fn start_cluster(
     Ok((driver, transport, book))
 }
 
-/// On the leader, a `QUEUE_POLL` that would wait on an empty queue: the
-/// queue and the wait. Elsewhere (a follower redirects it) and for a poll
-/// that does not wait, none: it is proposed at once.
+/// On the leader, a `QUEUE_POLL` that may wait: its queue, its wait, and
+/// whether it would wait now (the queue is empty). Elsewhere (a follower
+/// redirects it) and for a poll that does not wait, none.
 fn leader_poll_waits(
     shared: &Shared,
     driver: &DriverHandle,
     frame: &loomcache_wire::Frame<'_>,
-) -> Option<(Box<str>, Duration)> {
+) -> Option<(Box<str>, Duration, bool)> {
     if driver.summary().role != Some(loomcache_consensus::Role::Leader) {
         return None;
     }
@@ -1871,9 +1885,8 @@ fn leader_poll_waits(
         return None;
     }
     let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-    state
-        .poll_would_wait(p.name, frame)
-        .then(|| (p.name.into(), Duration::from_millis(u64::from(p.wait_ms))))
+    let empty = state.poll_would_wait(p.name, frame);
+    Some((p.name.into(), Duration::from_millis(u64::from(p.wait_ms)), empty))
 }
 
 /// What a request handed to the driver is answered with once it is done.
@@ -1884,9 +1897,10 @@ enum Answer {
     Read(Arc<[u8]>),
     /// An empty success (membership requests).
     Done,
-    /// A poll that was parked and is proposed now that its queue holds an
-    /// item. If another consumer took the item first, it is parked again
-    /// until `deadline` rather than answered empty early.
+    /// A waiting poll proposed because its queue holds an item: parked and
+    /// woken by an offer, or found an item on arrival. If another consumer
+    /// took the item first, it is parked (again) until `deadline` rather
+    /// than answered empty early.
     Parked {
         queue: Box<str>,
         frame: Vec<u8>,
