@@ -28,7 +28,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::backpressure::{Backpressure, Level};
 use crate::config::{ClusterConfig, Config};
 use crate::raft::members::{self, AddressBook};
-use crate::raft::{Driver, DriverConfig, DriverHandle, LeaseGate, Outcome, Replicated, Transport, TransportConfig};
+use crate::raft::{
+    Driver, DriverConfig, DriverHandle, LeaseGate, Outcome, Replicated, SnapshotFinish, Transport, TransportConfig,
+};
 use crate::state::StateMachine;
 
 const LISTENER: Token = Token(0);
@@ -1701,8 +1703,21 @@ impl Replicated for ClusterMachine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        members::encode_envelope_with(&self.book.render(), |out| state.snapshot_into(out))
+        self.freeze()()
+    }
+
+    /// The address book and a view of the state machine with its map
+    /// values shared; the values are copied in when the snapshot is
+    /// finished, off the driver's thread.
+    fn freeze(&self) -> SnapshotFinish {
+        let members = self.book.render();
+        let view = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot_view();
+        Box::new(move || members::encode_envelope_with(&members, |out| view.finish_into(out)))
     }
 
     fn restore(&mut self, data: &[u8]) {

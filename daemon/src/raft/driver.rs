@@ -34,6 +34,13 @@ pub trait Replicated: Send + 'static {
     fn apply(&mut self, entry: &Entry) -> Vec<u8>;
     /// The whole state, for a snapshot.
     fn snapshot(&self) -> Vec<u8>;
+    /// The whole state as of now, for a snapshot finished on another
+    /// thread: what is done here stalls the driver, what the returned
+    /// function does does not. By default everything is done here.
+    fn freeze(&self) -> SnapshotFinish {
+        let bytes = self.snapshot();
+        Box::new(move || bytes)
+    }
     /// Replaces the state with a snapshot's.
     fn restore(&mut self, data: &[u8]);
     /// Roughly how many bytes [`Replicated::snapshot`] would produce now,
@@ -48,6 +55,9 @@ pub trait Replicated: Send + 'static {
         let _ = (change, conf);
     }
 }
+
+/// Finishes a snapshot frozen by [`Replicated::freeze`]: its bytes.
+pub type SnapshotFinish = Box<dyn FnOnce() -> Vec<u8> + Send>;
 
 /// How a request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -527,13 +537,14 @@ impl SnapshotPace {
     }
 }
 
-/// A snapshot of the state machine being written and synced on its own
-/// thread, so that the driver stalls only while the state is encoded.
+/// A snapshot of the state machine being finished, written and synced on
+/// its own thread, so that the driver stalls only while the state is
+/// frozen ([`Replicated::freeze`]).
 struct SnapshotJob {
     index: Index,
     /// How long encoding the state took (on the driver's thread).
     encoded: Duration,
-    /// When the writing started.
+    /// When finishing the encoding and writing started.
     started: Instant,
     done: Receiver<Result<Snapshot, RaftStorageError>>,
     thread: JoinHandle<()>,
@@ -542,13 +553,14 @@ struct SnapshotJob {
 impl SnapshotJob {
     /// `None` when no thread can be started: the snapshot is not taken
     /// (its temporary file is removed) and the next one is due later.
-    fn start(pending: PendingSnapshot, data: Arc<[u8]>, encoded: Duration) -> Option<SnapshotJob> {
+    fn start(pending: PendingSnapshot, frozen: SnapshotFinish, encoded: Duration) -> Option<SnapshotJob> {
         let index = pending.index();
         let (tx, done) = mpsc::channel();
         let started = Instant::now();
         let spawned = std::thread::Builder::new()
             .name("loomcache-snapshot".into())
             .spawn(move || {
+                let data: Arc<[u8]> = Arc::from(frozen());
                 let _ = tx.send(pending.write(data));
             });
         match spawned {
@@ -912,17 +924,18 @@ impl Run {
                 let size_hint = machine.snapshot_size_hint();
                 let started = Instant::now();
                 let conf = self.raft.conf_state().clone();
-                let data: Arc<[u8]> = Arc::from(machine.snapshot());
+                let frozen = machine.freeze();
                 let encoded = started.elapsed();
                 if first_snapshot {
                     // A joining member is sent this snapshot: it must be
                     // held before the change goes on.
                     self.finish_snapshot_job(true)?;
+                    let data: Arc<[u8]> = Arc::from(frozen());
                     let bytes = data.len();
                     self.raft.storage_mut().create_snapshot(applied, conf, data)?;
                     log_snapshot(applied, bytes, encoded, started.elapsed() - encoded);
                 } else if let Some(pending) = self.raft.storage().begin_snapshot(applied, conf)? {
-                    self.snapshot_job = SnapshotJob::start(pending, data, encoded);
+                    self.snapshot_job = SnapshotJob::start(pending, frozen, encoded);
                 }
                 self.applied_since_snapshot = 0;
                 self.applied_bytes_since_snapshot = 0;

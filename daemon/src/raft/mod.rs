@@ -7,7 +7,8 @@ pub mod storage;
 pub mod transport;
 
 pub use driver::{
-    Driver, DriverConfig, DriverError, DriverHandle, LeaseGate, MembershipView, Outcome, Replicated, Reply, Summary,
+    Driver, DriverConfig, DriverError, DriverHandle, LeaseGate, MembershipView, Outcome, Replicated, Reply,
+    SnapshotFinish, Summary,
 };
 pub use storage::{LogStorage, RaftStorageError};
 pub use transport::{Transport, TransportConfig, TransportStats};

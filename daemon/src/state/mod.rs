@@ -26,7 +26,7 @@ use loomcache_wire::{
 
 pub use dedup::DedupConfig;
 use dedup::{DedupTable, Verdict};
-pub use snapshot::SnapshotError;
+pub use snapshot::{SnapshotError, SnapshotView};
 use structures::{Atomic, MapEntry, MapState, QueueState, SetState, Structure, TopicState};
 
 /// Limits of the state machine; every one comes from configuration.

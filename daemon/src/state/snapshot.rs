@@ -33,6 +33,7 @@
 //! unbounded allocation.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use loomcache_wire::{ErrorCode, Opcode};
 
@@ -53,32 +54,79 @@ pub struct SnapshotError {
     pub reason: &'static str,
 }
 
-struct W(Vec<u8>);
+/// The encoder's output: the bytes, and, when freezing a view, the map
+/// values left out of them with where each goes.
+struct W {
+    out: Vec<u8>,
+    shared: Option<Vec<(usize, Arc<[u8]>)>>,
+}
 
 impl W {
     fn u8(&mut self, v: u8) {
-        self.0.push(v);
+        self.out.push(v);
     }
     fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.out.extend_from_slice(&v.to_le_bytes());
     }
     fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.out.extend_from_slice(&v.to_le_bytes());
     }
     fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.out.extend_from_slice(&v.to_le_bytes());
     }
     fn bytes8(&mut self, b: &[u8]) {
         self.u8(b.len() as u8);
-        self.0.extend_from_slice(b);
+        self.out.extend_from_slice(b);
     }
     fn bytes16(&mut self, b: &[u8]) {
         self.u16(b.len() as u16);
-        self.0.extend_from_slice(b);
+        self.out.extend_from_slice(b);
     }
     fn bytes32(&mut self, b: &[u8]) {
         self.u32(b.len() as u32);
-        self.0.extend_from_slice(b);
+        self.out.extend_from_slice(b);
+    }
+    /// A map value, as [`W::bytes32`] would write it; a view keeps a
+    /// reference to it in place of the bytes.
+    fn value(&mut self, v: &Arc<[u8]>) {
+        match &mut self.shared {
+            Some(shared) => {
+                self.out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                shared.push((self.out.len(), Arc::clone(v)));
+            }
+            None => self.bytes32(v),
+        }
+    }
+}
+
+/// The state machine's snapshot as of one moment, taken quickly: every
+/// byte of it except the map values is encoded, and the values are held
+/// by reference (they are never changed in place, only replaced), so the
+/// state can change while [`SnapshotView::finish_into`] copies them in on
+/// another thread.
+#[derive(Debug)]
+pub struct SnapshotView {
+    /// The encoding without the map values.
+    skeleton: Vec<u8>,
+    /// Each value and the offset in `skeleton` it goes at, in order.
+    values: Vec<(usize, Arc<[u8]>)>,
+    /// Bytes of the values.
+    value_bytes: usize,
+}
+
+impl SnapshotView {
+    /// Appends the snapshot bytes to `out`: exactly what
+    /// [`StateMachine::snapshot_into`] wrote at the moment of the view.
+    pub fn finish_into(self, mut out: Vec<u8>) -> Vec<u8> {
+        out.reserve(self.skeleton.len() + self.value_bytes);
+        let mut at = 0;
+        for (offset, value) in &self.values {
+            out.extend_from_slice(&self.skeleton[at..*offset]);
+            out.extend_from_slice(value);
+            at = *offset;
+        }
+        out.extend_from_slice(&self.skeleton[at..]);
+        out
     }
 }
 
@@ -145,8 +193,30 @@ impl StateMachine {
         // item (at most a quarter more for the smallest items).
         let used = self.memory_used as usize;
         out.reserve(4096 + used.saturating_add(used / 4));
-        let mut w = W(out);
-        w.0.extend_from_slice(&MAGIC);
+        let mut w = W { out, shared: None };
+        self.encode(&mut w);
+        w.out
+    }
+
+    /// The snapshot as of now, with the map values shared rather than
+    /// copied: cheap enough to take while applying stalls, finished
+    /// elsewhere.
+    pub fn snapshot_view(&self) -> SnapshotView {
+        let mut w = W {
+            out: Vec::with_capacity(4096),
+            shared: Some(Vec::new()),
+        };
+        self.encode(&mut w);
+        let values = w.shared.unwrap_or_default();
+        SnapshotView {
+            skeleton: w.out,
+            value_bytes: values.iter().map(|(_, v)| v.len()).sum(),
+            values,
+        }
+    }
+
+    fn encode(&self, w: &mut W) {
+        w.out.extend_from_slice(&MAGIC);
         w.u16(VERSION);
         w.u64(self.now_ms);
         w.u64(self.next_id);
@@ -165,7 +235,7 @@ impl StateMachine {
                         w.u64(e.id);
                         w.u64(e.expires.unwrap_or(u64::MAX));
                         w.bytes16(key);
-                        w.bytes32(&e.value);
+                        w.value(&e.value);
                     }
                 }
                 Structure::Queue(q) => {
@@ -220,7 +290,6 @@ impl StateMachine {
                 }
             }
         }
-        w.0
     }
 
     /// Replaces the whole state with a snapshot's. An empty snapshot (a

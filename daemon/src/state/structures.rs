@@ -2,6 +2,7 @@
 //! walk insertion ids, so every replica pages through a structure alike.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use super::entry_cost;
 
@@ -18,7 +19,9 @@ pub(crate) enum Structure {
 /// One map entry.
 #[derive(Debug)]
 pub(crate) struct MapEntry {
-    pub value: Box<[u8]>,
+    /// Shared, so that a snapshot can hold the values of the moment it was
+    /// taken while the map changes (13.7).
+    pub value: Arc<[u8]>,
     /// Absolute expiry (leader ms), if any.
     pub expires: Option<u64>,
     /// Insertion id: orders scans. A rewrite keeps it; a key removed and

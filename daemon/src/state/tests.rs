@@ -848,6 +848,41 @@ fn snapshots_restore_to_an_identical_replica() {
     assert_eq!(b.snapshot(), empty, "an empty snapshot is the empty state");
 }
 
+/// A snapshot view finished after more writes (values replaced, keys
+/// deleted and written again, queues and sets changed) holds exactly the
+/// bytes of the moment it was taken, after whatever prefix it is given.
+#[test]
+fn a_view_finished_later_is_the_snapshot_of_its_moment() {
+    let mut sm = StateMachine::new(StateConfig::default());
+    let values: Vec<&'static [u8]> = (0..16)
+        .map(|i| &*Box::leak(vec![b'a' + i as u8; 100 + i * 37].into_boxed_slice()))
+        .collect();
+    let keys: Vec<&'static [u8]> = (0..8)
+        .map(|i| &*Box::leak(format!("k{i}").into_bytes().into_boxed_slice()))
+        .collect();
+    let mut pending: Option<(SnapshotView, Vec<u8>)> = None;
+    for step in 0..2_000usize {
+        if step % 100 == 0 {
+            if let Some((view, bytes)) = pending.take() {
+                let finished = view.finish_into(b"prefix".to_vec());
+                assert_eq!(&finished[..6], b"prefix");
+                assert_eq!(&finished[6..], &bytes[..], "the view taken at step {}", step - 100);
+            }
+            pending = Some((sm.snapshot_view(), sm.snapshot()));
+        }
+        let k = keys[step * 7 % 8];
+        let v = values[step * 5 % 16];
+        let payload = match step % 5 {
+            0 | 1 => Payload::MapPut(put("m", k, v, 0)),
+            2 => Payload::MapDelete(Keyed { name: "m", key: k }),
+            3 => Payload::QueueOffer(NamedValue { name: "q", value: v }),
+            _ => Payload::SetAdd(Keyed { name: "s", key: k }),
+        };
+        let mut out = Vec::new();
+        sm.apply(&frame(&payload, None), step as u64, &mut out);
+    }
+}
+
 /// Damaged snapshot bytes are an error (or, for a changed value byte, a
 /// different valid state), never a panic, and a failed restore changes
 /// nothing.
