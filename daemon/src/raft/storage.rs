@@ -268,6 +268,9 @@ impl LogStorage {
     /// its index is held already (one received from the leader meanwhile).
     pub fn install_written_snapshot(&mut self, snapshot: Snapshot) -> Result<(), RaftStorageError> {
         if snapshot.meta.index <= self.snapshot.meta.index {
+            // Its file went into place after the newer one's install
+            // cleared the older ones.
+            self.snapshots.remove_older_than(self.snapshot.meta.index)?;
             return Ok(());
         }
         self.log.compact_through(snapshot.meta.index)?;
