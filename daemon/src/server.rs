@@ -968,9 +968,10 @@ impl EventLoop {
                     }
                 }
                 let is_read = opcode.class() == OpClass::Read;
-                if is_read && !busy {
+                if is_read && !busy && front.driver.lease().holds() {
                     // Under the leader lease a read needs no round through
-                    // the driver: it is answered here, like a single node's.
+                    // the driver: it is answered here, like a single node's
+                    // (the lease is checked again under the lock).
                     let buf = self.spare.pop().unwrap_or_default();
                     let at = *now.get_or_insert_with(now_ms);
                     if let Some(bytes) = read_under_lease(&self.shared, frame.bytes(), buf, at, front.driver.lease()) {

@@ -239,7 +239,9 @@ impl LeaseGate {
         let ns = until.map_or(0, |t| {
             u64::try_from(t.saturating_duration_since(self.origin).as_nanos()).unwrap_or(0)
         });
-        self.until_ns.store(ns, Ordering::Release);
+        // Sequentially consistent (a full barrier on common hardware), so
+        // that a withdrawal is visible before the messages sent after it.
+        self.until_ns.store(ns, Ordering::SeqCst);
     }
 }
 
@@ -492,12 +494,13 @@ struct Run {
     tick_at: Instant,
 }
 
-/// Bytes per millisecond a snapshot is assumed to be taken at before this
-/// member has taken one. On a two-vCPU host serving 50 × 16 writes, 31 MB
-/// snapshots took 60–300 ms (encoding and storing), 100–500 MB/s; the
-/// guess sits at the slow end: erring low costs an unneeded leadership
-/// transfer, erring high an election.
-const SNAPSHOT_BYTES_PER_MS_GUESS: f64 = 100_000.0;
+/// Bytes per millisecond a snapshot is assumed to be frozen at (the part
+/// that stalls the driver) before this member has taken one. On a
+/// two-vCPU host serving 50 × 16 writes, 31 MB states of 1 KiB values froze
+/// in 10–134 ms, 230 MB/s at the slowest; the guess sits near that end:
+/// erring low costs an unneeded leadership transfer, erring high an
+/// election.
+const SNAPSHOT_BYTES_PER_MS_GUESS: f64 = 250_000.0;
 
 /// How long this member's snapshots take, to predict the next one's time.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -620,34 +623,14 @@ fn not_leader(e: &RaftError) -> Outcome {
 
 impl Run {
     fn run<M: Replicated>(mut self, mut machine: M) {
-        let mut next_tick = self.tick_at + self.config.tick;
         'outer: loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wait = (self.tick_at + self.config.tick).saturating_duration_since(Instant::now());
             let first = match self.inbox.recv_timeout(wait) {
                 Ok(input) => Some(input),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            // Time first: the core's tick count must not lag the clock, or a
-            // lease checked by the inputs below would outlive its real
-            // duration after a stall (a long fsync, a paused process).
-            // Missed ticks are replayed, up to a few election timeouts:
-            // beyond that every lease has expired anyway.
-            let now = Instant::now();
-            let mut replayed = 0;
-            while next_tick <= now {
-                self.raft.tick();
-                next_tick += self.config.tick;
-                replayed += 1;
-                if replayed >= 4 * self.config.raft.election_timeout_ticks {
-                    next_tick = now + self.config.tick;
-                }
-                self.tick_at = next_tick - self.config.tick;
-            }
-            if replayed > 0 {
-                self.promote_caught_up_learners();
-                self.publish_membership();
-            }
+            self.catch_up_ticks();
             if let Some(input) = first {
                 if !self.handle(input) {
                     break;
@@ -655,6 +638,9 @@ impl Run {
                 for _ in 1..self.config.batch_inputs_max {
                     match self.inbox.try_recv() {
                         Ok(input) => {
+                            // The clock again before each input: the
+                            // thread may have been paused mid-batch.
+                            self.catch_up_ticks();
                             if !self.handle(input) {
                                 break 'outer;
                             }
@@ -671,10 +657,10 @@ impl Run {
                 break;
             }
         }
+        self.lease.publish(None);
         if let Err(e) = self.finish_snapshot_job(true) {
             tracing::warn!(error = %e, "the last snapshot was not written");
         }
-        self.lease.publish(None);
         for (_, (_, reply)) in std::mem::take(&mut self.writes) {
             reply(Outcome::Stopped);
         }
@@ -685,6 +671,28 @@ impl Run {
             reply(Outcome::Stopped);
         }
         let _ = self.raft.storage().close();
+    }
+
+    /// Time first: the core's tick count must not lag the clock, or a lease
+    /// checked by the next input would outlive its real duration after a
+    /// stall (a long fsync, a paused process). Replays the ticks that fell
+    /// due, up to a few election timeouts: beyond that every lease has
+    /// expired anyway, and the schedule restarts from now.
+    fn catch_up_ticks(&mut self) {
+        let now = Instant::now();
+        let mut replayed = 0;
+        while self.tick_at + self.config.tick <= now {
+            self.raft.tick();
+            self.tick_at += self.config.tick;
+            replayed += 1;
+            if replayed >= 4 * self.config.raft.election_timeout_ticks {
+                self.tick_at = now;
+            }
+        }
+        if replayed > 0 {
+            self.promote_caught_up_learners();
+            self.publish_membership();
+        }
     }
 
     /// Handles one input; false on stop.
@@ -1450,17 +1458,17 @@ mod tests {
         let ms = Duration::from_millis;
         let mut pace = SnapshotPace::new();
         assert_eq!(pace.predict(0), Duration::ZERO, "no hint, no history");
-        assert_eq!(pace.predict(100_000_000), ms(1000), "the guess: 100 MB/s");
-        // 10 MB in 200 ms is 50 MB/s: halfway from 100 to 50 is 75 MB/s.
+        assert_eq!(pace.predict(250_000_000), ms(1000), "the guess: 250 MB/s");
+        // 10 MB in 200 ms is 50 MB/s: halfway from 250 to 50 is 150 MB/s.
         pace.record(ms(200), 10_000_000);
         assert_eq!(pace.predict(0), ms(200), "no hint: the last time");
-        assert_eq!(pace.predict(75_000_000), ms(1000));
-        // A fast one (750 MB/s) moves it halfway again: 412.5 MB/s.
+        assert_eq!(pace.predict(150_000_000), ms(1000));
+        // A fast one (750 MB/s) moves it halfway again: 450 MB/s.
         pace.record(ms(20), 15_000_000);
-        assert_eq!(pace.predict(41_250_000), ms(100));
+        assert_eq!(pace.predict(45_000_000), ms(100));
         // A snapshot with no hint keeps the pace.
         pace.record(ms(5), 0);
-        assert_eq!(pace.predict(41_250_000), ms(100));
+        assert_eq!(pace.predict(45_000_000), ms(100));
         assert_eq!(pace.predict(0), ms(5));
     }
 
