@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -26,6 +25,7 @@ use loomcache_log::LogConfig;
 
 use super::storage::{LogStorage, PendingSnapshot, RaftStorageError};
 use super::transport::Transport;
+use crate::sync::{AtomicU64, Ordering};
 
 /// What the driver applies committed entries to.
 pub trait Replicated: Send + 'static {
@@ -220,8 +220,15 @@ pub struct LeaseGate {
     until_ns: AtomicU64,
 }
 
+impl Default for LeaseGate {
+    fn default() -> LeaseGate {
+        LeaseGate::new()
+    }
+}
+
 impl LeaseGate {
-    fn new() -> LeaseGate {
+    /// A gate with no lease published.
+    pub fn new() -> LeaseGate {
         LeaseGate {
             origin: Instant::now(),
             until_ns: AtomicU64::new(0),
@@ -235,7 +242,9 @@ impl LeaseGate {
         until != 0 && u64::try_from(self.origin.elapsed().as_nanos()).is_ok_and(|now| now < until)
     }
 
-    fn publish(&self, until: Option<Instant>) {
+    /// Publishes the lease's end, or withdraws it (`None`). Only the
+    /// driver publishes; public for the models of the gate.
+    pub fn publish(&self, until: Option<Instant>) {
         let ns = until.map_or(0, |t| {
             u64::try_from(t.saturating_duration_since(self.origin).as_nanos()).unwrap_or(0)
         });
