@@ -50,9 +50,13 @@ impl MapState {
         self.entries.len()
     }
 
-    /// Every entry, expired or not, in insertion-id order.
-    pub fn ordered(&self) -> impl Iterator<Item = (&[u8], &MapEntry)> {
-        self.order.values().map(|k| (&**k, &self.entries[k]))
+    /// Every entry, expired or not, in insertion-id order. Walks the
+    /// entries once and sorts them by id, rather than looking each key of
+    /// the order index up (a hash and a probe per entry).
+    pub fn ordered(&self) -> Vec<(&[u8], &MapEntry)> {
+        let mut all: Vec<(&[u8], &MapEntry)> = self.entries.iter().map(|(k, e)| (&**k, e)).collect();
+        all.sort_unstable_by_key(|(_, e)| e.id);
+        all
     }
 
     /// Puts back an entry read from a snapshot.
