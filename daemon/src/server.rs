@@ -356,37 +356,45 @@ fn execute(shared: &Shared, frame_bytes: &[u8], out: Vec<u8>) -> Executed {
 /// [`execute`] at time `now`; `park` says whether a poll may wait (not for
 /// a committed entry, which is applied as it stands).
 fn execute_at(shared: &Shared, frame_bytes: &[u8], out: Vec<u8>, now: u64, park: bool) -> Executed {
-    execute_under(shared, frame_bytes, out, now, park, None)
+    match parse_frame(frame_bytes, &shared.limits) {
+        Ok(Parsed::Frame(frame)) => execute_frame(shared, &frame, out, now, park),
+        _ => Executed::answer(error_frame(
+            0,
+            ErrorCode::Internal,
+            "an admitted frame no longer parses",
+        )),
+    }
+}
+
+/// [`execute_at`] for a frame the event loop has just parsed.
+fn execute_frame(shared: &Shared, frame: &loomcache_wire::Frame<'_>, out: Vec<u8>, now: u64, park: bool) -> Executed {
+    execute_under(shared, frame, out, now, park, None)
         .unwrap_or_else(|| Executed::answer(error_frame(0, ErrorCode::Internal, "no lease was asked for")))
 }
 
 /// A linearizable read answered on the calling thread, if the leader lease
 /// holds once the state machine is locked; `None` otherwise (the read then
 /// takes the round through the Raft driver).
-fn read_under_lease(shared: &Shared, frame_bytes: &[u8], out: Vec<u8>, now: u64, lease: &LeaseGate) -> Option<Vec<u8>> {
-    execute_under(shared, frame_bytes, out, now, false, Some(lease)).map(|e| e.bytes)
+fn read_under_lease(
+    shared: &Shared,
+    frame: &loomcache_wire::Frame<'_>,
+    out: Vec<u8>,
+    now: u64,
+    lease: &LeaseGate,
+) -> Option<Vec<u8>> {
+    execute_under(shared, frame, out, now, false, Some(lease)).map(|e| e.bytes)
 }
 
-/// [`execute_at`]; with `lease`, `None` unless the lease holds while the
-/// state machine is locked.
+/// [`execute_frame`]; with `lease`, `None` unless the lease holds while
+/// the state machine is locked.
 fn execute_under(
     shared: &Shared,
-    frame_bytes: &[u8],
+    frame: &loomcache_wire::Frame<'_>,
     mut out: Vec<u8>,
     now: u64,
     park: bool,
     lease: Option<&LeaseGate>,
 ) -> Option<Executed> {
-    let frame = match parse_frame(frame_bytes, &shared.limits) {
-        Ok(Parsed::Frame(f)) => f,
-        _ => {
-            return Some(Executed::answer(error_frame(
-                0,
-                ErrorCode::Internal,
-                "an admitted frame no longer parses",
-            )))
-        }
-    };
     let (request_id, partition) = (frame.request_id(), frame.header().partition());
     // The payload is decoded here only where the node itself needs it
     // (reads, and the writes with effects beyond the state machine); other
@@ -405,7 +413,7 @@ fn execute_under(
             return None;
         }
         if let Some(Ok(Payload::QueuePoll(p))) = decoded {
-            if park && p.wait_ms > 0 && state.poll_would_wait(p.name, &frame) {
+            if park && p.wait_ms > 0 && state.poll_would_wait(p.name, frame) {
                 return Some(Executed {
                     bytes: Vec::new(),
                     publication: None,
@@ -974,7 +982,7 @@ impl EventLoop {
                     // (the lease is checked again under the lock).
                     let buf = self.spare.pop().unwrap_or_default();
                     let at = *now.get_or_insert_with(now_ms);
-                    if let Some(bytes) = read_under_lease(&self.shared, frame.bytes(), buf, at, front.driver.lease()) {
+                    if let Some(bytes) = read_under_lease(&self.shared, &frame, buf, at, front.driver.lease()) {
                         conn.start += len;
                         conn.partial_since = None;
                         conn.out.push_back(bytes);
@@ -1029,7 +1037,7 @@ impl EventLoop {
                 // No worker pool: apply on the loop thread, in order.
                 let buf = self.spare.pop().unwrap_or_default();
                 let at = *now.get_or_insert_with(now_ms);
-                let result = execute_at(&self.shared, frame.bytes(), buf, at, true);
+                let result = execute_frame(&self.shared, &frame, buf, at, true);
                 conn.start += len;
                 conn.partial_since = None;
                 if result.parked.is_some() {
