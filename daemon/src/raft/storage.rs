@@ -215,12 +215,10 @@ impl LogStorage {
         Ok(())
     }
 
-    fn write_snapshot(&mut self, snapshot: Snapshot) -> Result<(), RaftStorageError> {
-        let meta = &snapshot.meta;
-        let mut writer = self.snapshots.begin(meta.index, meta.term, &meta.conf.encode())?;
-        writer.write(0, &snapshot.data)?;
-        writer.finish()?;
-        self.install_written_snapshot(snapshot)
+    /// Opens the file of a snapshot described by `meta`.
+    fn pending(&self, meta: SnapshotMeta) -> Result<PendingSnapshot, RaftStorageError> {
+        let writer = self.snapshots.begin(meta.index, meta.term, &meta.conf.encode())?;
+        Ok(PendingSnapshot { meta, writer })
     }
 
     /// Installs a snapshot received from the leader: written durably, then
@@ -229,7 +227,8 @@ impl LogStorage {
         if snapshot.meta.index <= self.snapshot.meta.index {
             return Ok(());
         }
-        self.write_snapshot(snapshot)
+        let written = self.pending(snapshot.meta)?.write(snapshot.data)?;
+        self.install_written_snapshot(written)
     }
 
     /// Records a snapshot of the state machine taken at `index` (applied
@@ -256,11 +255,7 @@ impl LogStorage {
             dir: self.dir.clone(),
             reason: format!("snapshot at {index}: {e}"),
         })?;
-        let writer = self.snapshots.begin(index, term, &conf.encode())?;
-        Ok(Some(PendingSnapshot {
-            meta: SnapshotMeta { index, term, conf },
-            writer,
-        }))
+        self.pending(SnapshotMeta { index, term, conf }).map(Some)
     }
 
     /// Makes a snapshot written by [`PendingSnapshot::write`] the one held,
