@@ -1391,6 +1391,29 @@ mod tests {
         }
     }
 
+    /// Hand-overs ahead of a snapshot, over all members.
+    fn handovers(nodes: &[Node]) -> u64 {
+        nodes
+            .iter()
+            .map(|n| n.driver.as_ref().unwrap().handle().summary().snapshot_handovers)
+            .sum()
+    }
+
+    /// One attempt to write `data` at the current leader: true once it
+    /// applied; after an answer that passes by itself (no leader, busy, a
+    /// lost or indeterminate write), a short pause and false.
+    fn write_at_leader(nodes: &[Node], data: &str) -> bool {
+        let h = nodes[wait_leader(nodes)].driver.as_ref().unwrap().handle().clone();
+        match ask(|r| h.propose(Arc::from(data.as_bytes()), r)) {
+            Outcome::Applied(_) => true,
+            Outcome::NotLeader(_) | Outcome::Busy(_) | Outcome::Lost | Outcome::Indeterminate => {
+                std::thread::sleep(Duration::from_millis(5));
+                false
+            }
+            other => panic!("write {data}: {other:?}"),
+        }
+    }
+
     /// Snapshots that take longer than followers wait for a heartbeat:
     /// once a leader has seen one, it hands leadership over before the
     /// next and takes it as a follower, and writes go on throughout.
@@ -1402,12 +1425,6 @@ mod tests {
         let nodes: Vec<Node> = (1..=3)
             .map(|id| start_node_slow(id, tmp.path(), &addrs, delay, 0))
             .collect();
-        let handovers = |nodes: &[Node]| -> u64 {
-            nodes
-                .iter()
-                .map(|n| n.driver.as_ref().unwrap().handle().summary().snapshot_handovers)
-                .sum()
-        };
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut written = 0;
         // Bounds of 56 to 68 entries: a few snapshots per member.
@@ -1417,13 +1434,8 @@ mod tests {
                 "{written} writes, {} hand-overs",
                 handovers(&nodes)
             );
-            let h = nodes[wait_leader(&nodes)].driver.as_ref().unwrap().handle().clone();
-            match ask(|r| h.propose(Arc::from(format!("w{written}").as_bytes()), r)) {
-                Outcome::Applied(_) => written += 1,
-                Outcome::NotLeader(_) | Outcome::Busy(_) | Outcome::Lost | Outcome::Indeterminate => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                other => panic!("write {written}: {other:?}"),
+            if write_at_leader(&nodes, &format!("w{written}")) {
+                written += 1;
             }
         }
         assert!(handovers(&nodes) >= 1);
@@ -1439,24 +1451,13 @@ mod tests {
         let nodes: Vec<Node> = (1..=3)
             .map(|id| start_node_slow(id, tmp.path(), &addrs, Duration::ZERO, 100 << 20))
             .collect();
-        let handovers = |nodes: &[Node]| -> u64 {
-            nodes
-                .iter()
-                .map(|n| n.driver.as_ref().unwrap().handle().summary().snapshot_handovers)
-                .sum()
-        };
         // Bounds of 56 to 68 entries: every member is due once by 70.
         let mut written = 0;
         let deadline = Instant::now() + Duration::from_secs(30);
         while written < 70 {
             assert!(Instant::now() < deadline, "{written} writes");
-            let h = nodes[wait_leader(&nodes)].driver.as_ref().unwrap().handle().clone();
-            match ask(|r| h.propose(Arc::from(format!("w{written}").as_bytes()), r)) {
-                Outcome::Applied(_) => written += 1,
-                Outcome::NotLeader(_) | Outcome::Busy(_) | Outcome::Lost | Outcome::Indeterminate => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                other => panic!("write {written}: {other:?}"),
+            if write_at_leader(&nodes, &format!("w{written}")) {
+                written += 1;
             }
         }
         assert!(handovers(&nodes) >= 1, "no hand-over before a first snapshot");
