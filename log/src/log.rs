@@ -64,6 +64,11 @@ pub struct LogConfig {
     /// current. Suits a single appender (the Raft driver); with many
     /// appenders the flush thread keeps the disk busier. Default false.
     pub waiters_flush: bool,
+    /// Threads that open and check segments at recovery, the opening
+    /// thread included: segments are checked independently (CRCs, index
+    /// runs, terms) and chained afterwards. Default: the machine's
+    /// available parallelism, at most 4. 0 counts as 1.
+    pub recovery_threads: usize,
     /// The file-system calls (replaced in fault tests).
     pub io: Arc<dyn LogIo>,
 }
@@ -76,6 +81,7 @@ impl Default for LogConfig {
             idle_flush_delay: std::time::Duration::from_millis(5),
             prepare_segments: true,
             waiters_flush: false,
+            recovery_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             io: Arc::new(OsIo),
         }
     }

@@ -42,6 +42,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::error::{LogError, Result};
 use crate::io::LogIo;
+use crate::record::is_zeroed;
 
 /// Size of the segment header.
 pub const SEGMENT_HEADER_LEN: usize = 64;
@@ -437,7 +438,7 @@ impl Segment {
             // the file after this block, where `tail` is gone).
             let tail = unsafe { core::slice::from_raw_parts(self.map.as_ptr().add(from), len) };
             for (i, chunk) in tail.chunks(4096).enumerate() {
-                if chunk.iter().any(|&b| b != 0) {
+                if !is_zeroed(chunk) {
                     let lo = from + i * 4096;
                     let hi = lo + chunk.len();
                     dirty = Some(dirty.map_or((lo, hi), |(a, _)| (a, hi)));

@@ -9,7 +9,10 @@
 
 use std::path::{Path, PathBuf};
 
-use loomcache_log::{pin, Log, LogConfig, LogError, PersistMode, RecordKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use loomcache_log::{
+    decode_record, encode_record, pin, Log, LogConfig, LogError, PersistMode, Record, RecordKind, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
+};
 
 const SEGMENT_BYTES: usize = 2048;
 
@@ -264,6 +267,51 @@ fn corruption_error_names_file_offset_and_index() {
             assert_eq!(path.file_name().unwrap(), name);
             assert_eq!(offset, first_end as u64);
             assert_eq!(index, first_index + 1);
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_term_going_back_across_segments_is_detected() {
+    let w = run_workload();
+    let (before, last) = (&w.segments[w.segments.len() - 2], w.segments.last().unwrap());
+    // Raise the term of the last record before the last segment to 2 (its
+    // CRC made valid again): the last segment's first record, of term 1,
+    // then goes back in term.
+    let mut image = std::fs::read(before).unwrap();
+    let mut pos = SEGMENT_HEADER_LEN;
+    let mut last_at = pos;
+    while let Ok(rec) = decode_record(&image[pos..]) {
+        last_at = pos;
+        pos += rec.encoded_len();
+    }
+    let rec = decode_record(&image[last_at..]).unwrap();
+    let (payload, index, timestamp_ms) = (rec.payload.to_vec(), rec.index, rec.timestamp_ms);
+    let raised = Record {
+        kind: RecordKind::Normal,
+        term: 2,
+        index,
+        timestamp_ms,
+        payload: &payload,
+    };
+    encode_record(&mut image[last_at..], &raised).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for seg in &w.segments {
+        std::fs::copy(seg, dir.path().join(seg.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(dir.path().join(before.file_name().unwrap()), &image).unwrap();
+    match Log::open(dir.path(), quick()) {
+        Err(LogError::Corrupt {
+            path,
+            offset,
+            index: at,
+            reason,
+        }) => {
+            assert_eq!(path.file_name(), last.file_name());
+            assert_eq!(offset, SEGMENT_HEADER_LEN as u64);
+            assert_eq!(at, index + 1);
+            assert!(reason.contains("below the term 2"), "{reason}");
         }
         other => panic!("expected corruption, got {other:?}"),
     }

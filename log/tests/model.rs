@@ -221,25 +221,30 @@ fn check_all(log: &Log, model: &Model, ctx: &str) {
 }
 
 /// How a case's log persists: not at all, or in sync mode with the flush
-/// rounds run by the flush thread or by the waiters.
+/// rounds run by the flush thread or by the waiters; and how many threads
+/// its recoveries scan segments on (one: all on the opening thread).
 #[derive(Debug, Clone, Copy)]
 struct Mode {
     persist: PersistMode,
     waiters_flush: bool,
+    recovery_threads: usize,
 }
 
 const MODES: [Mode; 3] = [
     Mode {
         persist: PersistMode::Sync,
         waiters_flush: false,
+        recovery_threads: 3,
     },
     Mode {
         persist: PersistMode::Sync,
         waiters_flush: true,
+        recovery_threads: 1,
     },
     Mode {
         persist: PersistMode::None,
         waiters_flush: false,
+        recovery_threads: 2,
     },
 ];
 
@@ -248,6 +253,7 @@ fn config(mode: Mode) -> LogConfig {
         segment_bytes: SEGMENT_BYTES,
         persist: mode.persist,
         waiters_flush: mode.waiters_flush,
+        recovery_threads: mode.recovery_threads,
         ..LogConfig::default()
     }
 }
