@@ -27,7 +27,7 @@ use loomcache_wire::{
 pub use dedup::DedupConfig;
 use dedup::{DedupTable, Verdict};
 pub use snapshot::{SnapshotError, SnapshotView};
-use structures::{Atomic, MapEntry, MapState, QueueState, SetState, Structure, TopicState};
+use structures::{Atomic, MapEntry, MapState, Put, QueueState, SetState, Structure, TopicState};
 
 /// Limits of the state machine; every one comes from configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -491,6 +491,12 @@ impl StateMachine {
     }
 }
 
+/// A write the data memory limit refuses.
+const OUT_OF_MEMORY: OpError = OpError(
+    ErrorCode::OutOfMemory,
+    "the data memory limit is reached; the write was not applied",
+);
+
 /// How a put treats an existing entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PutMode {
@@ -512,26 +518,40 @@ impl StateMachine {
     ) -> OpResult<()> {
         let now = self.now_ms;
         let cost = entry_cost(w.key.len(), w.value.len());
-        let map = self.map_or_create(w.name)?;
-        let current = map.entry(w.key);
-        let present = current.is_some_and(|e| !e.expired_at(now));
-        let old_cost = current.map_or(0, |e| e.cost);
-        let proceed = match mode {
-            PutMode::Always => true,
-            PutMode::IfAbsent => !present,
-            PutMode::IfPresent => present,
-        };
-        if !proceed {
-            if answer {
-                let current = if present { map.get(w.key, now) } else { None };
-                encode_ok(out, &OkBody::Value(current));
-            } else {
-                encode_ok(out, &OkBody::Empty);
+        let expires = expiry(now, w.ttl_ms);
+        let (used, limit, fresh) = (self.memory_used, self.config.data_memory_max_bytes, self.next_id);
+        let mut live = false;
+        let put = self.map_or_create(w.name)?.put_if(
+            w.key,
+            w.value,
+            expires,
+            fresh,
+            |current| {
+                live = current.is_some_and(|e| !e.expired_at(now));
+                match mode {
+                    PutMode::Always => true,
+                    PutMode::IfAbsent => !live,
+                    PutMode::IfPresent => live,
+                }
+            },
+            |old_cost| used + cost.saturating_sub(old_cost) <= limit,
+        );
+        let previous = match put {
+            Put::Declined(current) => {
+                let current = current.filter(|_| live);
+                let body = if answer {
+                    OkBody::Value(current.as_deref())
+                } else {
+                    OkBody::Empty
+                };
+                encode_ok(out, &body);
+                return Ok(());
             }
-            return Ok(());
-        }
-        self.reserve(cost.saturating_sub(old_cost))?;
-        let previous = self.store(w.name, w.key, w.value, expiry(now, w.ttl_ms))?;
+            Put::TooLarge => return Err(OUT_OF_MEMORY),
+            Put::Inserted => None,
+            Put::Replaced(p) => Some(p),
+        };
+        self.stored(w.name, w.key, expires, cost, previous.as_ref());
         if answer {
             let old = previous.filter(|p| !p.expired_at(now)).map(|p| p.value);
             match mode {
@@ -556,14 +576,28 @@ impl StateMachine {
     fn store(&mut self, name: &str, key: &[u8], value: &[u8], expires: Option<u64>) -> OpResult<Option<MapEntry>> {
         let cost = entry_cost(key.len(), value.len());
         let fresh = self.next_id;
-        let previous = self.map_or_create(name)?.insert(key, value, expires, fresh);
-        let id = match &previous {
+        let previous = match self
+            .map_or_create(name)?
+            .put_if(key, value, expires, fresh, |_| true, |_| true)
+        {
+            Put::Replaced(p) => Some(p),
+            Put::Inserted => None,
+            Put::Declined(_) | Put::TooLarge => unreachable!("an unconditional put always stores"),
+        };
+        self.stored(name, key, expires, cost, previous.as_ref());
+        Ok(previous)
+    }
+
+    /// The bookkeeping after a map entry of `cost` bytes was stored over
+    /// `previous` (`None`: under a new key, which took the fresh id): the
+    /// memory count, the id counter and the expiry index.
+    fn stored(&mut self, name: &str, key: &[u8], expires: Option<u64>, cost: u64, previous: Option<&MapEntry>) {
+        let id = match previous {
             Some(p) => p.id,
             None => self.fresh_id(),
         };
-        self.account_replace(previous.as_ref().map(|p| p.cost), cost);
+        self.account_replace(previous.map(|p| p.cost), cost);
         self.index_expiry(name, key, expires, id);
-        Ok(previous)
     }
 
     fn fresh_id(&mut self) -> u64 {
@@ -574,10 +608,7 @@ impl StateMachine {
 
     fn reserve(&mut self, bytes: u64) -> OpResult<()> {
         if self.memory_used + bytes > self.config.data_memory_max_bytes {
-            return Err(OpError(
-                ErrorCode::OutOfMemory,
-                "the data memory limit is reached; the write was not applied",
-            ));
+            return Err(OUT_OF_MEMORY);
         }
         Ok(())
     }

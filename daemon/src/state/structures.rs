@@ -37,6 +37,20 @@ impl MapEntry {
     }
 }
 
+/// What [`MapState::put_if`] did.
+#[derive(Debug)]
+pub(crate) enum Put {
+    /// Not stored: the condition did not hold. The value there, expired
+    /// or not, if any.
+    Declined(Option<Arc<[u8]>>),
+    /// Not stored: the memory limit would be passed.
+    TooLarge,
+    /// Stored under a new key (it took the fresh id).
+    Inserted,
+    /// Stored over this entry, expired or not; the key kept its id.
+    Replaced(MapEntry),
+}
+
 /// A Map with a TTL per entry. Expired entries are invisible at once and
 /// removed later (by the state machine's bounded reclaim, or on write).
 #[derive(Debug, Default)]
@@ -80,30 +94,53 @@ impl MapState {
         self.entries.get(key)
     }
 
-    /// Stores `value`, answering the entry it replaced. A new key takes
-    /// insertion id `fresh`; a rewrite keeps the key's id and place in the
-    /// order index, so only the value is stored anew. `previous.id` tells
-    /// which id the key holds now.
-    pub fn insert(&mut self, key: &[u8], value: &[u8], expires: Option<u64>, fresh: u64) -> Option<MapEntry> {
+    /// Stores `value` under `key` if `proceed(the entry there, expired or
+    /// not)` and `fits(cost of the entry replaced, 0 if none)`, with one
+    /// lookup for a key already present. A new key takes insertion id
+    /// `fresh`; a rewrite keeps the key's id and place in the order index,
+    /// so only the value is stored anew.
+    pub fn put_if(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        expires: Option<u64>,
+        fresh: u64,
+        proceed: impl FnOnce(Option<&MapEntry>) -> bool,
+        fits: impl FnOnce(u64) -> bool,
+    ) -> Put {
         let cost = entry_cost(key.len(), value.len());
         if let Some(existing) = self.entries.get_mut(key) {
+            if !proceed(Some(existing)) {
+                return Put::Declined(Some(existing.value.clone()));
+            }
+            if !fits(existing.cost) {
+                return Put::TooLarge;
+            }
             let entry = MapEntry {
                 value: value.into(),
                 expires,
                 id: existing.id,
                 cost,
             };
-            return Some(core::mem::replace(existing, entry));
+            return Put::Replaced(core::mem::replace(existing, entry));
         }
-        let entry = MapEntry {
-            value: value.into(),
-            expires,
-            id: fresh,
-            cost,
-        };
-        self.entries.insert(key.into(), entry);
+        if !proceed(None) {
+            return Put::Declined(None);
+        }
+        if !fits(0) {
+            return Put::TooLarge;
+        }
+        self.entries.insert(
+            key.into(),
+            MapEntry {
+                value: value.into(),
+                expires,
+                id: fresh,
+                cost,
+            },
+        );
         self.order.insert(fresh, key.into());
-        None
+        Put::Inserted
     }
 
     /// Removes `key`: `(was live, bytes freed)`.

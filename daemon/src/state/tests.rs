@@ -563,6 +563,62 @@ fn the_memory_limit_refuses_writes_and_changes_nothing() {
 }
 
 #[test]
+fn conditional_puts_take_an_expired_entry_for_absent() {
+    // Nothing reclaimed: the expired entry is still stored when the puts
+    // meet it.
+    let mut sm = StateMachine::new(StateConfig {
+        reclaim_per_apply: 0,
+        ..StateConfig::default()
+    });
+    apply(&mut sm, &Payload::MapPut(put("m", b"k", b"old", 10)), 0, ok_value);
+    // Expired at 10: a replace finds nothing to replace and shows nothing.
+    assert_eq!(
+        apply(&mut sm, &Payload::MapReplace(put("m", b"k", b"r", 0)), 20, ok_value),
+        None
+    );
+    assert_eq!(read(&mut sm, &get("m", b"k"), 20, ok_value), None);
+    // A put-if-absent stores over it and answers that nothing was there.
+    assert_eq!(
+        apply(
+            &mut sm,
+            &Payload::MapPutIfAbsent(put("m", b"k", b"new", 0)),
+            20,
+            ok_value
+        ),
+        None
+    );
+    assert_eq!(read(&mut sm, &get("m", b"k"), 20, ok_value), Some(b"new".to_vec()));
+    // Now live, it declines the next one and shows the value it keeps.
+    assert_eq!(
+        apply(
+            &mut sm,
+            &Payload::MapPutIfAbsent(put("m", b"k", b"later", 0)),
+            21,
+            ok_value
+        ),
+        Some(b"new".to_vec())
+    );
+    assert_eq!(sm.memory_used(), entry_cost(1, 0) + entry_cost(1, 3));
+}
+
+#[test]
+fn an_overwrite_that_grows_past_the_memory_limit_keeps_the_old_value() {
+    let limit = entry_cost(1, 0) + entry_cost(1, 10);
+    let mut sm = StateMachine::new(StateConfig {
+        data_memory_max_bytes: limit,
+        ..StateConfig::default()
+    });
+    apply(&mut sm, &Payload::MapPut(put("m", b"k", b"0123456789", 0)), 0, ok_value);
+    let bigger = Payload::MapPut(put("m", b"k", b"0123456789a", 0));
+    assert_eq!(apply(&mut sm, &bigger, 0, err_code), ErrorCode::OutOfMemory);
+    assert_eq!(
+        read(&mut sm, &get("m", b"k"), 0, ok_value),
+        Some(b"0123456789".to_vec())
+    );
+    assert_eq!(sm.memory_used(), limit);
+}
+
+#[test]
 fn retried_writes_apply_once() {
     let mut sm = StateMachine::new(StateConfig::default());
     let add = Payload::AtomicAddAndGet(NamedLong { name: "n", value: 1 });
