@@ -92,8 +92,19 @@ struct Executed {
     publication: Option<Publication>,
     /// A queue that received an item: parked polls on it may proceed.
     offered: Option<Box<str>>,
-    /// A poll that found its queue empty and waits: (queue, wait).
-    parked: Option<(Box<str>, Duration)>,
+    /// A poll that found its queue empty and waits.
+    parked: Option<Wait>,
+}
+
+/// A poll that waits for an item.
+struct Wait {
+    queue: Box<str>,
+    /// How much longer it waits.
+    wait: Duration,
+    /// Its place among the polls waiting on the queue, when it has waited
+    /// there before: a poll woken for an item that another consumer took
+    /// first waits again in the place it had.
+    place: Option<u64>,
 }
 
 /// A `QUEUE_POLL` waiting for an item.
@@ -102,6 +113,16 @@ struct ParkedPoll {
     generation: u64,
     frame: Vec<u8>,
     deadline: Instant,
+    /// Order of arrival among the node's waiting polls; a queue's polls
+    /// are kept in this order.
+    place: u64,
+}
+
+/// Parks `poll` on its queue's list behind every poll that arrived before
+/// it and ahead of every later one.
+fn park_in_place(waiting: &mut VecDeque<ParkedPoll>, poll: ParkedPoll) {
+    let at = waiting.partition_point(|p| p.place < poll.place);
+    waiting.insert(at, poll);
 }
 
 /// A message the log ordered on a topic, to be pushed to its subscribers.
@@ -222,6 +243,7 @@ impl Server {
             topics: HashMap::new(),
             next_subscription: 1,
             parked: HashMap::new(),
+            next_place: 0,
             accept_pending: false,
             spare: Vec::new(),
         };
@@ -418,7 +440,11 @@ fn execute_under(
                     bytes: Vec::new(),
                     publication: None,
                     offered: None,
-                    parked: Some((p.name.into(), Duration::from_millis(u64::from(p.wait_ms)))),
+                    parked: Some(Wait {
+                        queue: p.name.into(),
+                        wait: Duration::from_millis(u64::from(p.wait_ms)),
+                        place: None,
+                    }),
                 });
             }
         }
@@ -534,6 +560,8 @@ struct EventLoop {
     next_subscription: u64,
     /// Queue name → polls waiting for an item, oldest first.
     parked: HashMap<Box<str>, VecDeque<ParkedPoll>>,
+    /// The place the next poll to wait takes (`ParkedPoll::place`).
+    next_place: u64,
     /// Accepting was cut short by throttling; continue on the next turn.
     accept_pending: bool,
     /// Written answer buffers kept for the next answers.
@@ -956,8 +984,10 @@ impl EventLoop {
                 if !busy && opcode == Opcode::QueuePoll {
                     if let Some((queue, wait, empty)) = leader_poll_waits(&self.shared, &front.driver, &frame) {
                         let deadline = Instant::now() + wait;
+                        let place = self.next_place;
+                        self.next_place += 1;
                         if !empty {
-                            waits_if_beaten = Some((queue, deadline));
+                            waits_if_beaten = Some((queue, deadline, place));
                         } else {
                             // Held at the leader until an item arrives or
                             // the wait ends; counted in flight until
@@ -970,6 +1000,7 @@ impl EventLoop {
                                 generation: conn.generation,
                                 frame: frame.bytes().to_vec(),
                                 deadline,
+                                place,
                             });
                             continue;
                         }
@@ -1008,10 +1039,11 @@ impl EventLoop {
                     (request_id, frame.header().partition()),
                     match waits_if_beaten {
                         _ if is_read => Answer::Read(Arc::clone(&bytes)),
-                        Some((queue, deadline)) => Answer::Parked {
+                        Some((queue, deadline, place)) => Answer::Parked {
                             queue,
                             frame: frame.bytes().to_vec(),
                             deadline,
+                            place,
                         },
                         None => Answer::Applied,
                     },
@@ -1131,7 +1163,9 @@ impl EventLoop {
     }
 
     fn park(&mut self, conn: usize, frame: Vec<u8>, result: Executed) {
-        let Some((queue, wait)) = result.parked else { return };
+        let Some(Wait { queue, wait, place }) = result.parked else {
+            return;
+        };
         let Some(generation) = self.conn(conn).map(|c| c.generation) else {
             return;
         };
@@ -1146,12 +1180,18 @@ impl EventLoop {
         // Parked again after losing an item: one offered since may already
         // have been handed to the polls parked before.
         let retry = items.then(|| queue.clone());
-        self.parked.entry(queue).or_default().push_back(ParkedPoll {
+        let place = place.unwrap_or_else(|| {
+            self.next_place += 1;
+            self.next_place - 1
+        });
+        let poll = ParkedPoll {
             conn,
             generation,
             frame,
             deadline: Instant::now() + wait,
-        });
+            place,
+        };
+        park_in_place(self.parked.entry(queue).or_default(), poll);
         if let Some(queue) = retry {
             self.propose_parked(&queue);
         }
@@ -1226,6 +1266,7 @@ impl EventLoop {
                     queue: queue.into(),
                     frame: poll.frame,
                     deadline: poll.deadline,
+                    place: poll.place,
                 },
             );
             front.driver.propose(entry, reply);
@@ -1923,12 +1964,13 @@ enum Answer {
     Done,
     /// A waiting poll proposed because its queue holds an item: parked and
     /// woken by an offer, or found an item on arrival. If another consumer
-    /// took the item first, it is parked (again) until `deadline` rather
-    /// than answered empty early.
+    /// took the item first, it is parked (again) until `deadline`, in
+    /// its `place`, rather than answered empty early.
     Parked {
         queue: Box<str>,
         frame: Vec<u8>,
         deadline: Instant,
+        place: u64,
     },
 }
 
@@ -1957,7 +1999,12 @@ fn cluster_reply(
         let bytes = match outcome {
             Outcome::Applied(bytes) => match answer {
                 Answer::Done => response_frame(request_id, partition, &Response::Ok(OkBody::Empty)),
-                Answer::Parked { queue, frame, deadline } => {
+                Answer::Parked {
+                    queue,
+                    frame,
+                    deadline,
+                    place,
+                } => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() || !poll_answered_empty(&bytes, &shared.limits) {
                         bytes
@@ -1970,7 +2017,11 @@ fn cluster_reply(
                                 bytes: Vec::new(),
                                 publication: None,
                                 offered: None,
-                                parked: Some((queue, left)),
+                                parked: Some(Wait {
+                                    queue,
+                                    wait: left,
+                                    place: Some(place),
+                                }),
                             },
                             frame: Some(frame),
                         });

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use common::cluster::{
     client, leader_of, members_arg, put_until_ok, start, three_members, wait_for_leader, Member, Proc, ProxiedCluster,
 };
-use loomcache_client::{Client, ClientConfig};
+use loomcache_client::{Client, ClientConfig, Connection, Reply};
+use loomcache_wire::{NamedValue, Payload, QueuePoll};
 
 /// A client on its own thread that polls queue `q` with `wait`: the item
 /// (or none) and how long the poll took.
@@ -258,6 +259,103 @@ fn a_waiting_poll_that_loses_its_item_waits_on() {
     let mut expected: Vec<Vec<u8>> = (0..ITEMS).map(|i| format!("item-{i}").into_bytes()).collect();
     expected.sort();
     assert_eq!(all, expected, "every item taken exactly once");
+}
+
+/// A waiting poll woken for an item that another consumer takes first
+/// keeps its place among the waiting polls: the next item goes to it, not
+/// to a poll that began waiting after it.
+#[test]
+fn a_waiting_poll_that_loses_its_item_keeps_its_place() {
+    let (_tmp, members, _procs, c) = three_up();
+    let leader = members[leader_of(&members).expect("a leader")].client;
+    let at_leader = Client::connect(ClientConfig {
+        addrs: vec![leader],
+        retry_budget: Duration::ZERO,
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    // Waits until the leader holds `n` parked polls.
+    let parked = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = at_leader.info().unwrap();
+            let now: usize = info
+                .iter()
+                .find(|(k, _)| k == "parked_polls")
+                .unwrap()
+                .1
+                .parse()
+                .unwrap();
+            if now == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{now} polls parked at the leader, not {n}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let poller = |queue: &str| {
+        let (members, queue) = (members.clone(), queue.to_owned());
+        std::thread::spawn(move || {
+            client(&members)
+                .queue(&queue)
+                .poll_wait(Duration::from_secs(20))
+                .unwrap()
+        })
+    };
+    let mut beaten = 0;
+    for attempt in 0..4u64 {
+        let queue = format!("fair-{attempt}");
+        let first = poller(&queue);
+        parked(1);
+        let second = poller(&queue);
+        parked(2);
+        // An offer and a poll that does not wait, back to back on one
+        // connection: the poll is proposed before the offer applies, and
+        // so before the waiting poll that the applied offer wakes.
+        let mut conn = Connection::connect(leader, 9_000 + attempt, Duration::from_secs(2), Duration::from_secs(10))
+            .expect("the leader answers");
+        let offer = Payload::QueueOffer(NamedValue {
+            name: &queue,
+            value: b"x",
+        });
+        conn.send(&offer, Some(1)).unwrap();
+        let poll_id = conn
+            .send(
+                &Payload::QueuePoll(QueuePoll {
+                    name: &queue,
+                    wait_ms: 0,
+                }),
+                Some(2),
+            )
+            .unwrap();
+        let mut grabbed = None;
+        for _ in 0..2 {
+            let (id, reply) = conn.recv().unwrap();
+            if id == poll_id {
+                grabbed = match reply.unwrap() {
+                    Reply::Value(v) => v,
+                    other => panic!("a poll answered {other:?}"),
+                };
+            }
+        }
+        let item = |v: &[u8]| Some(v.to_vec());
+        if grabbed.is_some() {
+            beaten += 1;
+            parked(2);
+            assert!(c.queue(&queue).offer(b"y").unwrap());
+            parked(1);
+            assert!(c.queue(&queue).offer(b"z").unwrap());
+            let got = (first.join().unwrap(), second.join().unwrap());
+            assert_eq!(got, (item(b"y"), item(b"z")), "the first waiting poll kept its place");
+        } else {
+            parked(1);
+            assert!(c.queue(&queue).offer(b"y").unwrap());
+            let got = (first.join().unwrap(), second.join().unwrap());
+            assert_eq!(got, (item(b"x"), item(b"y")), "waiting polls are served in order");
+        }
+        parked(0);
+    }
+    assert!(beaten > 0, "in no attempt was the woken poll beaten to its item");
 }
 
 /// A poll waiting at a leader that hands leadership over still receives an
