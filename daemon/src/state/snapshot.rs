@@ -231,8 +231,8 @@ impl StateMachine {
                 Structure::Map(m) => {
                     w.u8(0);
                     w.u32(m.len() as u32);
-                    for (key, e) in m.ordered() {
-                        w.u64(e.id);
+                    for (id, key, e) in m.ordered() {
+                        w.u64(id);
                         w.u64(e.expires.unwrap_or(u64::MAX));
                         w.bytes16(key);
                         w.value(&e.value);

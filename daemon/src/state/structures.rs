@@ -66,10 +66,12 @@ impl MapState {
 
     /// Every entry, expired or not, in insertion-id order. Walks the
     /// entries once and sorts them by id, rather than looking each key of
-    /// the order index up (a hash and a probe per entry).
-    pub fn ordered(&self) -> Vec<(&[u8], &MapEntry)> {
-        let mut all: Vec<(&[u8], &MapEntry)> = self.entries.iter().map(|(k, e)| (&**k, e)).collect();
-        all.sort_unstable_by_key(|(_, e)| e.id);
+    /// the order index up (a hash and a probe per entry). The ids are
+    /// copied beside the references, so the sort reads only its own
+    /// array, not the table.
+    pub fn ordered(&self) -> Vec<(u64, &[u8], &MapEntry)> {
+        let mut all: Vec<(u64, &[u8], &MapEntry)> = self.entries.iter().map(|(k, e)| (e.id, &**k, e)).collect();
+        all.sort_unstable_by_key(|&(id, _, _)| id);
         all
     }
 
