@@ -261,6 +261,78 @@ fn a_waiting_poll_that_loses_its_item_waits_on() {
     assert_eq!(all, expected, "every item taken exactly once");
 }
 
+/// A client of the member at `addr` alone, with no retries.
+fn only(addr: std::net::SocketAddr) -> Client {
+    Client::connect(ClientConfig {
+        addrs: vec![addr],
+        retry_budget: Duration::ZERO,
+        ..ClientConfig::default()
+    })
+    .unwrap()
+}
+
+/// Waits (up to 10 s) until the member `c` is connected to holds `n`
+/// parked polls, by its `parked_polls` in `NODE_INFO`.
+fn wait_parked(c: &Client, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = c.info().unwrap();
+        let now: usize = info
+            .iter()
+            .find(|(k, _)| k == "parked_polls")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        if now == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{now} polls parked, not {n}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A poll's answer on `conn`: the item, or none.
+fn poll_answer(reply: loomcache_client::Result<Reply>) -> Option<Vec<u8>> {
+    match reply.unwrap() {
+        Reply::Value(v) => v,
+        other => panic!("a poll answered {other:?}"),
+    }
+}
+
+/// A waiting poll that reaches the leader while its queue holds an item is
+/// proposed at once; when a poll ahead of it in the log takes that item,
+/// it waits on for the rest of its wait instead of answering none.
+#[test]
+fn a_waiting_poll_proposed_for_an_item_taken_first_waits_on() {
+    let (_tmp, members, _procs, c) = three_up();
+    let leader = members[leader_of(&members).expect("a leader")].client;
+    let at_leader = only(leader);
+    assert!(c.queue("q").offer(b"x").unwrap());
+    // Both polls are handled before the first applies: the queue still
+    // holds x when the waiting one arrives.
+    let mut conn = Connection::connect(leader, 9_100, Duration::from_secs(2), Duration::from_secs(10))
+        .expect("the leader answers");
+    let at_once = conn
+        .send(&Payload::QueuePoll(QueuePoll { name: "q", wait_ms: 0 }), Some(1))
+        .unwrap();
+    let waiting = conn
+        .send(
+            &Payload::QueuePoll(QueuePoll {
+                name: "q",
+                wait_ms: 8_000,
+            }),
+            Some(2),
+        )
+        .unwrap();
+    let (id, reply) = conn.recv().unwrap();
+    assert_eq!((id, poll_answer(reply)), (at_once, Some(b"x".to_vec())));
+    wait_parked(&at_leader, 1);
+    assert!(c.queue("q").offer(b"y").unwrap());
+    let (id, reply) = conn.recv().unwrap();
+    assert_eq!((id, poll_answer(reply)), (waiting, Some(b"y".to_vec())));
+}
+
 /// A waiting poll woken for an item that another consumer takes first
 /// keeps its place among the waiting polls: the next item goes to it, not
 /// to a poll that began waiting after it.
@@ -268,31 +340,8 @@ fn a_waiting_poll_that_loses_its_item_waits_on() {
 fn a_waiting_poll_that_loses_its_item_keeps_its_place() {
     let (_tmp, members, _procs, c) = three_up();
     let leader = members[leader_of(&members).expect("a leader")].client;
-    let at_leader = Client::connect(ClientConfig {
-        addrs: vec![leader],
-        retry_budget: Duration::ZERO,
-        ..ClientConfig::default()
-    })
-    .unwrap();
-    // Waits until the leader holds `n` parked polls.
-    let parked = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let info = at_leader.info().unwrap();
-            let now: usize = info
-                .iter()
-                .find(|(k, _)| k == "parked_polls")
-                .unwrap()
-                .1
-                .parse()
-                .unwrap();
-            if now == n {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{now} polls parked at the leader, not {n}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
+    let at_leader = only(leader);
+    let parked = |n: usize| wait_parked(&at_leader, n);
     let poller = |queue: &str| {
         let (members, queue) = (members.clone(), queue.to_owned());
         std::thread::spawn(move || {
@@ -332,10 +381,7 @@ fn a_waiting_poll_that_loses_its_item_keeps_its_place() {
         for _ in 0..2 {
             let (id, reply) = conn.recv().unwrap();
             if id == poll_id {
-                grabbed = match reply.unwrap() {
-                    Reply::Value(v) => v,
-                    other => panic!("a poll answered {other:?}"),
-                };
+                grabbed = poll_answer(reply);
             }
         }
         let item = |v: &[u8]| Some(v.to_vec());
