@@ -1562,6 +1562,12 @@ fn node_info(
             ("raft_applied", r.applied.to_string()),
             ("raft_last_index", r.last_index.to_string()),
             ("raft_snapshot_handovers", r.snapshot_handovers.to_string()),
+            (
+                "raft_snapshot_writing_ms",
+                r.snapshot_writing_since
+                    .map_or(0, |since| since.elapsed().as_millis() as u64)
+                    .to_string(),
+            ),
         ]);
         let view = front.driver.membership();
         let ids = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");

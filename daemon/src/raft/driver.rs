@@ -180,6 +180,10 @@ pub struct Summary {
     /// over (it was expected to take long enough to cost an election), since
     /// start.
     pub snapshot_handovers: u64,
+    /// Since when the snapshot being written on its own thread has been
+    /// written, if one is: while it is, no later snapshot is taken and
+    /// the log is not compacted.
+    pub snapshot_writing_since: Option<Instant>,
 }
 
 /// The group's membership and, on the leader, each member's progress, as
@@ -560,7 +564,14 @@ struct SnapshotJob {
     started: Instant,
     done: Receiver<Result<Snapshot, RaftStorageError>>,
     thread: JoinHandle<()>,
+    /// The writing was reported slow (`SNAPSHOT_SLOW`).
+    reported_slow: bool,
 }
+
+/// A snapshot still being written after this long is reported once, at
+/// `warn`: later snapshots wait for it and the log grows meanwhile (a
+/// stalled disk, say).
+const SNAPSHOT_SLOW: Duration = Duration::from_secs(60);
 
 impl SnapshotJob {
     /// `None` when no thread can be started: the snapshot is not taken
@@ -582,11 +593,26 @@ impl SnapshotJob {
                 started,
                 done,
                 thread,
+                reported_slow: false,
             }),
             Err(e) => {
                 tracing::warn!(index, error = %e, "cannot start a thread to write a snapshot; none was taken");
                 None
             }
+        }
+    }
+}
+
+impl SnapshotJob {
+    fn warn_if_slow(&mut self) {
+        let writing = self.started.elapsed();
+        if writing >= SNAPSHOT_SLOW && !self.reported_slow {
+            self.reported_slow = true;
+            tracing::warn!(
+                index = self.index,
+                writing_s = writing.as_secs(),
+                "a snapshot is still being written; no later snapshot is taken and the log is not compacted until it is done"
+            );
         }
     }
 }
@@ -899,6 +925,7 @@ impl Run {
                 applied,
                 last_index: self.raft.last_index(),
                 snapshot_handovers: self.snapshot_handovers,
+                snapshot_writing_since: self.snapshot_job.as_ref().map(|j| j.started),
             };
             *self.summary.lock().unwrap_or_else(|p| p.into_inner()) = summary;
             if self.confirmed.iter().any(|(index, _)| *index <= applied) {
@@ -953,6 +980,7 @@ impl Run {
                     log_snapshot(applied, bytes, encoded, started.elapsed() - encoded);
                 } else if let Some(pending) = self.raft.storage().begin_snapshot(applied, conf)? {
                     self.snapshot_job = SnapshotJob::start(pending, frozen, encoded);
+                    self.publish_snapshot_writing();
                 }
                 self.applied_since_snapshot = 0;
                 self.applied_bytes_since_snapshot = 0;
@@ -970,7 +998,7 @@ impl Run {
     /// write fails the driver like any storage failure, unless a newer
     /// snapshot (received from the leader) is held by then.
     fn finish_snapshot_job(&mut self, wait: bool) -> Result<(), RaftStorageError> {
-        let Some(job) = &self.snapshot_job else {
+        let Some(job) = &mut self.snapshot_job else {
             return Ok(());
         };
         let outcome = if wait {
@@ -978,11 +1006,15 @@ impl Run {
         } else {
             match job.done.try_recv() {
                 Ok(outcome) => Some(outcome),
-                Err(mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::TryRecvError::Empty) => {
+                    job.warn_if_slow();
+                    return Ok(());
+                }
                 Err(mpsc::TryRecvError::Disconnected) => None,
             }
         };
         let job = self.snapshot_job.take().expect("checked above");
+        self.publish_snapshot_writing();
         let _ = job.thread.join();
         let storage = self.raft.storage_mut();
         match outcome {
@@ -1005,6 +1037,16 @@ impl Run {
                 ),
             }),
         }
+    }
+
+    /// Shows whether a snapshot is being written (`Summary`) at once, not
+    /// only with the next `Ready`.
+    fn publish_snapshot_writing(&self) {
+        let since = self.snapshot_job.as_ref().map(|j| j.started);
+        self.summary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot_writing_since = since;
     }
 
     /// Publishes the lease's end for reads off this thread, or withdraws
@@ -1229,11 +1271,24 @@ mod tests {
                     written += 1;
                     if renaming() {
                         during += 1;
+                        assert!(
+                            h.summary().snapshot_writing_since.is_some(),
+                            "a snapshot being written is shown"
+                        );
                     }
                 }
                 Outcome::NotLeader(_) => std::thread::sleep(Duration::from_millis(20)),
                 other => panic!("write {written}: {other:?}"),
             }
+        }
+        // Once written (nothing more is written meanwhile), it is no
+        // longer shown.
+        while h.summary().snapshot_writing_since.is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "a written snapshot is still shown as being written"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
         driver.stop();
         let storage = LogStorage::open(&config.dir, config.log.clone(), ConfState::with_voters([1])).unwrap();
