@@ -243,6 +243,7 @@ impl Server {
             topics: HashMap::new(),
             next_subscription: 1,
             parked: HashMap::new(),
+            answers: Vec::new(),
             next_place: 0,
             accept_pending: false,
             spare: Vec::new(),
@@ -560,6 +561,8 @@ struct EventLoop {
     next_subscription: u64,
     /// Queue name → polls waiting for an item, oldest first.
     parked: HashMap<Box<str>, VecDeque<ParkedPoll>>,
+    /// Answers taken from `done`, kept between turns for their capacity.
+    answers: Vec<Done>,
     /// The place the next poll to wait takes (`ParkedPoll::place`).
     next_place: u64,
     /// Accepting was cut short by throttling; continue on the next turn.
@@ -1128,17 +1131,29 @@ impl EventLoop {
         // below sees that response.
         self.shared.wake_pending.swap(false, Ordering::AcqRel);
         let effects = std::mem::take(&mut *self.shared.effects.lock().unwrap_or_else(|p| p.into_inner()));
+        // Every answer sent before those effects were recorded is in the
+        // channel by now. Polls to park (again) are parked before the
+        // effects' offers wake parked polls: a poll whose empty turn came
+        // before an offer is then waiting, in its place, for that offer.
+        let mut answers = std::mem::take(&mut self.answers);
+        while let Ok(done) = self.done.try_recv() {
+            match done.frame {
+                Some(frame) => {
+                    if self.conn(done.conn).is_some_and(|c| c.generation == done.generation) {
+                        // Parked: stays in flight until an item or its
+                        // deadline.
+                        self.park(done.conn, frame, done.result);
+                    }
+                }
+                None => answers.push(done),
+            }
+        }
         for (publication, offered) in effects {
             self.after_execute(publication, offered);
         }
-        while let Ok(done) = self.done.try_recv() {
+        for done in answers.drain(..) {
             let Some(conn) = self.conn(done.conn) else { continue };
             if conn.generation != done.generation {
-                continue;
-            }
-            if let Some(frame) = done.frame {
-                // Parked: stays in flight until an item or its deadline.
-                self.park(done.conn, frame, done.result);
                 continue;
             }
             conn.in_flight -= 1;
@@ -1150,6 +1165,7 @@ impl EventLoop {
             }
             self.after_execute(done.result.publication, done.result.offered);
         }
+        self.answers = answers;
     }
 
     /// Pushes a publication and runs polls parked on an offered queue.

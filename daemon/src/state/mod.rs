@@ -519,6 +519,9 @@ impl StateMachine {
         let now = self.now_ms;
         let cost = entry_cost(w.key.len(), w.value.len());
         let expires = expiry(now, w.ttl_ms);
+        // A new map's name is counted when it is created: the limit is
+        // checked against the count after that.
+        self.map_or_create(w.name)?;
         let (used, limit, fresh) = (self.memory_used, self.config.data_memory_max_bytes, self.next_id);
         let mut live = false;
         let put = self.map_or_create(w.name)?.put_if(

@@ -619,6 +619,20 @@ fn an_overwrite_that_grows_past_the_memory_limit_keeps_the_old_value() {
 }
 
 #[test]
+fn the_first_put_into_a_new_map_counts_the_name_against_the_limit() {
+    // Room for the entry, or for the map's name, but not for both.
+    let limit = entry_cost(1, 0) + entry_cost(1, 10) - 1;
+    let mut sm = StateMachine::new(StateConfig {
+        data_memory_max_bytes: limit,
+        ..StateConfig::default()
+    });
+    let first = Payload::MapPut(put("m", b"k", b"0123456789", 0));
+    assert_eq!(apply(&mut sm, &first, 0, err_code), ErrorCode::OutOfMemory);
+    assert!(sm.memory_used() <= limit, "{} used of {limit}", sm.memory_used());
+    assert_eq!(read(&mut sm, &get("m", b"k"), 0, ok_value), None);
+}
+
+#[test]
 fn retried_writes_apply_once() {
     let mut sm = StateMachine::new(StateConfig::default());
     let add = Payload::AtomicAddAndGet(NamedLong { name: "n", value: 1 });
