@@ -351,7 +351,34 @@ impl StateMachine {
         Ok(())
     }
 
+    /// A write. One that is refused leaves nothing behind: a structure it
+    /// created on the way (a write to a new name creates it, counting the
+    /// name, before the memory check of what it stores) is removed again.
     fn write(&mut self, payload: &Payload<'_>, out: &mut Vec<u8>) -> OpResult<()> {
+        let structures = self.structures.len();
+        let result = self.write_unchecked(payload, out);
+        if result.is_err() && self.structures.len() > structures {
+            let name = match *payload {
+                Payload::MapPut(w) | Payload::MapSet(w) | Payload::MapPutIfAbsent(w) | Payload::MapReplace(w) => {
+                    Some(w.name)
+                }
+                Payload::MapCompareAndSet(c) => Some(c.name),
+                Payload::MapPutAll(p) => Some(p.name),
+                Payload::QueueOffer(v) => Some(v.name),
+                Payload::SetAdd(k) => Some(k.name),
+                _ => None,
+            };
+            debug_assert!(name.is_some(), "{} created a structure and failed", payload.opcode());
+            if let Some(name) = name {
+                if self.structures.remove(name).is_some() {
+                    self.release(entry_cost(name.len(), 0));
+                }
+            }
+        }
+        result
+    }
+
+    fn write_unchecked(&mut self, payload: &Payload<'_>, out: &mut Vec<u8>) -> OpResult<()> {
         let now = self.now_ms;
         let body = match *payload {
             Payload::MapPut(w) => return self.map_put(w, PutMode::Always, true, out),

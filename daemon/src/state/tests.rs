@@ -628,8 +628,55 @@ fn the_first_put_into_a_new_map_counts_the_name_against_the_limit() {
     });
     let first = Payload::MapPut(put("m", b"k", b"0123456789", 0));
     assert_eq!(apply(&mut sm, &first, 0, err_code), ErrorCode::OutOfMemory);
-    assert!(sm.memory_used() <= limit, "{} used of {limit}", sm.memory_used());
     assert_eq!(read(&mut sm, &get("m", b"k"), 0, ok_value), None);
+    // Refused, it leaves no map behind: nothing is counted, and the name
+    // is free for another type.
+    assert_eq!(sm.memory_used(), 0);
+    let offer = Payload::QueueOffer(NamedValue { name: "m", value: b"x" });
+    assert!(apply(&mut sm, &offer, 0, ok_bool));
+}
+
+#[test]
+fn every_write_refused_for_memory_leaves_no_new_structure() {
+    let key = [7u8; 40];
+    let value = [9u8; 100];
+    let entries = [KeyValue {
+        key: &key,
+        value: &value,
+    }];
+    let refused = [
+        Payload::MapPut(MapWrite {
+            ttl_ms: 0,
+            name: "n",
+            key: &key,
+            value: &value,
+        }),
+        Payload::MapPutAll(MapPutAll {
+            ttl_ms: 0,
+            name: "n",
+            entries: Seq::Items(&entries),
+        }),
+        Payload::QueueOffer(NamedValue {
+            name: "n",
+            value: &value,
+        }),
+        Payload::SetAdd(Keyed { name: "n", key: &key }),
+    ];
+    for p in &refused {
+        // Room for the name alone.
+        let mut sm = StateMachine::new(StateConfig {
+            data_memory_max_bytes: entry_cost(1, 0),
+            ..StateConfig::default()
+        });
+        assert_eq!(apply(&mut sm, p, 0, err_code), ErrorCode::OutOfMemory, "{}", p.opcode());
+        assert_eq!(sm.memory_used(), 0, "{}", p.opcode());
+        assert_eq!(
+            read(&mut sm, &Payload::SetSize(Named { name: "n" }), 0, ok_count),
+            0,
+            "{} left a structure of another type",
+            p.opcode()
+        );
+    }
 }
 
 #[test]
