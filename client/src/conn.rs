@@ -121,7 +121,38 @@ impl Connection {
         r
     }
 
+    /// Sends several requests in one write, so the node receives them
+    /// together; answers their request ids, in order. Each write carries
+    /// its `sequence`, as with [`Connection::send`].
+    pub fn send_many(&mut self, requests: &[(&Payload<'_>, Option<u64>)]) -> Result<Vec<u64>> {
+        let r = self.send_many_inner(requests);
+        self.broken |= r.is_err();
+        r
+    }
+
     fn send_inner(&mut self, payload: &Payload<'_>, sequence: Option<u64>) -> Result<u64> {
+        self.out.clear();
+        let request_id = self.encode(payload, sequence)?;
+        self.stream.write_all(&self.out)?;
+        self.sent(request_id, payload);
+        Ok(request_id)
+    }
+
+    fn send_many_inner(&mut self, requests: &[(&Payload<'_>, Option<u64>)]) -> Result<Vec<u64>> {
+        self.out.clear();
+        let mut ids = Vec::with_capacity(requests.len());
+        for &(payload, sequence) in requests {
+            ids.push(self.encode(payload, sequence)?);
+        }
+        self.stream.write_all(&self.out)?;
+        for (&id, &(payload, _)) in ids.iter().zip(requests) {
+            self.sent(id, payload);
+        }
+        Ok(ids)
+    }
+
+    /// Appends `payload`'s frame to `out` under a fresh request id.
+    fn encode(&mut self, payload: &Payload<'_>, sequence: Option<u64>) -> Result<u64> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let seq = sequence.map(|s| Sequence::new(self.ack.client_id, s));
@@ -131,17 +162,19 @@ impl Connection {
             flags: if stale { Flags::STALE_READ } else { Flags::NONE },
             ..HeaderFields::request(payload.opcode(), request_id)
         };
-        let len = frame_len(seq.as_ref(), payload);
-        self.out.clear();
-        self.out.resize(len, 0);
-        encode_frame(&mut self.out, &fields, seq.as_ref(), payload)?;
-        self.stream.write_all(&self.out)?;
+        let at = self.out.len();
+        self.out.resize(at + frame_len(seq.as_ref(), payload), 0);
+        encode_frame(&mut self.out[at..], &fields, seq.as_ref(), payload)?;
+        Ok(request_id)
+    }
+
+    /// Records a request written: its answer is awaited.
+    fn sent(&mut self, request_id: u64, payload: &Payload<'_>) {
         self.pending.insert(request_id, payload.opcode());
         if let Payload::QueuePoll(p) = payload {
             // The node holds a waiting poll until an item or its wait ends.
             self.waits = self.waits.max(Duration::from_millis(u64::from(p.wait_ms)));
         }
-        Ok(request_id)
     }
 
     /// Waits for the next answer: its request id and outcome. A

@@ -5,7 +5,7 @@ use std::time::Duration;
 use loomcache_client::{Client, ClientConfig, ClientError, Connection, Reply};
 use loomcache_daemon::server::Server;
 use loomcache_daemon::Config;
-use loomcache_wire::{ErrorCode, Keyed, MapWrite, NamedLong, Payload};
+use loomcache_wire::{ErrorCode, Keyed, MapWrite, Named, NamedLong, Payload};
 
 fn node() -> Server {
     let config = Config {
@@ -114,6 +114,27 @@ fn pipelined_requests_on_one_connection() {
     for (id, expected) in ids {
         assert_eq!(answers[&id], Reply::Long(expected));
     }
+    server.shutdown();
+}
+
+#[test]
+fn requests_sent_in_one_write_are_each_answered_in_order() {
+    let server = node();
+    let mut conn = Connection::connect(server.local_addr(), 6, Duration::from_secs(2), Duration::from_secs(5)).unwrap();
+    let add = Payload::AtomicAddAndGet(NamedLong { name: "n", value: 2 });
+    let get = Payload::AtomicGet(Named { name: "n" });
+    let ids = conn
+        .send_many(&[(&add, Some(1)), (&get, None), (&add, Some(2))])
+        .unwrap();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(conn.in_flight(), 3);
+    let mut answers = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let (id, reply) = conn.recv().unwrap();
+        answers.insert(id, reply.unwrap());
+    }
+    let got: Vec<Reply> = ids.iter().map(|id| answers[id].clone()).collect();
+    assert_eq!(got, vec![Reply::Long(2), Reply::Long(2), Reply::Long(4)]);
     server.shutdown();
 }
 

@@ -245,6 +245,7 @@ impl Server {
             parked: HashMap::new(),
             answers: Vec::new(),
             next_place: 0,
+            polls_parked_again: 0,
             accept_pending: false,
             spare: Vec::new(),
         };
@@ -565,6 +566,8 @@ struct EventLoop {
     answers: Vec<Done>,
     /// The place the next poll to wait takes (`ParkedPoll::place`).
     next_place: u64,
+    /// Polls parked again (`WaitingPolls::parked_again`).
+    polls_parked_again: u64,
     /// Accepting was cut short by throttling; continue on the next turn.
     accept_pending: bool,
     /// Written answer buffers kept for the next answers.
@@ -857,7 +860,10 @@ impl EventLoop {
                     self.cluster.as_ref(),
                     self.open,
                     &self.topics,
-                    &self.parked,
+                    WaitingPolls {
+                        parked: self.parked.values().map(VecDeque::len).sum(),
+                        parked_again: self.polls_parked_again,
+                    },
                 )),
                 OpClass::Cluster if opcode == Opcode::PartitionTableRequest => {
                     Some(partition_table(&frame, &limits, &self.config, self.cluster.as_ref()))
@@ -1196,6 +1202,9 @@ impl EventLoop {
         // Parked again after losing an item: one offered since may already
         // have been handed to the polls parked before.
         let retry = items.then(|| queue.clone());
+        if place.is_some() {
+            self.polls_parked_again += 1;
+        }
         let place = place.unwrap_or_else(|| {
             self.next_place += 1;
             self.next_place - 1
@@ -1519,6 +1528,15 @@ impl EventLoop {
     }
 }
 
+/// Waiting polls, for `NODE_INFO`.
+struct WaitingPolls {
+    /// Polls parked now.
+    parked: usize,
+    /// Polls parked again after another consumer took the item they were
+    /// proposed for, since start.
+    parked_again: u64,
+}
+
 /// `NODE_INFO`: statistics as name/value pairs.
 fn node_info(
     request_id: u64,
@@ -1527,14 +1545,13 @@ fn node_info(
     cluster: Option<&ClusterFront>,
     open: u32,
     topics: &HashMap<Box<str>, Vec<Subscription>>,
-    parked: &HashMap<Box<str>, VecDeque<ParkedPoll>>,
+    polls: WaitingPolls,
 ) -> Vec<u8> {
     let (memory_used, structures, applied) = {
         let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         (state.memory_used(), state.structure_count(), state.applied())
     };
     let subscriptions: usize = topics.values().map(Vec::len).sum();
-    let parked: usize = parked.values().map(VecDeque::len).sum();
     let mode = if config.cluster.is_some() {
         "cluster member"
     } else {
@@ -1559,7 +1576,8 @@ fn node_info(
         ("structures", structures.to_string()),
         ("writes_applied", applied.to_string()),
         ("topic_subscriptions", subscriptions.to_string()),
-        ("parked_polls", parked.to_string()),
+        ("parked_polls", polls.parked.to_string()),
+        ("polls_parked_again", polls.parked_again.to_string()),
     ];
     if let Some(front) = cluster {
         let r = front.driver.summary();
