@@ -1191,16 +1191,16 @@ impl EventLoop {
         let Some(generation) = self.conn(conn).map(|c| c.generation) else {
             return;
         };
-        let items = self.cluster.is_some()
-            && self
-                .shared
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .queue_len(&queue)
-                > 0;
-        // Parked again after losing an item: one offered since may already
-        // have been handed to the polls parked before.
+        // An item offered since the poll found its queue empty (on a
+        // worker, or while the poll was in the log) may already have been
+        // handed to the polls parked before it, or to none: look again.
+        let items = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queue_len(&queue)
+            > 0;
         let retry = items.then(|| queue.clone());
         if place.is_some() {
             self.polls_parked_again += 1;
@@ -1218,7 +1218,7 @@ impl EventLoop {
         };
         park_in_place(self.parked.entry(queue).or_default(), poll);
         if let Some(queue) = retry {
-            self.propose_parked(&queue);
+            self.retry_parked(&queue);
         }
     }
 
