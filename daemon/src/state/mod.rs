@@ -391,6 +391,9 @@ impl StateMachine {
                 self.release(freed);
                 OkBody::Bool(live)
             }
+            // Nothing to compare in a map that does not exist: false, and
+            // no map is created.
+            Payload::MapCompareAndSet(c) if self.map(c.name)?.is_none() => OkBody::Bool(false),
             Payload::MapCompareAndSet(c) => {
                 let cost = entry_cost(c.key.len(), c.new.len());
                 let map = self.map_or_create(c.name)?;
@@ -543,6 +546,12 @@ impl StateMachine {
         answer: bool,
         out: &mut Vec<u8>,
     ) -> OpResult<()> {
+        if mode == PutMode::IfPresent && self.map(w.name)?.is_none() {
+            // Nothing to replace in a map that does not exist: none, and no
+            // map is created.
+            encode_ok(out, &if answer { OkBody::Value(None) } else { OkBody::Empty });
+            return Ok(());
+        }
         let now = self.now_ms;
         let cost = entry_cost(w.key.len(), w.value.len());
         let expires = expiry(now, w.ttl_ms);

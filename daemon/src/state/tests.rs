@@ -637,6 +637,28 @@ fn the_first_put_into_a_new_map_counts_the_name_against_the_limit() {
 }
 
 #[test]
+fn a_replace_or_compare_and_set_on_a_new_name_creates_nothing() {
+    let mut sm = StateMachine::new(StateConfig::default());
+    assert_eq!(
+        apply(&mut sm, &Payload::MapReplace(put("m", b"k", b"v", 0)), 0, ok_value),
+        None
+    );
+    let cas = Payload::MapCompareAndSet(MapCompareAndSet {
+        ttl_ms: 0,
+        name: "n",
+        key: b"k",
+        expected: b"",
+        new: b"v",
+    });
+    assert!(!apply(&mut sm, &cas, 0, ok_bool));
+    assert_eq!(sm.memory_used(), 0);
+    for name in ["m", "n"] {
+        let offer = Payload::QueueOffer(NamedValue { name, value: b"x" });
+        assert!(apply(&mut sm, &offer, 0, ok_bool), "{name} is free for a queue");
+    }
+}
+
+#[test]
 fn every_write_refused_for_memory_leaves_no_new_structure() {
     let key = [7u8; 40];
     let value = [9u8; 100];
