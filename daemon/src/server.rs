@@ -118,6 +118,13 @@ struct ParkedPoll {
     place: u64,
 }
 
+/// The next place in the waiting polls' arrival order (`next`: the
+/// loop's counter).
+fn take_place(next: &mut u64) -> u64 {
+    *next += 1;
+    *next - 1
+}
+
 /// Parks `poll` on its queue's list behind every poll that arrived before
 /// it and ahead of every later one.
 fn park_in_place(waiting: &mut VecDeque<ParkedPoll>, poll: ParkedPoll) {
@@ -993,8 +1000,7 @@ impl EventLoop {
                 if !busy && opcode == Opcode::QueuePoll {
                     if let Some((queue, wait, empty)) = leader_poll_waits(&self.shared, &front.driver, &frame) {
                         let deadline = Instant::now() + wait;
-                        let place = self.next_place;
-                        self.next_place += 1;
+                        let place = take_place(&mut self.next_place);
                         if !empty {
                             waits_if_beaten = Some((queue, deadline, place));
                         } else {
@@ -1016,10 +1022,12 @@ impl EventLoop {
                     }
                 }
                 let is_read = opcode.class() == OpClass::Read;
-                if is_read && !busy && front.driver.lease().holds() {
+                if is_read && !busy && front.driver.lease().published() {
                     // Under the leader lease a read needs no round through
                     // the driver: it is answered here, like a single node's
-                    // (the lease is checked again under the lock).
+                    // (whether the lease holds is checked, with the clock,
+                    // under the lock; a follower has none published and
+                    // does not lock).
                     let buf = self.spare.pop().unwrap_or_default();
                     let at = *now.get_or_insert_with(now_ms);
                     if let Some(bytes) = read_under_lease(&self.shared, &frame, buf, at, front.driver.lease()) {
@@ -1202,13 +1210,13 @@ impl EventLoop {
             .queue_len(&queue)
             > 0;
         let retry = items.then(|| queue.clone());
-        if place.is_some() {
-            self.polls_parked_again += 1;
-        }
-        let place = place.unwrap_or_else(|| {
-            self.next_place += 1;
-            self.next_place - 1
-        });
+        let place = match place {
+            Some(place) => {
+                self.polls_parked_again += 1;
+                place
+            }
+            None => take_place(&mut self.next_place),
+        };
         let poll = ParkedPoll {
             conn,
             generation,

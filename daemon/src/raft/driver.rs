@@ -246,6 +246,13 @@ impl LeaseGate {
         until != 0 && u64::try_from(self.origin.elapsed().as_nanos()).is_ok_and(|now| now < until)
     }
 
+    /// True while a lease end is published, whether or not it has passed:
+    /// without reading the clock, a cheap test that [`LeaseGate::holds`]
+    /// may answer true (never true on a member that does not lead).
+    pub fn published(&self) -> bool {
+        self.until_ns.load(Ordering::Acquire) != 0
+    }
+
     /// Publishes the lease's end, or withdraws it (`None`). Only the
     /// driver publishes; public for the models of the gate.
     pub fn publish(&self, until: Option<Instant>) {

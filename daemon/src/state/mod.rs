@@ -521,6 +521,8 @@ impl StateMachine {
     }
 }
 
+const NOT_A_MAP: &str = "the name is bound to a structure that is not a Map";
+
 /// A write the data memory limit refuses.
 const OUT_OF_MEMORY: OpError = OpError(
     ErrorCode::OutOfMemory,
@@ -555,12 +557,10 @@ impl StateMachine {
         let now = self.now_ms;
         let cost = entry_cost(w.key.len(), w.value.len());
         let expires = expiry(now, w.ttl_ms);
-        // A new map's name is counted when it is created: the limit is
-        // checked against the count after that.
-        self.map_or_create(w.name)?;
-        let (used, limit, fresh) = (self.memory_used, self.config.data_memory_max_bytes, self.next_id);
+        let (limit, fresh) = (self.config.data_memory_max_bytes, self.next_id);
+        let (map, used) = self.map_or_create_counted(w.name)?;
         let mut live = false;
-        let put = self.map_or_create(w.name)?.put_if(
+        let put = map.put_if(
             w.key,
             w.value,
             expires,
@@ -625,6 +625,22 @@ impl StateMachine {
         };
         self.stored(name, key, expires, cost, previous.as_ref());
         Ok(previous)
+    }
+
+    /// [`StateMachine::map_or_create`], with the memory count after it: a
+    /// new map's name is counted when it is created, and a put checks the
+    /// limit against the count that includes it. One lookup of the name
+    /// more than a plain get when the map exists.
+    fn map_or_create_counted(&mut self, name: &str) -> OpResult<(&mut MapState, u64)> {
+        if !matches!(self.structures.get(name), Some(Structure::Map(_))) {
+            // Creates it, or answers that the name holds another type.
+            self.map_or_create(name)?;
+        }
+        let used = self.memory_used;
+        match self.structures.get_mut(name) {
+            Some(Structure::Map(m)) => Ok((m, used)),
+            _ => Err(OpError(ErrorCode::WrongType, NOT_A_MAP)),
+        }
     }
 
     /// The bookkeeping after a map entry of `cost` bytes was stored over
@@ -697,7 +713,7 @@ impl StateMachine {
 }
 
 macro_rules! accessors {
-    ($get:ident, $get_mut:ident, $create:ident, $variant:ident, $ty:ty, $wrong:literal) => {
+    ($get:ident, $get_mut:ident, $create:ident, $variant:ident, $ty:ty, $wrong:expr) => {
         impl StateMachine {
             fn $get(&self, name: &str) -> OpResult<Option<&$ty>> {
                 match self.structures.get(name) {
@@ -732,14 +748,7 @@ macro_rules! accessors {
     };
 }
 
-accessors!(
-    map,
-    map_mut,
-    map_or_create,
-    Map,
-    MapState,
-    "the name is bound to a structure that is not a Map"
-);
+accessors!(map, map_mut, map_or_create, Map, MapState, NOT_A_MAP);
 accessors!(
     queue,
     queue_mut,
