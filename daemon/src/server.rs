@@ -251,6 +251,7 @@ impl Server {
             next_subscription: 1,
             parked: HashMap::new(),
             answers: Vec::new(),
+            answered: Vec::new(),
             next_place: 0,
             polls_parked_again: 0,
             accept_pending: false,
@@ -534,6 +535,8 @@ struct Conn {
     /// Reading stopped before `WouldBlock`; retry when load allows.
     stalled: bool,
     writable_registered: bool,
+    /// Listed in `EventLoop::answered`: answers queued, not yet written.
+    answered: bool,
     /// Topic subscriptions held: a subscriber is never idle-closed.
     subscriptions: u32,
 }
@@ -571,6 +574,8 @@ struct EventLoop {
     parked: HashMap<Box<str>, VecDeque<ParkedPoll>>,
     /// Answers taken from `done`, kept between turns for their capacity.
     answers: Vec<Done>,
+    /// Connections given answers this turn, written once each at its end.
+    answered: Vec<usize>,
     /// The place the next poll to wait takes (`ParkedPoll::place`).
     next_place: u64,
     /// Polls parked again (`WaitingPolls::parked_again`).
@@ -717,6 +722,7 @@ impl EventLoop {
                 closing: false,
                 stalled: false,
                 writable_registered: false,
+                answered: false,
                 subscriptions: 0,
             });
             self.open += 1;
@@ -1165,6 +1171,10 @@ impl EventLoop {
         for (publication, offered) in effects {
             self.after_execute(publication, offered);
         }
+        // Answers are queued first and each connection written once: at
+        // pipeline depth 16 that is one write for up to 16 answers, not one
+        // each.
+        let mut answered = std::mem::take(&mut self.answered);
         for done in answers.drain(..) {
             let Some(conn) = self.conn(done.conn) else { continue };
             if conn.generation != done.generation {
@@ -1172,14 +1182,23 @@ impl EventLoop {
             }
             conn.in_flight -= 1;
             conn.out.push_back(done.result.bytes);
-            let was_stalled = conn.stalled;
-            self.flush(done.conn);
-            if was_stalled && !self.stalled.contains(&done.conn) {
-                self.stalled.push(done.conn);
+            if !conn.answered {
+                conn.answered = true;
+                answered.push(done.conn);
             }
             self.after_execute(done.result.publication, done.result.offered);
         }
+        for idx in answered.drain(..) {
+            let Some(conn) = self.conn(idx) else { continue };
+            conn.answered = false;
+            let was_stalled = conn.stalled;
+            self.flush(idx);
+            if was_stalled && !self.stalled.contains(&idx) {
+                self.stalled.push(idx);
+            }
+        }
         self.answers = answers;
+        self.answered = answered;
     }
 
     /// Pushes a publication and runs polls parked on an offered queue.
