@@ -12,7 +12,9 @@
 //! Run with `cargo bench -p loomcache-benches --bench log`. The directory is
 //! `target/bench-log` on the repository's disk unless `LOOMCACHE_BENCH_DIR`
 //! names another; `LOOMCACHE_BENCH_SECONDS` sets each measurement's length
-//! (default 3).
+//! (default 3). To run a part: `LOOMCACHE_BENCH_SIZES` and
+//! `LOOMCACHE_BENCH_APPENDERS` (space-separated lists; default "100 1024"
+//! and "1 8 64"), `LOOMCACHE_BENCH_RECOVERY=0` skips recovery.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -33,6 +35,17 @@ fn bench_dir() -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create bench directory");
     dir
+}
+
+/// A space-separated list of numbers from the environment, or `default`.
+fn list(var: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(var) {
+        Ok(s) => s
+            .split_whitespace()
+            .map(|w| w.parse().unwrap_or_else(|_| panic!("{var}: not a number: {w}")))
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
 }
 
 fn seconds() -> Duration {
@@ -196,7 +209,7 @@ fn main() {
         "{:<44} {:>14} {:>10} {:>12}",
         "measurement", "records/s", "MB/s", "vs 1 fsync/rec"
     );
-    for size in [100usize, 1024] {
+    for size in list("LOOMCACHE_BENCH_SIZES", &[100, 1024]) {
         let raw = fsync_per_record(&dir, size, run);
         println!(
             "{:<44} {:>14.0} {:>10.2} {:>12}",
@@ -205,7 +218,7 @@ fn main() {
             raw * size as f64 / 1e6,
             "1.0x"
         );
-        for appenders in [1usize, 8, 64] {
+        for &appenders in &list("LOOMCACHE_BENCH_APPENDERS", &[1, 8, 64]) {
             for (waiters_flush, by) in [(true, "waiters"), (false, "thread")] {
                 let r = log_sync(&dir, appenders, size, run, waiters_flush);
                 println!(
@@ -226,6 +239,10 @@ fn main() {
         seq / 1e6
     );
 
+    if std::env::var("LOOMCACHE_BENCH_RECOVERY").is_ok_and(|v| v == "0") {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     println!();
     let path = dir.join("recovery");
     let written = fill_log(&path, 512 << 20);
