@@ -142,6 +142,52 @@ fn log_sync(dir: &Path, appenders: usize, size: usize, run: Duration, waiters_fl
     rate
 }
 
+/// Records per second with `appenders` appenders served by one thread,
+/// the way an event loop serves many clients: each appender appends its
+/// own record (one append call each) and, once that record is durable,
+/// its next. The thread waits until the oldest record outstanding is
+/// durable, then moves on every appender whose record is.
+fn log_sync_one_thread(dir: &Path, appenders: usize, size: usize, run: Duration, waiters_flush: bool) -> f64 {
+    let path = dir.join(format!("log-one-thread-{appenders}-{size}"));
+    let config = LogConfig {
+        waiters_flush,
+        ..LogConfig::default()
+    };
+    let log = Log::open(&path, config).unwrap();
+    let payloads: Vec<Vec<u8>> = (0..appenders).map(|t| vec![t as u8; size]).collect();
+    let append = |t: usize| {
+        log.append_payloads(1, RecordKind::Normal, 0, &[&payloads[t]])
+            .unwrap()
+            .last
+    };
+    // (appender, index of its record), oldest first.
+    let mut outstanding: std::collections::VecDeque<(usize, u64)> = (0..appenders).map(|t| (t, append(t))).collect();
+    let start = Instant::now();
+    let mut count = 0u64;
+    while start.elapsed() < run {
+        let Some(&(_, oldest)) = outstanding.front() else { break };
+        log.wait_durable(oldest).unwrap();
+        let durable = log.durable_index();
+        while let Some(&(t, index)) = outstanding.front() {
+            if index > durable {
+                break;
+            }
+            outstanding.pop_front();
+            count += 1;
+            outstanding.push_back((t, append(t)));
+        }
+    }
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    eprintln!(
+        "  ({appenders} appenders on one thread, {size} B: {:.1} records per flush)",
+        log.last_index() as f64 / log.flush_rounds().max(1) as f64
+    );
+    log.close().unwrap();
+    drop(log);
+    let _ = std::fs::remove_dir_all(path);
+    rate
+}
+
 /// Fills a log with `total` bytes of 1 KiB records across several segments.
 fn fill_log(path: &Path, total: usize) -> usize {
     let config = LogConfig {
@@ -224,6 +270,21 @@ fn main() {
                 println!(
                     "{:<44} {:>14.0} {:>10.2} {:>11.1}x",
                     format!("log sync, {appenders} appenders, {size} B, {by}"),
+                    r,
+                    r * size as f64 / 1e6,
+                    r / raw
+                );
+            }
+        }
+        for &appenders in &list("LOOMCACHE_BENCH_APPENDERS", &[1, 8, 64]) {
+            if appenders == 1 {
+                continue;
+            }
+            for (waiters_flush, by) in [(true, "waiters"), (false, "thread")] {
+                let r = log_sync_one_thread(&dir, appenders, size, run, waiters_flush);
+                println!(
+                    "{:<44} {:>14.0} {:>10.2} {:>11.1}x",
+                    format!("log sync, {appenders} on 1 thread, {size} B, {by}"),
                     r,
                     r * size as f64 / 1e6,
                     r / raw
