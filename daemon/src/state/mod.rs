@@ -507,12 +507,18 @@ impl StateMachine {
                 OkBody::Long(core::mem::replace(&mut a.value, l.value))
             }
             Payload::AtomicCompareAndSet(c) => {
-                let a = self.atomic_or_create(c.name)?;
-                let ok = a.value == c.expected;
-                if ok {
-                    a.value = c.new;
+                // A missing AtomicLong reads as 0: a compare-and-set that
+                // expects anything else fails without creating it.
+                if c.expected != 0 && self.atomic(c.name)?.is_none() {
+                    OkBody::Bool(false)
+                } else {
+                    let a = self.atomic_or_create(c.name)?;
+                    let ok = a.value == c.expected;
+                    if ok {
+                        a.value = c.new;
+                    }
+                    OkBody::Bool(ok)
                 }
-                OkBody::Bool(ok)
             }
             ref other => return Err(OpError(ErrorCode::Unsupported, unsupported_here(other.opcode()))),
         };

@@ -651,11 +651,16 @@ fn a_replace_or_compare_and_set_on_a_new_name_creates_nothing() {
         new: b"v",
     });
     assert!(!apply(&mut sm, &cas, 0, ok_bool));
+    let atomic_cas = |name, expected, new| Payload::AtomicCompareAndSet(AtomicCompareAndSet { name, expected, new });
+    assert!(!apply(&mut sm, &atomic_cas("a", 5, 6), 0, ok_bool));
     assert_eq!(sm.memory_used(), 0);
-    for name in ["m", "n"] {
+    for name in ["m", "n", "a"] {
         let offer = Payload::QueueOffer(NamedValue { name, value: b"x" });
         assert!(apply(&mut sm, &offer, 0, ok_bool), "{name} is free for a queue");
     }
+    // A missing AtomicLong reads as 0, so expecting 0 succeeds.
+    assert!(apply(&mut sm, &atomic_cas("b", 0, 6), 0, ok_bool));
+    assert!(!apply(&mut sm, &atomic_cas("b", 0, 7), 0, ok_bool));
 }
 
 #[test]
