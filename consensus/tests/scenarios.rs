@@ -784,3 +784,37 @@ fn the_lease_promise_holds_after_a_term_change_without_a_leader() {
             }
         )));
 }
+
+/// A removed member learns that it was removed: the commit index that
+/// covers the change reaches it (the leader announces the commit before it
+/// applies the change and stops replicating to it), so it applies the
+/// change too, never campaigns again and keeps pointing at the leader.
+#[test]
+fn a_removed_member_applies_its_own_removal() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    let remove = ConfChange {
+        items: vec![ConfChangeItem::Remove(3)],
+        context: Vec::new(),
+    };
+    net.raft_mut(1).propose_conf_change(remove, 0).unwrap();
+    for _ in 0..3 {
+        net.tick(1, 1);
+        net.stabilize();
+    }
+    assert_eq!(net.raft(1).conf_state().voters, vec![1, 2]);
+    assert_eq!(
+        net.raft(3).conf_state().voters,
+        vec![1, 2],
+        "the removed member applied its removal"
+    );
+    assert_eq!(net.raft(3).applied(), net.raft(1).applied());
+    // No longer a voter, it never campaigns, and it still names the leader.
+    for _ in 0..50 {
+        net.tick(3, 1);
+        net.stabilize();
+    }
+    assert_eq!(net.raft(3).role(), Role::Follower);
+    assert_eq!(net.raft(3).leader(), 1);
+    assert_eq!(net.leader(), Some(1));
+}
