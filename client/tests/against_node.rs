@@ -91,6 +91,14 @@ fn typed_operations_on_every_structure() {
         }) => {}
         other => panic!("expected WRONG_TYPE, got {other:?}"),
     }
+    // A subscription to a name bound to another type could never receive.
+    match c.topic("users").subscribe() {
+        Err(ClientError::Server {
+            code: ErrorCode::WrongType,
+            ..
+        }) => {}
+        other => panic!("expected WRONG_TYPE, got {:?}", other.map(|s| s.id())),
+    }
     drop(c);
     server.shutdown();
 }

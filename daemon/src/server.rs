@@ -937,6 +937,21 @@ impl EventLoop {
                     }
                 }
                 OpClass::Subscription if opcode == Opcode::TopicSubscribe => Some(match frame.decode(&limits) {
+                    Ok(Payload::TopicSubscribe(n))
+                        if self
+                            .shared
+                            .state
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .type_of(n.name)
+                            .is_some_and(|t| t != "Topic") =>
+                    {
+                        error_frame(
+                            request_id,
+                            ErrorCode::WrongType,
+                            "the name is bound to a structure that is not a Topic",
+                        )
+                    }
                     Ok(Payload::TopicSubscribe(n)) => {
                         let id = self.next_subscription;
                         self.next_subscription += 1;

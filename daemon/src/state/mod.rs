@@ -155,6 +155,18 @@ impl StateMachine {
         }
     }
 
+    /// The type `name` is bound to ("Map", "Queue", "Set", "AtomicLong" or
+    /// "Topic"), if it names a structure.
+    pub fn type_of(&self, name: &str) -> Option<&'static str> {
+        self.structures.get(name).map(|s| match s {
+            Structure::Map(_) => "Map",
+            Structure::Queue(_) => "Queue",
+            Structure::Set(_) => "Set",
+            Structure::Atomic(_) => "AtomicLong",
+            Structure::Topic(_) => "Topic",
+        })
+    }
+
     /// Number of named structures.
     pub fn structure_count(&self) -> usize {
         self.structures.len()
