@@ -63,6 +63,21 @@ fn commands_against_a_node_with_exit_codes() {
     assert_eq!(run(&["queue", "offer", "q", "job"]), (Some(0), "true".into()));
     assert_eq!(run(&["queue", "poll", "q"]), (Some(0), "job".into()));
     assert_eq!(run(&["atomic", "add", "n", "5"]), (Some(0), "5".into()));
+    assert_eq!(run(&["atomic", "add", "n", "-7"]), (Some(0), "-2".into()));
+    assert_eq!(run(&["atomic", "cas", "n", "-2", "-3"]), (Some(0), "true".into()));
+    // A TTL of 0 means no expiry, as on the wire.
+    assert_eq!(run(&["map", "put", "ttl", "k", "v", "--ttl-ms", "0"]).0, Some(0));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(run(&["map", "get", "ttl", "k"]), (Some(0), "v".into()));
+    assert_eq!(run(&["map", "put", "ttl", "tab", "x\ty"]).0, Some(0));
+    assert_eq!(
+        run(&["--json", "map", "scan", "ttl"]).1,
+        r#"[{"key":"k","value":"v"},{"key":"tab","value":"x\ty"}]"#
+    );
+    assert_eq!(
+        run(&["queue", "poll", "q", "--wait-ms", "50"]),
+        (Some(0), "(none)".into())
+    );
     assert_eq!(run(&["set", "add", "s", "red"]), (Some(0), "true".into()));
     assert_eq!(run(&["--json", "set", "members", "s"]), (Some(0), "[\"red\"]".into()));
     assert_eq!(run(&["topic", "publish", "t", "hi"]), (Some(0), "1".into()));
@@ -80,4 +95,15 @@ fn commands_against_a_node_with_exit_codes() {
     server.shutdown();
     // No node: exit 1, quickly.
     assert_eq!(run(&["--timeout-ms", "300", "ping"]).0, Some(1));
+}
+
+#[test]
+fn a_peer_that_never_answers_the_handshake_fails_a_write_as_not_sent() {
+    // Connections are accepted (by the backlog) but nothing ever answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let out = loomctl(&["--addr", &addr, "--timeout-ms", "300", "map", "put", "m", "k", "v"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&addr) && err.contains("handshake"), "{err}");
 }

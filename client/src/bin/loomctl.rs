@@ -15,12 +15,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Command-line access to a LoomCache node.
 ///
 /// Exit codes: 0 success, 1 the request failed (connection or server
-/// error), 2 usage error, 3 the operation is not supported.
+/// error), 2 usage error, 3 the operation is not supported, 4 a write's
+/// outcome is unknown (no answer in time: it may still be applied).
 #[derive(Debug, Parser)]
 #[command(name = "loomctl", version)]
 struct Cli {
-    /// Node address.
-    #[arg(long, global = true, default_value = "127.0.0.1:7070", env = "LOOMCACHE_ADDR")]
+    /// Node address: IP:PORT or HOST:PORT.
+    #[arg(long, global = true, default_value = "127.0.0.1:7070", env = "LOOMCACHE_ADDR", value_parser = resolve)]
     addr: SocketAddr,
     /// Print results as JSON.
     #[arg(long, global = true)]
@@ -121,7 +122,8 @@ enum MapCmd {
         name: String,
         key: String,
         value: String,
-        /// Time to live in milliseconds.
+        /// Time to live in milliseconds; 0 (like leaving it out) means the
+        /// entry never expires.
         #[arg(long)]
         ttl_ms: Option<u64>,
     },
@@ -147,8 +149,13 @@ enum MapCmd {
 enum QueueCmd {
     /// Append an item.
     Offer { name: String, item: String },
-    /// Remove the head item.
-    Poll { name: String },
+    /// Remove the head item; with --wait-ms, wait that long for one if the
+    /// queue is empty.
+    Poll {
+        name: String,
+        #[arg(long)]
+        wait_ms: Option<u32>,
+    },
     /// Read the head item.
     Peek { name: String },
     /// Items queued.
@@ -184,18 +191,35 @@ enum AtomicCmd {
     /// Read the value.
     Get { name: String },
     /// Set the value.
-    Set { name: String, value: i64 },
-    /// Add and print the new value.
-    Add { name: String, delta: i64 },
-    /// Set to NEW if the value is EXPECTED.
-    Cas { name: String, expected: i64, new: i64 },
+    Set {
+        name: String,
+        #[arg(allow_negative_numbers = true)]
+        value: i64,
+    },
+    /// Add (a negative DELTA subtracts) and print the new value; the value
+    /// wraps around at the ends of the 64-bit range.
+    Add {
+        name: String,
+        #[arg(allow_negative_numbers = true)]
+        delta: i64,
+    },
+    /// Set to NEW if the value is EXPECTED (a missing AtomicLong is 0).
+    Cas {
+        name: String,
+        #[arg(allow_negative_numbers = true)]
+        expected: i64,
+        #[arg(allow_negative_numbers = true)]
+        new: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum TopicCmd {
     /// Publish a message; prints its sequence.
     Publish { name: String, message: String },
-    /// Print messages as they are published (until COUNT arrived, or for ever).
+    /// Print messages as they are published (until COUNT arrived, or for
+    /// ever): a line "SEQUENCE<TAB>MESSAGE" each, or with --json an object
+    /// {"sequence":..,"message":..} each.
     Subscribe {
         name: String,
         /// Stop after this many messages.
@@ -208,10 +232,14 @@ enum TopicCmd {
 enum Out {
     Text(String),
     Value(Option<Vec<u8>>),
+    /// Key and value pairs.
+    Entries(Vec<(Vec<u8>, Vec<u8>)>),
     Bool(bool),
     Count(u64),
     Long(i64),
     List(Vec<String>),
+    /// Nothing more to print.
+    Nothing,
 }
 
 fn render(out: Out, json: bool) -> String {
@@ -225,9 +253,23 @@ fn render(out: Out, json: bool) -> String {
         (Out::Value(None), true) => "null".into(),
         (Out::Value(Some(v)), false) => text(&v),
         (Out::Value(Some(v)), true) => quote(&text(&v)),
+        (Out::Nothing, _) => String::new(),
         (Out::Bool(b), _) => b.to_string(),
         (Out::Count(n), _) => n.to_string(),
         (Out::Long(n), _) => n.to_string(),
+        (Out::Entries(entries), false) => entries
+            .iter()
+            .map(|(k, v)| format!("{}\t{}", text(k), text(v)))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        (Out::Entries(entries), true) => format!(
+            "[{}]",
+            entries
+                .iter()
+                .map(|(k, v)| format!("{{\"key\":{},\"value\":{}}}", quote(&text(k)), quote(&text(v))))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         (Out::List(items), false) => items.join("\n"),
         (Out::List(items), true) => format!("[{}]", items.iter().map(|s| quote(s)).collect::<Vec<_>>().join(",")),
     }
@@ -242,6 +284,14 @@ fn run(cli: &Cli) -> Result<Out, ClientError> {
             retry_budget: Duration::from_millis(cli.timeout_ms),
             stale_reads: cli.stale,
             ..ClientConfig::default()
+        })
+        .map_err(|e| match e {
+            // Nothing was sent yet: not a request whose outcome is unknown.
+            ClientError::Timeout(d) => ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer to the handshake within {d:?}"),
+            )),
+            e => e,
         })
     };
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
@@ -286,8 +336,10 @@ fn run(cli: &Cli) -> Result<Out, ClientError> {
                 } => {
                     let m = c.map(name);
                     Out::Value(match ttl_ms {
-                        Some(ms) => m.put_with_ttl(key.as_bytes(), value.as_bytes(), Duration::from_millis(*ms))?,
-                        None => m.put(key.as_bytes(), value.as_bytes())?,
+                        Some(ms) if *ms > 0 => {
+                            m.put_with_ttl(key.as_bytes(), value.as_bytes(), Duration::from_millis(*ms))?
+                        }
+                        _ => m.put(key.as_bytes(), value.as_bytes())?,
                     })
                 }
                 MapCmd::Get { name, key } => Out::Value(c.map(name).get(key.as_bytes())?),
@@ -296,17 +348,17 @@ fn run(cli: &Cli) -> Result<Out, ClientError> {
                 MapCmd::Size { name } => Out::Count(c.map(name).size()?),
                 MapCmd::Clear { name } => Out::Count(c.map(name).clear()?),
                 MapCmd::Scan { name, page } => {
-                    let mut lines = Vec::new();
+                    let mut all = Vec::new();
                     let mut cursor = 0;
                     loop {
                         let (next, entries) = c.map(name).scan(cursor, *page)?;
-                        lines.extend(entries.iter().map(|(k, v)| format!("{}\t{}", text(k), text(v))));
+                        all.extend(entries);
                         if next == 0 {
                             break;
                         }
                         cursor = next;
                     }
-                    Out::List(lines)
+                    Out::Entries(all)
                 }
             }
         }
@@ -314,7 +366,10 @@ fn run(cli: &Cli) -> Result<Out, ClientError> {
             let c = connect()?;
             match cmd {
                 QueueCmd::Offer { name, item } => Out::Bool(c.queue(name).offer(item.as_bytes())?),
-                QueueCmd::Poll { name } => Out::Value(c.queue(name).poll()?),
+                QueueCmd::Poll { name, wait_ms } => Out::Value(match wait_ms {
+                    Some(ms) if *ms > 0 => c.queue(name).poll_wait(Duration::from_millis(u64::from(*ms)))?,
+                    _ => c.queue(name).poll()?,
+                }),
                 QueueCmd::Peek { name } => Out::Value(c.queue(name).peek()?),
                 QueueCmd::Size { name } => Out::Count(c.queue(name).size()?),
                 QueueCmd::Drain { name, max } => {
@@ -376,11 +431,21 @@ fn run(cli: &Cli) -> Result<Out, ClientError> {
                         m.dropped_before
                     );
                 }
-                let line = render(Out::Value(Some(m.payload)), cli.json);
-                println!("{}\t{line}", m.sequence);
+                let message = render(Out::Value(Some(m.payload)), cli.json);
+                if cli.json {
+                    println!("{{\"sequence\":{},\"message\":{message}}}", m.sequence);
+                } else {
+                    println!("{}\t{message}", m.sequence);
+                }
                 seen += 1;
             }
-            Out::Text(format!("{seen} messages"))
+            let summary = format!("{seen} message{}", if seen == 1 { "" } else { "s" });
+            if cli.json {
+                // Standard output holds one JSON object per message.
+                eprintln!("loomctl: {summary}");
+                return Ok(Out::Nothing);
+            }
+            Out::Text(summary)
         }
     })
 }
@@ -646,9 +711,43 @@ fn cluster_status(cli: &Cli, leader: &Info) -> Out {
     Out::List(lines)
 }
 
+/// `--addr`: an IP address and port, or a host name and port (the first
+/// address it resolves to).
+fn resolve(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?} (expected IP:PORT or HOST:PORT): {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+/// Whether the command changes state, so that a request without an
+/// answer may still have been applied.
+fn is_write(command: &Command) -> bool {
+    match command {
+        Command::Map(m) => !matches!(
+            m,
+            MapCmd::Get { .. } | MapCmd::Contains { .. } | MapCmd::Size { .. } | MapCmd::Scan { .. }
+        ),
+        Command::Queue(q) => !matches!(q, QueueCmd::Peek { .. } | QueueCmd::Size { .. }),
+        Command::Set(s) => !matches!(
+            s,
+            SetCmd::Contains { .. } | SetCmd::Members { .. } | SetCmd::Size { .. }
+        ),
+        Command::Atomic(a) => !matches!(a, AtomicCmd::Get { .. }),
+        Command::Topic(t) => matches!(t, TopicCmd::Publish { .. }),
+        Command::Cluster(c) => !matches!(c, ClusterCmd::Status | ClusterCmd::Partitions),
+        Command::Ping | Command::Info | Command::Partition { .. } | Command::Opcodes | Command::ErrorCodes => false,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
+        Ok(Out::Nothing) => ExitCode::SUCCESS,
         Ok(out) => {
             println!("{}", render(out, cli.json));
             ExitCode::SUCCESS
@@ -656,6 +755,16 @@ fn main() -> ExitCode {
         Err(ClientError::Unsupported(why)) => {
             eprintln!("loomctl: unsupported: {why}");
             ExitCode::from(3)
+        }
+        Err(e @ (ClientError::Timeout(_) | ClientError::SequenceLost { .. })) if is_write(&cli.command) => {
+            eprintln!("loomctl: {e}; the outcome is unknown: the write may still be applied");
+            ExitCode::from(4)
+        }
+        Err(e @ (ClientError::Io(_) | ClientError::Protocol(_))) => {
+            // Name the node: a refused connection or a peer that is not a
+            // LoomCache node says nothing about where it happened.
+            eprintln!("loomctl: {}: {e}", cli.addr);
+            ExitCode::from(1)
         }
         Err(e) => {
             eprintln!("loomctl: {e}");
