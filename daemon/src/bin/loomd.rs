@@ -34,8 +34,9 @@ struct Args {
     /// Client listen address (port 0 picks a free one) [default: 127.0.0.1:7070].
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
-    /// Worker threads; 0 applies requests on the event-loop thread
-    /// [default: the number of cores].
+    /// Worker threads of a --memory-only node; 0 applies requests on the
+    /// event-loop thread [default: the number of cores]. A cluster member
+    /// (the default mode) applies through its Raft driver and runs none.
     #[arg(long, value_name = "N")]
     workers: Option<u32>,
     /// This node's id [default: 1].
@@ -150,10 +151,16 @@ fn main() -> ExitCode {
     let server = match Server::start(config.clone()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, addr = %config.listen_addr, "cannot start");
+            tracing::error!(error = %e, "cannot start");
             return ExitCode::from(1);
         }
     };
+    if let Some(asked) = args.workers.filter(|&w| w > 0 && config.cluster.is_some()) {
+        tracing::warn!(
+            workers = asked,
+            "--workers applies only to a --memory-only node; this cluster member runs none"
+        );
+    }
     let mode = match &config.cluster {
         Some(c) => format!(
             "cluster member {} of {}, data in {}",
