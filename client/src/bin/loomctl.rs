@@ -523,7 +523,16 @@ fn cluster(cli: &Cli, cmd: &ClusterCmd) -> Result<Out, ClientError> {
             .any(|k| id_list(info, k).contains(&id))
     };
     Ok(match cmd {
-        ClusterCmd::Status => cluster_status(cli, &leader_info(cli)?),
+        ClusterCmd::Status => match leader_info(cli) {
+            Ok(leader) => cluster_status(cli, &leader),
+            // Without a leader, what this member knows is what there is to
+            // show: who the members are and which of them answer.
+            Err(ClientError::Server {
+                code: ErrorCode::NoLeader,
+                ..
+            }) => cluster_status(cli, &info_of(cli.addr, Duration::from_millis(cli.timeout_ms))?),
+            Err(e) => return Err(e),
+        },
         ClusterCmd::Partitions => {
             let t = client()?.partition_table(0)?;
             // Runs of consecutive partitions in the same group.
@@ -628,10 +637,14 @@ fn cluster(cli: &Cli, cmd: &ClusterCmd) -> Result<Out, ClientError> {
     })
 }
 
-/// One row per member, from the leader's view plus each member's own
-/// NODE_INFO (unreachable members say so).
+/// One row per member, from the leader's view (or, with no leader known,
+/// the view of the member at `--addr`) plus each member's own NODE_INFO
+/// (unreachable members say so).
 fn cluster_status(cli: &Cli, leader: &Info) -> Out {
     let get = |k: &str| leader.get(k).cloned().unwrap_or_default();
+    let is_leader = leader.get("raft_role").map(String::as_str) == Some("leader");
+    // A number as JSON: itself if it parses, else null.
+    let number = |v: &str| v.parse::<u64>().map_or("null".to_string(), |n| n.to_string());
     let voters = id_list(leader, "raft_voters");
     let learners = id_list(leader, "raft_learners");
     let outgoing = id_list(leader, "raft_voters_outgoing");
@@ -676,28 +689,46 @@ fn cluster_status(cli: &Cli, leader: &Info) -> Out {
             .map(|(id, addrs, kind, role, applied, matched, lag)| {
                 format!(
                     "{{\"id\":{id},\"addrs\":{addrs:?},\"membership\":{kind:?},\"role\":{role:?},\
-                     \"applied\":{applied:?},\"matched\":{matched:?},\"lag\":{lag:?}}}"
+                     \"applied\":{},\"matched\":{},\"lag\":{}}}",
+                    number(applied),
+                    number(matched),
+                    number(lag)
                 )
             })
             .collect();
         return Out::Text(format!(
-            "{{\"leader\":{:?},\"term\":{:?},\"commit\":{:?},\"last_index\":{:?},\"members\":[{}]}}",
-            get("raft_leader"),
-            get("raft_term"),
-            get("raft_commit"),
-            get("raft_last_index"),
+            "{{\"leader\":{},\"term\":{},\"commit\":{},\"last_index\":{},\"members\":[{}]}}",
+            if is_leader {
+                number(&get("raft_leader"))
+            } else {
+                "null".into()
+            },
+            number(&get("raft_term")),
+            number(&get("raft_commit")),
+            number(&get("raft_last_index")),
             members.join(",")
         ));
     }
     let mut lines = vec![
-        format!(
-            "leader {} at {}, term {}, commit {}, last index {}",
-            get("raft_leader"),
-            get("raft_leader_addr"),
-            get("raft_term"),
-            get("raft_commit"),
-            get("raft_last_index")
-        ),
+        if is_leader {
+            format!(
+                "leader {} at {}, term {}, commit {}, last index {}",
+                get("raft_leader"),
+                get("raft_leader_addr"),
+                get("raft_term"),
+                get("raft_commit"),
+                get("raft_last_index")
+            )
+        } else {
+            format!(
+                "no leader known; as node {} ({}) sees it: term {}, commit {}, last index {}",
+                get("node_id"),
+                get("raft_role"),
+                get("raft_term"),
+                get("raft_commit"),
+                get("raft_last_index")
+            )
+        },
         format!(
             "{:<4} {:<44} {:<12} {:<12} {:>10} {:>10} {:>8}",
             "id", "client/peer", "membership", "role", "applied", "matched", "lag"
