@@ -218,7 +218,7 @@ impl StateMachine {
             Err(e) => return error(out, e.code(), "the entry's payload does not decode"),
         };
         if let Err(reason) = payload.check_arguments(&self.config.limits) {
-            return error(out, ErrorCode::InvalidArgument, reason);
+            return self.argument_error(out, reason);
         }
         match payload {
             Payload::BatchExecute(batch) => self.apply_batch(batch.ops, out),
@@ -273,10 +273,27 @@ impl StateMachine {
         encode(out, &Response::Ok(OkBody::Batch(Seq::Items(&items))))
     }
 
+    /// `INVALID_ARGUMENT` for a request that fails its argument checks,
+    /// naming the configured bound it refers to.
+    fn argument_error(&self, out: &mut Vec<u8>, reason: &str) -> Outcome {
+        let message = if reason.contains("items maximum") {
+            format!("{reason} ({})", self.config.limits.items_max)
+        } else {
+            reason.to_string()
+        };
+        encode(
+            out,
+            &Response::Error {
+                code: ErrorCode::InvalidArgument,
+                message: &message,
+            },
+        )
+    }
+
     /// Serves a read-only request from local state at `now_ms`.
     pub fn read(&mut self, payload: &Payload<'_>, now_ms: u64, out: &mut Vec<u8>) -> Outcome {
         if let Err(reason) = payload.check_arguments(&self.config.limits) {
-            return error(out, ErrorCode::InvalidArgument, reason);
+            return self.argument_error(out, reason);
         }
         let saved = self.now_ms;
         self.now_ms = self.now_ms.max(now_ms);

@@ -806,6 +806,13 @@ fn reads_are_argument_checked() {
         page_size: 0,
     });
     assert_eq!(read(&mut sm, &scan, 0, err_code), ErrorCode::InvalidArgument);
+    // The message names the bound it refers to.
+    let message = read(&mut sm, &scan, 0, |r| match r {
+        Response::Error { message, .. } => message.to_string(),
+        other => panic!("expected an error, got {other:?}"),
+    });
+    let max = StateConfig::default().limits.items_max;
+    assert!(message.ends_with(&format!("({max})")), "{message}");
 }
 
 #[test]
