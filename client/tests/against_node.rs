@@ -418,3 +418,36 @@ fn a_waiting_poll_answers_retries_and_wrong_types_at_once() {
     assert!(started.elapsed() < Duration::from_secs(2), "a retry must not wait");
     server.shutdown();
 }
+
+#[test]
+fn a_subscriber_that_pipelines_publishes_gets_every_message() {
+    // A bound of 2 unwritten frames: answers delivered together with the
+    // messages must be written before they count against it.
+    let config = Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        workers: 1,
+        subscriber_queue_max: 2,
+        ..Config::default()
+    };
+    let server = Server::start(config).unwrap();
+    let mut conn =
+        Connection::connect(server.local_addr(), 78, Duration::from_secs(2), Duration::from_secs(5)).unwrap();
+    let subscribe = Payload::TopicSubscribe(loomcache_wire::Named { name: "t" });
+    assert!(matches!(conn.call(&subscribe, None).unwrap(), Reply::Count(_)));
+    const N: u64 = 1000;
+    let values: Vec<Vec<u8>> = (0..N).map(|i| format!("m{i}").into_bytes()).collect();
+    let publishes: Vec<Payload<'_>> = values
+        .iter()
+        .map(|v| Payload::TopicPublish(loomcache_wire::NamedValue { name: "t", value: v }))
+        .collect();
+    let requests: Vec<(&Payload<'_>, Option<u64>)> = publishes.iter().map(|p| (p, None)).collect();
+    conn.send_many(&requests).unwrap();
+    for i in 0..N {
+        let m = conn
+            .recv_push(Duration::from_secs(5))
+            .unwrap()
+            .unwrap_or_else(|| panic!("message {i} never came"));
+        assert_eq!((m.sequence, m.dropped_before), (i + 1, 0), "message {i}");
+    }
+    server.shutdown();
+}

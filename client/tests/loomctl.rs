@@ -78,6 +78,12 @@ fn commands_against_a_node_with_exit_codes() {
         run(&["queue", "poll", "q", "--wait-ms", "50"]),
         (Some(0), "(none)".into())
     );
+    // JSON strings are escaped as JSON, control characters included.
+    assert_eq!(run(&["map", "put", "esc", "k", "a\u{1b}b\u{7f}"]).0, Some(0));
+    let (code, json) = run(&["--json", "map", "scan", "esc"]);
+    assert_eq!(code, Some(0));
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    assert_eq!(parsed[0]["value"], "a\u{1b}b\u{7f}");
     assert_eq!(run(&["set", "add", "s", "red"]), (Some(0), "true".into()));
     assert_eq!(run(&["--json", "set", "members", "s"]), (Some(0), "[\"red\"]".into()));
     assert_eq!(run(&["topic", "publish", "t", "hi"]), (Some(0), "1".into()));
@@ -106,4 +112,62 @@ fn a_peer_that_never_answers_the_handshake_fails_a_write_as_not_sent() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&addr) && err.contains("handshake"), "{err}");
+}
+
+/// Relays the handshake between a client and `server`, then swallows what
+/// the client sends: its requests reach nothing and are never answered.
+fn swallowing_proxy(server: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let Ok(mut upstream) = std::net::TcpStream::connect(server) else {
+                return;
+            };
+            let answered = Arc::new(AtomicBool::new(false));
+            let (mut client_w, mut upstream_r) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            let flag = Arc::clone(&answered);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = upstream_r.read(&mut buf) {
+                    flag.store(true, Ordering::SeqCst);
+                    if client_w.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = client.read(&mut buf) {
+                    // The handshake goes through; nothing after it does.
+                    if !answered.load(Ordering::SeqCst) && upstream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_write_sent_and_never_answered_exits_4_and_a_read_exits_1() {
+    let server = Server::start(Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        workers: 1,
+        ..Config::default()
+    })
+    .unwrap();
+    let proxy = swallowing_proxy(server.local_addr()).to_string();
+    let write = loomctl(&["--addr", &proxy, "--timeout-ms", "300", "map", "put", "m", "k", "v"]);
+    let err = String::from_utf8_lossy(&write.stderr);
+    assert_eq!(write.status.code(), Some(4), "{err}");
+    assert!(err.contains("outcome is unknown"), "{err}");
+    let read = loomctl(&["--addr", &proxy, "--timeout-ms", "300", "map", "get", "m", "k"]);
+    assert_eq!(read.status.code(), Some(1), "{}", String::from_utf8_lossy(&read.stderr));
+    server.shutdown();
 }

@@ -244,7 +244,7 @@ enum Out {
 
 fn render(out: Out, json: bool) -> String {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let quote = |s: &str| format!("{s:?}");
+    let quote = |s: &str| json_str(s);
     match (out, json) {
         (Out::Text(s), false) => s,
         (Out::Text(s), true) if s.starts_with('{') => s,
@@ -275,7 +275,23 @@ fn render(out: Out, json: bool) -> String {
     }
 }
 
-fn run(cli: &Cli) -> Result<Out, ClientError> {
+/// Why a command failed, and whether its request may have been sent.
+#[derive(Debug)]
+enum Failure {
+    /// Nothing was sent: connecting or the handshake failed.
+    NotSent(ClientError),
+    /// The request (or one of them) was sent, or the failure is not about
+    /// sending.
+    Request(ClientError),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        Failure::Request(e)
+    }
+}
+
+fn run(cli: &Cli) -> Result<Out, Failure> {
     let connect = || {
         Client::connect(ClientConfig {
             addrs: vec![cli.addr],
@@ -285,13 +301,14 @@ fn run(cli: &Cli) -> Result<Out, ClientError> {
             stale_reads: cli.stale,
             ..ClientConfig::default()
         })
-        .map_err(|e| match e {
-            // Nothing was sent yet: not a request whose outcome is unknown.
-            ClientError::Timeout(d) => ClientError::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer to the handshake within {d:?}"),
-            )),
-            e => e,
+        .map_err(|e| {
+            Failure::NotSent(match e {
+                ClientError::Timeout(d) => ClientError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer to the handshake within {d:?}"),
+                )),
+                e => e,
+            })
         })
     };
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
@@ -312,7 +329,10 @@ fn run(cli: &Cli) -> Result<Out, ClientError> {
         Command::Info => {
             let pairs = connect()?.info()?;
             if cli.json {
-                let fields: Vec<String> = pairs.iter().map(|(k, v)| format!("{k:?}:{v:?}")).collect();
+                let fields: Vec<String> = pairs
+                    .iter()
+                    .map(|(k, v)| format!("{}:{}", json_str(k), json_str(v)))
+                    .collect();
                 Out::Text(format!("{{{}}}", fields.join(",")))
             } else {
                 Out::List(pairs.iter().map(|(k, v)| format!("{k}: {v}")).collect())
@@ -561,7 +581,7 @@ fn cluster(cli: &Cli, cmd: &ClusterCmd) -> Result<Out, ClientError> {
                 let members: Vec<String> = t
                     .members
                     .iter()
-                    .map(|(id, addr)| format!("{{\"id\":{id},\"client_addr\":{addr:?}}}"))
+                    .map(|(id, addr)| format!("{{\"id\":{id},\"client_addr\":{}}}", json_str(addr)))
                     .collect();
                 let partitions: Vec<String> = t.partition_groups.iter().map(u32::to_string).collect();
                 Out::Text(format!(
@@ -688,8 +708,11 @@ fn cluster_status(cli: &Cli, leader: &Info) -> Out {
             .iter()
             .map(|(id, addrs, kind, role, applied, matched, lag)| {
                 format!(
-                    "{{\"id\":{id},\"addrs\":{addrs:?},\"membership\":{kind:?},\"role\":{role:?},\
+                    "{{\"id\":{id},\"addrs\":{},\"membership\":{},\"role\":{},\
                      \"applied\":{},\"matched\":{},\"lag\":{}}}",
+                    json_str(addrs),
+                    json_str(kind),
+                    json_str(role),
                     number(applied),
                     number(matched),
                     number(lag)
@@ -742,21 +765,33 @@ fn cluster_status(cli: &Cli, leader: &Info) -> Out {
     Out::List(lines)
 }
 
-/// `--addr`: an IP address and port, or a host name and port (the first
-/// address it resolves to).
+/// `--addr`: an IP address and port, or a host name and port (its first
+/// IPv4 address, else its first address: `localhost` names 127.0.0.1, where
+/// loomd listens by default, rather than ::1).
 fn resolve(s: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
     if let Ok(addr) = s.parse() {
         return Ok(addr);
     }
-    s.to_socket_addrs()
+    let all: Vec<SocketAddr> = s
+        .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {s:?} (expected IP:PORT or HOST:PORT): {e}"))?
-        .next()
+        .collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
         .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
 
-/// Whether the command changes state, so that a request without an
-/// answer may still have been applied.
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+/// Whether the command is a data write, so that a request sent without an
+/// answer may still have been applied. (Membership commands wait for their
+/// effect and say what they saw.)
 fn is_write(command: &Command) -> bool {
     match command {
         Command::Map(m) => !matches!(
@@ -770,14 +805,22 @@ fn is_write(command: &Command) -> bool {
         ),
         Command::Atomic(a) => !matches!(a, AtomicCmd::Get { .. }),
         Command::Topic(t) => matches!(t, TopicCmd::Publish { .. }),
-        Command::Cluster(c) => !matches!(c, ClusterCmd::Status | ClusterCmd::Partitions),
-        Command::Ping | Command::Info | Command::Partition { .. } | Command::Opcodes | Command::ErrorCodes => false,
+        Command::Cluster(_)
+        | Command::Ping
+        | Command::Info
+        | Command::Partition { .. }
+        | Command::Opcodes
+        | Command::ErrorCodes => false,
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
+    let result = run(&cli);
+    let sent = matches!(result, Err(Failure::Request(_)));
+    match result.map_err(|f| match f {
+        Failure::NotSent(e) | Failure::Request(e) => e,
+    }) {
         Ok(Out::Nothing) => ExitCode::SUCCESS,
         Ok(out) => {
             println!("{}", render(out, cli.json));
@@ -787,7 +830,12 @@ fn main() -> ExitCode {
             eprintln!("loomctl: unsupported: {why}");
             ExitCode::from(3)
         }
-        Err(e @ (ClientError::Timeout(_) | ClientError::SequenceLost { .. })) if is_write(&cli.command) => {
+        // A write sent and then timed out, or whose connection broke (the
+        // client retries both with the same sequence until its budget runs
+        // out), may have been applied.
+        Err(e @ (ClientError::Timeout(_) | ClientError::SequenceLost { .. } | ClientError::Io(_)))
+            if sent && is_write(&cli.command) =>
+        {
             eprintln!("loomctl: {e}; the outcome is unknown: the write may still be applied");
             ExitCode::from(4)
         }
