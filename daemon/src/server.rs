@@ -1394,6 +1394,18 @@ impl EventLoop {
             return;
         };
         let max = self.config.subscriber_queue_max as usize;
+        // Answers queued in this delivery and not yet written (`deliver`)
+        // must not count against a subscriber's bound: write them first.
+        for sub in &subs {
+            let answered = self
+                .conns
+                .get(sub.conn)
+                .and_then(Option::as_ref)
+                .is_some_and(|c| c.answered && c.generation == sub.generation);
+            if answered {
+                self.flush(sub.conn);
+            }
+        }
         let mut targets = Vec::new();
         subs.retain_mut(|sub| {
             let Some(conn) = self.conns.get_mut(sub.conn).and_then(Option::as_mut) else {
