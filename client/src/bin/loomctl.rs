@@ -545,13 +545,14 @@ fn cluster(cli: &Cli, cmd: &ClusterCmd) -> Result<Out, ClientError> {
     Ok(match cmd {
         ClusterCmd::Status => match leader_info(cli) {
             Ok(leader) => cluster_status(cli, &leader),
-            // Without a leader, what this member knows is what there is to
-            // show: who the members are and which of them answer.
-            Err(ClientError::Server {
-                code: ErrorCode::NoLeader,
-                ..
-            }) => cluster_status(cli, &info_of(cli.addr, Duration::from_millis(cli.timeout_ms))?),
-            Err(e) => return Err(e),
+            Err(e @ ClientError::Unsupported(_)) => return Err(e),
+            // Without a leader that answers, what this member knows is what
+            // there is to show: who the members are and which of them
+            // answer.
+            Err(e) => match info_of(cli.addr, Duration::from_millis(cli.timeout_ms)) {
+                Ok(here) => cluster_status(cli, &here),
+                Err(_) => return Err(e),
+            },
         },
         ClusterCmd::Partitions => {
             let t = client()?.partition_table(0)?;
@@ -743,8 +744,14 @@ fn cluster_status(cli: &Cli, leader: &Info) -> Out {
                 get("raft_last_index")
             )
         } else {
+            let leader = get("raft_leader");
+            let known = if leader.is_empty() || leader == "0" {
+                "no leader known".to_string()
+            } else {
+                format!("leader {leader} at {} does not answer", get("raft_leader_addr"))
+            };
             format!(
-                "no leader known; as node {} ({}) sees it: term {}, commit {}, last index {}",
+                "{known}; as node {} ({}) sees it: term {}, commit {}, last index {}",
                 get("node_id"),
                 get("raft_role"),
                 get("raft_term"),
