@@ -946,10 +946,12 @@ impl EventLoop {
                             .type_of(n.name)
                             .is_some_and(|t| t != "Topic") =>
                     {
+                        let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                        let found = state.type_of(n.name).unwrap_or_default();
                         error_frame(
                             request_id,
                             ErrorCode::WrongType,
-                            "the name is bound to a structure that is not a Topic",
+                            crate::state::wrong_type(found, "Topic"),
                         )
                     }
                     Ok(Payload::TopicSubscribe(n)) => {

@@ -158,13 +158,7 @@ impl StateMachine {
     /// The type `name` is bound to ("Map", "Queue", "Set", "AtomicLong" or
     /// "Topic"), if it names a structure.
     pub fn type_of(&self, name: &str) -> Option<&'static str> {
-        self.structures.get(name).map(|s| match s {
-            Structure::Map(_) => "Map",
-            Structure::Queue(_) => "Queue",
-            Structure::Set(_) => "Set",
-            Structure::Atomic(_) => "AtomicLong",
-            Structure::Topic(_) => "Topic",
-        })
+        self.structures.get(name).map(Structure::kind)
     }
 
     /// Number of named structures.
@@ -556,7 +550,33 @@ impl StateMachine {
     }
 }
 
-const NOT_A_MAP: &str = "the name is bound to a structure that is not a Map";
+/// The `WRONG_TYPE` message for a name bound to a `found` asked for as a
+/// `wanted` (kinds as [`StateMachine::type_of`] names them).
+pub(crate) fn wrong_type(found: &str, wanted: &str) -> &'static str {
+    match (found, wanted) {
+        ("Map", "Queue") => "the name is bound to a Map, not a Queue",
+        ("Map", "Set") => "the name is bound to a Map, not a Set",
+        ("Map", "AtomicLong") => "the name is bound to a Map, not an AtomicLong",
+        ("Map", "Topic") => "the name is bound to a Map, not a Topic",
+        ("Queue", "Map") => "the name is bound to a Queue, not a Map",
+        ("Queue", "Set") => "the name is bound to a Queue, not a Set",
+        ("Queue", "AtomicLong") => "the name is bound to a Queue, not an AtomicLong",
+        ("Queue", "Topic") => "the name is bound to a Queue, not a Topic",
+        ("Set", "Map") => "the name is bound to a Set, not a Map",
+        ("Set", "Queue") => "the name is bound to a Set, not a Queue",
+        ("Set", "AtomicLong") => "the name is bound to a Set, not an AtomicLong",
+        ("Set", "Topic") => "the name is bound to a Set, not a Topic",
+        ("AtomicLong", "Map") => "the name is bound to an AtomicLong, not a Map",
+        ("AtomicLong", "Queue") => "the name is bound to an AtomicLong, not a Queue",
+        ("AtomicLong", "Set") => "the name is bound to an AtomicLong, not a Set",
+        ("AtomicLong", "Topic") => "the name is bound to an AtomicLong, not a Topic",
+        ("Topic", "Map") => "the name is bound to a Topic, not a Map",
+        ("Topic", "Queue") => "the name is bound to a Topic, not a Queue",
+        ("Topic", "Set") => "the name is bound to a Topic, not a Set",
+        ("Topic", "AtomicLong") => "the name is bound to a Topic, not an AtomicLong",
+        _ => "the name is bound to a structure of another type",
+    }
+}
 
 /// A write the data memory limit refuses.
 const OUT_OF_MEMORY: OpError = OpError(
@@ -674,7 +694,10 @@ impl StateMachine {
         let used = self.memory_used;
         match self.structures.get_mut(name) {
             Some(Structure::Map(m)) => Ok((m, used)),
-            _ => Err(OpError(ErrorCode::WrongType, NOT_A_MAP)),
+            other => Err(OpError(
+                ErrorCode::WrongType,
+                wrong_type(other.map_or("", |o| o.kind()), "Map"),
+            )),
         }
     }
 
@@ -748,20 +771,20 @@ impl StateMachine {
 }
 
 macro_rules! accessors {
-    ($get:ident, $get_mut:ident, $create:ident, $variant:ident, $ty:ty, $wrong:expr) => {
+    ($get:ident, $get_mut:ident, $create:ident, $variant:ident, $ty:ty, $kind:expr) => {
         impl StateMachine {
             fn $get(&self, name: &str) -> OpResult<Option<&$ty>> {
                 match self.structures.get(name) {
                     None => Ok(None),
                     Some(Structure::$variant(s)) => Ok(Some(s)),
-                    Some(_) => Err(OpError(ErrorCode::WrongType, $wrong)),
+                    Some(other) => Err(OpError(ErrorCode::WrongType, wrong_type(other.kind(), $kind))),
                 }
             }
             fn $get_mut(&mut self, name: &str) -> OpResult<Option<&mut $ty>> {
                 match self.structures.get_mut(name) {
                     None => Ok(None),
                     Some(Structure::$variant(s)) => Ok(Some(s)),
-                    Some(_) => Err(OpError(ErrorCode::WrongType, $wrong)),
+                    Some(other) => Err(OpError(ErrorCode::WrongType, wrong_type(other.kind(), $kind))),
                 }
             }
             /// The structure, created (and its name counted against the
@@ -776,46 +799,21 @@ macro_rules! accessors {
                 }
                 match self.structures.get_mut(name) {
                     Some(Structure::$variant(s)) => Ok(s),
-                    _ => Err(OpError(ErrorCode::WrongType, $wrong)),
+                    other => Err(OpError(
+                        ErrorCode::WrongType,
+                        wrong_type(other.map_or("", |o| o.kind()), $kind),
+                    )),
                 }
             }
         }
     };
 }
 
-accessors!(map, map_mut, map_or_create, Map, MapState, NOT_A_MAP);
-accessors!(
-    queue,
-    queue_mut,
-    queue_or_create,
-    Queue,
-    QueueState,
-    "the name is bound to a structure that is not a Queue"
-);
-accessors!(
-    set,
-    set_mut,
-    set_or_create,
-    Set,
-    SetState,
-    "the name is bound to a structure that is not a Set"
-);
-accessors!(
-    atomic,
-    _atomic_mut,
-    atomic_or_create,
-    Atomic,
-    Atomic,
-    "the name is bound to a structure that is not an AtomicLong"
-);
-accessors!(
-    _topic,
-    _topic_mut,
-    topic_or_create,
-    Topic,
-    TopicState,
-    "the name is bound to a structure that is not a Topic"
-);
+accessors!(map, map_mut, map_or_create, Map, MapState, "Map");
+accessors!(queue, queue_mut, queue_or_create, Queue, QueueState, "Queue");
+accessors!(set, set_mut, set_or_create, Set, SetState, "Set");
+accessors!(atomic, _atomic_mut, atomic_or_create, Atomic, Atomic, "AtomicLong");
+accessors!(_topic, _topic_mut, topic_or_create, Topic, TopicState, "Topic");
 
 /// Memory counted for one entry.
 pub(crate) fn entry_cost(key: usize, value: usize) -> u64 {

@@ -16,6 +16,19 @@ pub(crate) enum Structure {
     Topic(TopicState),
 }
 
+impl Structure {
+    /// The type's name, as clients know it.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Structure::Map(_) => "Map",
+            Structure::Queue(_) => "Queue",
+            Structure::Set(_) => "Set",
+            Structure::Atomic(_) => "AtomicLong",
+            Structure::Topic(_) => "Topic",
+        }
+    }
+}
+
 /// One map entry.
 #[derive(Debug)]
 pub(crate) struct MapEntry {

@@ -511,6 +511,34 @@ fn a_name_has_one_type() {
         read(&mut sm, &Payload::SetSize(Named { name: "shared" }), 0, err_code),
         ErrorCode::WrongType
     );
+    // The message says what the name is.
+    let message = |r: Response<'_>| match r {
+        Response::Error { message, .. } => message.to_string(),
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert_eq!(
+        apply(&mut sm, &offer, 0, message),
+        "the name is bound to a Map, not a Queue"
+    );
+    let add = Payload::AtomicAddAndGet(NamedLong {
+        name: "shared",
+        value: 1,
+    });
+    assert_eq!(
+        apply(&mut sm, &add, 0, message),
+        "the name is bound to a Map, not an AtomicLong"
+    );
+    apply(
+        &mut sm,
+        &Payload::QueueOffer(NamedValue { name: "q", value: b"x" }),
+        0,
+        |_| (),
+    );
+    let put_q = Payload::MapSet(put("q", b"k", b"v", 0));
+    assert_eq!(
+        apply(&mut sm, &put_q, 0, message),
+        "the name is bound to a Queue, not a Map"
+    );
 }
 
 #[test]
