@@ -7,12 +7,18 @@
 #
 # Member i listens for clients on 127.0.0.1:(7000+i) and for peers on
 # 127.0.0.1:(7100+i); its log, hard state and snapshots go to
-# loomcache-data/local-cluster/node-i (LOOMCACHE_CLUSTER_DIR overrides the
-# parent). Logs are in node-i/loomd.log, pids in node-i/loomd.pid.
+# loomcache-data/local-cluster/node-i under the repository
+# (LOOMCACHE_CLUSTER_DIR overrides the parent; a relative path is taken
+# from the directory the script is run in). Logs are in node-i/loomd.log,
+# pids in node-i/loomd.pid.
 set -euo pipefail
 
+base="${LOOMCACHE_CLUSTER_DIR:-}"
+if [ -n "$base" ] && [ "${base#/}" = "$base" ]; then
+    base="$PWD/$base"
+fi
 cd "$(dirname "$0")/.."
-base="${LOOMCACHE_CLUSTER_DIR:-loomcache-data/local-cluster}"
+base="${base:-loomcache-data/local-cluster}"
 loomd="target/release/loomd"
 loomctl="target/release/loomctl"
 
@@ -82,7 +88,11 @@ for _ in $(seq 1 100); do
     if status | grep -c leader >/dev/null; then
         status
         echo "cluster up: try  $loomctl --addr 127.0.0.1:7001 map put m k v"
-        echo "stop with:       $0 stop"
+        if [ -n "${LOOMCACHE_CLUSTER_DIR:-}" ]; then
+            echo "stop with:       LOOMCACHE_CLUSTER_DIR=$base $0 stop"
+        else
+            echo "stop with:       $0 stop"
+        fi
         exit 0
     fi
     sleep 0.1

@@ -593,7 +593,12 @@ fn cluster(cli: &Cli, cmd: &ClusterCmd) -> Result<Out, ClientError> {
                     members.join(",")
                 ))
             } else {
-                let mut lines = vec![format!("revision {}", t.revision)];
+                let mut lines = vec![format!(
+                    "revision {} (term {}, membership at index {})",
+                    t.revision,
+                    t.revision >> 32,
+                    t.revision & 0xffff_ffff
+                )];
                 lines.extend(
                     runs.iter()
                         .map(|(a, b, g)| format!("partitions {a}..={b} -> group {g}")),
