@@ -84,6 +84,18 @@ fn commands_against_a_node_with_exit_codes() {
     assert_eq!(code, Some(0));
     let parsed: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
     assert_eq!(parsed[0]["value"], "a\u{1b}b\u{7f}");
+    // `-` reads the value from standard input: larger than one command-line
+    // argument may be.
+    let big = "x".repeat(300 << 10);
+    let mut put = Command::new(env!("CARGO_BIN_EXE_loomctl"))
+        .args(["--addr", &addr, "map", "put", "big", "k", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut put.stdin.take().unwrap(), big.as_bytes()).unwrap();
+    assert!(put.wait_with_output().unwrap().status.success());
+    assert_eq!(run(&["map", "get", "big", "k"]), (Some(0), big));
     assert_eq!(run(&["set", "add", "s", "red"]), (Some(0), "true".into()));
     assert_eq!(run(&["--json", "set", "members", "s"]), (Some(0), "[\"red\"]".into()));
     assert_eq!(run(&["topic", "publish", "t", "hi"]), (Some(0), "1".into()));

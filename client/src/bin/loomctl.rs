@@ -117,7 +117,8 @@ enum ClusterCmd {
 
 #[derive(Debug, Subcommand)]
 enum MapCmd {
-    /// Store a value; prints the previous one.
+    /// Store a value; prints the previous one. A VALUE of `-` reads the
+    /// value from standard input.
     Put {
         name: String,
         key: String,
@@ -147,7 +148,7 @@ enum MapCmd {
 
 #[derive(Debug, Subcommand)]
 enum QueueCmd {
-    /// Append an item.
+    /// Append an item (`-`: read it from standard input).
     Offer { name: String, item: String },
     /// Remove the head item; with --wait-ms, wait that long for one if the
     /// queue is empty.
@@ -172,7 +173,7 @@ enum QueueCmd {
 
 #[derive(Debug, Subcommand)]
 enum SetCmd {
-    /// Add a member.
+    /// Add a member (`-`: read it from standard input).
     Add { name: String, member: String },
     /// Remove a member.
     Remove { name: String, member: String },
@@ -215,7 +216,8 @@ enum AtomicCmd {
 
 #[derive(Debug, Subcommand)]
 enum TopicCmd {
-    /// Publish a message; prints its sequence.
+    /// Publish a message (`-`: read it from standard input); prints its
+    /// sequence.
     Publish { name: String, message: String },
     /// Print messages as they are published (until COUNT arrived, or for
     /// ever): a line "SEQUENCE<TAB>MESSAGE" each, or with --json an object
@@ -357,9 +359,9 @@ fn run(cli: &Cli) -> Result<Out, Failure> {
                     let m = c.map(name);
                     Out::Value(match ttl_ms {
                         Some(ms) if *ms > 0 => {
-                            m.put_with_ttl(key.as_bytes(), value.as_bytes(), Duration::from_millis(*ms))?
+                            m.put_with_ttl(key.as_bytes(), &bytes_arg(value)?, Duration::from_millis(*ms))?
                         }
-                        _ => m.put(key.as_bytes(), value.as_bytes())?,
+                        _ => m.put(key.as_bytes(), &bytes_arg(value)?)?,
                     })
                 }
                 MapCmd::Get { name, key } => Out::Value(c.map(name).get(key.as_bytes())?),
@@ -385,7 +387,7 @@ fn run(cli: &Cli) -> Result<Out, Failure> {
         Command::Queue(cmd) => {
             let c = connect()?;
             match cmd {
-                QueueCmd::Offer { name, item } => Out::Bool(c.queue(name).offer(item.as_bytes())?),
+                QueueCmd::Offer { name, item } => Out::Bool(c.queue(name).offer(&bytes_arg(item)?)?),
                 QueueCmd::Poll { name, wait_ms } => Out::Value(match wait_ms {
                     Some(ms) if *ms > 0 => c.queue(name).poll_wait(Duration::from_millis(u64::from(*ms)))?,
                     _ => c.queue(name).poll()?,
@@ -401,7 +403,7 @@ fn run(cli: &Cli) -> Result<Out, Failure> {
         Command::Set(cmd) => {
             let c = connect()?;
             match cmd {
-                SetCmd::Add { name, member } => Out::Bool(c.set(name).add(member.as_bytes())?),
+                SetCmd::Add { name, member } => Out::Bool(c.set(name).add(&bytes_arg(member)?)?),
                 SetCmd::Remove { name, member } => Out::Bool(c.set(name).remove(member.as_bytes())?),
                 SetCmd::Contains { name, member } => Out::Bool(c.set(name).contains(member.as_bytes())?),
                 SetCmd::Size { name } => Out::Count(c.set(name).size()?),
@@ -436,7 +438,7 @@ fn run(cli: &Cli) -> Result<Out, Failure> {
             }
         }
         Command::Topic(TopicCmd::Publish { name, message }) => {
-            Out::Count(connect()?.topic(name).publish(message.as_bytes())?)
+            Out::Count(connect()?.topic(name).publish(&bytes_arg(message)?)?)
         }
         Command::Topic(TopicCmd::Subscribe { name, count }) => {
             let c = connect()?;
@@ -794,6 +796,31 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
         .or(all.first())
         .copied()
         .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+/// Most bytes read from standard input for one argument.
+const STDIN_MAX_BYTES: u64 = 64 << 20;
+
+/// A value argument's bytes: the argument itself, or with `-` everything
+/// on standard input (for values too large for the command line, or not
+/// UTF-8).
+fn bytes_arg(arg: &str) -> Result<std::borrow::Cow<'_, [u8]>, Failure> {
+    use std::io::Read;
+    if arg != "-" {
+        return Ok(arg.as_bytes().into());
+    }
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .take(STDIN_MAX_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::NotSent(ClientError::Io(e)))?;
+    if bytes.len() as u64 > STDIN_MAX_BYTES {
+        return Err(Failure::NotSent(ClientError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("standard input holds more than {STDIN_MAX_BYTES} bytes"),
+        ))));
+    }
+    Ok(bytes.into())
 }
 
 /// A JSON string literal.
