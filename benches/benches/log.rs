@@ -104,12 +104,7 @@ fn sequential_write(dir: &Path, total: usize) -> f64 {
 /// and waiting for it to be durable; the flush rounds run on the waiting
 /// threads (`waiters_flush`) or on the log's flush thread.
 fn log_sync(dir: &Path, appenders: usize, size: usize, run: Duration, waiters_flush: bool) -> f64 {
-    let path = dir.join(format!("log-{appenders}-{size}"));
-    let config = LogConfig {
-        waiters_flush,
-        ..LogConfig::default()
-    };
-    let log = Log::open(&path, config).unwrap();
+    let (path, log) = open_sync_log(dir, &format!("log-{appenders}-{size}"), waiters_flush);
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..appenders)
@@ -132,14 +127,31 @@ fn log_sync(dir: &Path, appenders: usize, size: usize, run: Duration, waiters_fl
         t.join().unwrap();
     }
     let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    close_sync_log(path, log, &format!("{appenders} appenders, {size} B"));
+    rate
+}
+
+/// A log in sync mode at `dir/name`, flushed by its waiters or its thread.
+fn open_sync_log(dir: &Path, name: &str, waiters_flush: bool) -> (PathBuf, Log) {
+    let path = dir.join(name);
+    let config = LogConfig {
+        waiters_flush,
+        ..LogConfig::default()
+    };
+    let log = Log::open(&path, config).unwrap();
+    (path, log)
+}
+
+/// Prints the records per flush of a measurement, then closes and removes
+/// its log.
+fn close_sync_log(path: PathBuf, log: Log, what: &str) {
     eprintln!(
-        "  ({appenders} appenders, {size} B: {:.1} records per flush)",
+        "  ({what}: {:.1} records per flush)",
         log.last_index() as f64 / log.flush_rounds().max(1) as f64
     );
     log.close().unwrap();
     drop(log);
     let _ = std::fs::remove_dir_all(path);
-    rate
 }
 
 /// Records per second with `appenders` appenders served by one thread,
@@ -148,12 +160,7 @@ fn log_sync(dir: &Path, appenders: usize, size: usize, run: Duration, waiters_fl
 /// its next. The thread waits until the oldest record outstanding is
 /// durable, then moves on every appender whose record is.
 fn log_sync_one_thread(dir: &Path, appenders: usize, size: usize, run: Duration, waiters_flush: bool) -> f64 {
-    let path = dir.join(format!("log-one-thread-{appenders}-{size}"));
-    let config = LogConfig {
-        waiters_flush,
-        ..LogConfig::default()
-    };
-    let log = Log::open(&path, config).unwrap();
+    let (path, log) = open_sync_log(dir, &format!("log-one-thread-{appenders}-{size}"), waiters_flush);
     let payloads: Vec<Vec<u8>> = (0..appenders).map(|t| vec![t as u8; size]).collect();
     let append = |t: usize| {
         log.append_payloads(1, RecordKind::Normal, 0, &[&payloads[t]])
@@ -178,13 +185,7 @@ fn log_sync_one_thread(dir: &Path, appenders: usize, size: usize, run: Duration,
         }
     }
     let rate = count as f64 / start.elapsed().as_secs_f64();
-    eprintln!(
-        "  ({appenders} appenders on one thread, {size} B: {:.1} records per flush)",
-        log.last_index() as f64 / log.flush_rounds().max(1) as f64
-    );
-    log.close().unwrap();
-    drop(log);
-    let _ = std::fs::remove_dir_all(path);
+    close_sync_log(path, log, &format!("{appenders} appenders on one thread, {size} B"));
     rate
 }
 
