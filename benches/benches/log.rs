@@ -265,31 +265,24 @@ fn main() {
             raw * size as f64 / 1e6,
             "1.0x"
         );
-        for &appenders in &list("LOOMCACHE_BENCH_APPENDERS", &[1, 8, 64]) {
-            for (waiters_flush, by) in [(true, "waiters"), (false, "thread")] {
-                let r = log_sync(&dir, appenders, size, run, waiters_flush);
-                println!(
-                    "{:<44} {:>14.0} {:>10.2} {:>11.1}x",
-                    format!("log sync, {appenders} appenders, {size} B, {by}"),
-                    r,
-                    r * size as f64 / 1e6,
-                    r / raw
-                );
-            }
-        }
-        for &appenders in &list("LOOMCACHE_BENCH_APPENDERS", &[1, 8, 64]) {
-            if appenders == 1 {
-                continue;
-            }
-            for (waiters_flush, by) in [(true, "waiters"), (false, "thread")] {
-                let r = log_sync_one_thread(&dir, appenders, size, run, waiters_flush);
-                println!(
-                    "{:<44} {:>14.0} {:>10.2} {:>11.1}x",
-                    format!("log sync, {appenders} on 1 thread, {size} B, {by}"),
-                    r,
-                    r * size as f64 / 1e6,
-                    r / raw
-                );
+        type Measure = fn(&Path, usize, usize, Duration, bool) -> f64;
+        let shapes: [(&str, Measure); 2] = [("appenders", log_sync), ("on 1 thread", log_sync_one_thread)];
+        for (shape, measure) in shapes {
+            for &appenders in &list("LOOMCACHE_BENCH_APPENDERS", &[1, 8, 64]) {
+                // One appender on one thread is the thread-per-appender row.
+                if appenders == 1 && shape != "appenders" {
+                    continue;
+                }
+                for (waiters_flush, by) in [(true, "waiters"), (false, "thread")] {
+                    let r = measure(&dir, appenders, size, run, waiters_flush);
+                    println!(
+                        "{:<44} {:>14.0} {:>10.2} {:>11.1}x",
+                        format!("log sync, {appenders} {shape}, {size} B, {by}"),
+                        r,
+                        r * size as f64 / 1e6,
+                        r / raw
+                    );
+                }
             }
         }
     }

@@ -668,19 +668,39 @@ payloads! {
     ClusterTransferLeader(TransferLeader),
 }
 
+/// A request whose arguments make no sense ([`Payload::check_arguments`]);
+/// its text names the configured bound it broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ArgumentError {
+    /// A scan or members page size outside `1..=max`.
+    #[error("page_size must be between 1 and the configured items maximum ({max})")]
+    PageSize {
+        /// The configured items maximum.
+        max: u32,
+    },
+    /// A drain count outside `1..=max`.
+    #[error("max_items must be between 1 and the configured items maximum ({max})")]
+    DrainCount {
+        /// The configured items maximum.
+        max: u32,
+    },
+    /// A get_all without keys.
+    #[error("get_all needs at least one key")]
+    NoKeys,
+}
+
 impl<'a> Payload<'a> {
     /// The argument checks that are not about lengths: a page or drain of
     /// zero items, say. Decoding already bounded every length; this says
     /// whether the request makes sense.
-    pub fn check_arguments(&self, limits: &Limits) -> core::result::Result<(), &'static str> {
+    pub fn check_arguments(&self, limits: &Limits) -> core::result::Result<(), ArgumentError> {
+        let max = limits.items_max;
         match self {
-            Payload::MapScan(p) | Payload::SetMembers(p) if p.page_size == 0 || p.page_size > limits.items_max => {
-                Err("page_size must be between 1 and the configured items maximum")
+            Payload::MapScan(p) | Payload::SetMembers(p) if p.page_size == 0 || p.page_size > max => {
+                Err(ArgumentError::PageSize { max })
             }
-            Payload::QueueDrain(d) if d.max_items == 0 || d.max_items > limits.items_max => {
-                Err("max_items must be between 1 and the configured items maximum")
-            }
-            Payload::MapGetAll(g) if g.keys.is_empty() => Err("get_all needs at least one key"),
+            Payload::QueueDrain(d) if d.max_items == 0 || d.max_items > max => Err(ArgumentError::DrainCount { max }),
+            Payload::MapGetAll(g) if g.keys.is_empty() => Err(ArgumentError::NoKeys),
             _ => Ok(()),
         }
     }

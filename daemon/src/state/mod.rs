@@ -212,7 +212,7 @@ impl StateMachine {
             Err(e) => return error(out, e.code(), "the entry's payload does not decode"),
         };
         if let Err(reason) = payload.check_arguments(&self.config.limits) {
-            return self.argument_error(out, reason);
+            return error(out, ErrorCode::InvalidArgument, &reason.to_string());
         }
         match payload {
             Payload::BatchExecute(batch) => self.apply_batch(batch.ops, out),
@@ -267,27 +267,10 @@ impl StateMachine {
         encode(out, &Response::Ok(OkBody::Batch(Seq::Items(&items))))
     }
 
-    /// `INVALID_ARGUMENT` for a request that fails its argument checks,
-    /// naming the configured bound it refers to.
-    fn argument_error(&self, out: &mut Vec<u8>, reason: &str) -> Outcome {
-        let message = if reason.contains("items maximum") {
-            format!("{reason} ({})", self.config.limits.items_max)
-        } else {
-            reason.to_string()
-        };
-        encode(
-            out,
-            &Response::Error {
-                code: ErrorCode::InvalidArgument,
-                message: &message,
-            },
-        )
-    }
-
     /// Serves a read-only request from local state at `now_ms`.
     pub fn read(&mut self, payload: &Payload<'_>, now_ms: u64, out: &mut Vec<u8>) -> Outcome {
         if let Err(reason) = payload.check_arguments(&self.config.limits) {
-            return self.argument_error(out, reason);
+            return error(out, ErrorCode::InvalidArgument, &reason.to_string());
         }
         let saved = self.now_ms;
         self.now_ms = self.now_ms.max(now_ms);
@@ -859,7 +842,7 @@ fn encode(out: &mut Vec<u8>, response: &Response<'_>) -> Outcome {
     }
 }
 
-fn error(out: &mut Vec<u8>, code: ErrorCode, message: &'static str) -> Outcome {
+fn error(out: &mut Vec<u8>, code: ErrorCode, message: &str) -> Outcome {
     encode(out, &Response::Error { code, message })
 }
 

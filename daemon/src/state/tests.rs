@@ -87,6 +87,13 @@ fn ok_long(r: Response<'_>) -> i64 {
     }
 }
 
+fn err_message(r: Response<'_>) -> String {
+    match r {
+        Response::Error { message, .. } => message.to_string(),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
 fn err_code(r: Response<'_>) -> ErrorCode {
     match r {
         Response::Error { code, .. } => code,
@@ -512,12 +519,8 @@ fn a_name_has_one_type() {
         ErrorCode::WrongType
     );
     // The message says what the name is.
-    let message = |r: Response<'_>| match r {
-        Response::Error { message, .. } => message.to_string(),
-        other => panic!("expected an error, got {other:?}"),
-    };
     assert_eq!(
-        apply(&mut sm, &offer, 0, message),
+        apply(&mut sm, &offer, 0, err_message),
         "the name is bound to a Map, not a Queue"
     );
     let add = Payload::AtomicAddAndGet(NamedLong {
@@ -525,7 +528,7 @@ fn a_name_has_one_type() {
         value: 1,
     });
     assert_eq!(
-        apply(&mut sm, &add, 0, message),
+        apply(&mut sm, &add, 0, err_message),
         "the name is bound to a Map, not an AtomicLong"
     );
     apply(
@@ -536,7 +539,7 @@ fn a_name_has_one_type() {
     );
     let put_q = Payload::MapSet(put("q", b"k", b"v", 0));
     assert_eq!(
-        apply(&mut sm, &put_q, 0, message),
+        apply(&mut sm, &put_q, 0, err_message),
         "the name is bound to a Queue, not a Map"
     );
 }
@@ -835,10 +838,7 @@ fn reads_are_argument_checked() {
     });
     assert_eq!(read(&mut sm, &scan, 0, err_code), ErrorCode::InvalidArgument);
     // The message names the bound it refers to.
-    let message = read(&mut sm, &scan, 0, |r| match r {
-        Response::Error { message, .. } => message.to_string(),
-        other => panic!("expected an error, got {other:?}"),
-    });
+    let message = read(&mut sm, &scan, 0, err_message);
     let max = StateConfig::default().limits.items_max;
     assert!(message.ends_with(&format!("({max})")), "{message}");
 }
