@@ -937,35 +937,34 @@ impl EventLoop {
                     }
                 }
                 OpClass::Subscription if opcode == Opcode::TopicSubscribe => Some(match frame.decode(&limits) {
-                    Ok(Payload::TopicSubscribe(n))
-                        if self
+                    Ok(Payload::TopicSubscribe(n)) => {
+                        // A name bound to another type could never get a message.
+                        let bound = self
                             .shared
                             .state
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .type_of(n.name)
-                            .is_some_and(|t| t != "Topic") =>
-                    {
-                        let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-                        let found = state.type_of(n.name).unwrap_or_default();
-                        error_frame(
-                            request_id,
-                            ErrorCode::WrongType,
-                            crate::state::wrong_type(found, "Topic"),
-                        )
-                    }
-                    Ok(Payload::TopicSubscribe(n)) => {
-                        let id = self.next_subscription;
-                        self.next_subscription += 1;
-                        let generation = conn.generation;
-                        conn.subscriptions += 1;
-                        self.topics.entry(n.name.into()).or_default().push(Subscription {
-                            id,
-                            conn: idx,
-                            generation,
-                            dropped: 0,
-                        });
-                        response_frame(request_id, 0, &Response::Ok(OkBody::Count(id)))
+                            .type_of(n.name);
+                        match bound {
+                            Some(found) if found != "Topic" => error_frame(
+                                request_id,
+                                ErrorCode::WrongType,
+                                crate::state::wrong_type(found, "Topic"),
+                            ),
+                            _ => {
+                                let id = self.next_subscription;
+                                self.next_subscription += 1;
+                                let generation = conn.generation;
+                                conn.subscriptions += 1;
+                                self.topics.entry(n.name.into()).or_default().push(Subscription {
+                                    id,
+                                    conn: idx,
+                                    generation,
+                                    dropped: 0,
+                                });
+                                response_frame(request_id, 0, &Response::Ok(OkBody::Count(id)))
+                            }
+                        }
                     }
                     _ => error_frame(request_id, ErrorCode::Malformed, "bad subscribe"),
                 }),
