@@ -1567,34 +1567,50 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         let h = handle(0);
-        // The entry that reaches node 1's bound is answered, then the
-        // snapshot starts.
-        assert!(matches!(
-            ask(|r| h.propose(Arc::from(&b"w"[..]), r)),
-            Outcome::Applied(_)
-        ));
-        let settled = |s: Summary| s.applied == s.last_index;
-        while !settled(h.summary()) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let mut applied = h.summary().applied;
-        while applied < staggered(50, 1) {
-            match ask(|r| h.propose(Arc::from(format!("w{applied}").as_bytes()), r)) {
-                Outcome::Applied(_) => applied += 1,
-                other => panic!("write at {applied} before the stall: {other:?}"),
-            }
-        }
-        // Node 1 is now snapshotting for 3 s.
+        // The leases are watched from before the writes that lead to the
+        // stall until well after it began, so the leader is seen holding
+        // its lease while it serves, however late this thread runs once
+        // the stall starts.
         let leases = [handle(0), handle(1), handle(2)];
-        let (mut first_held, mut other_held) = (false, false);
-        let watch_until = Instant::now() + Duration::from_secs(4);
-        while Instant::now() < watch_until {
-            let holding: Vec<usize> = (0..3).filter(|&i| leases[i].lease().holds()).collect();
-            assert!(holding.len() <= 1, "leases held at once by {holding:?}");
-            first_held |= holding == [0];
-            other_held |= holding.iter().any(|&i| i != 0);
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        let stalled_at = Mutex::new(None::<Instant>);
+        let (first_held, other_held) = std::thread::scope(|scope| {
+            let watcher = scope.spawn(|| {
+                let (mut first_held, mut other_held) = (false, false);
+                let give_up = Instant::now() + Duration::from_secs(60);
+                while Instant::now() < give_up {
+                    let holding: Vec<usize> = (0..3).filter(|&i| leases[i].lease().holds()).collect();
+                    assert!(holding.len() <= 1, "leases held at once by {holding:?}");
+                    first_held |= holding == [0];
+                    other_held |= holding.iter().any(|&i| i != 0);
+                    let since = *stalled_at.lock().unwrap();
+                    if since.is_some_and(|t: Instant| t.elapsed() > Duration::from_secs(4)) {
+                        return (first_held, other_held);
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                (first_held, other_held)
+            });
+            // The entry that reaches node 1's bound is answered, then the
+            // snapshot starts.
+            assert!(matches!(
+                ask(|r| h.propose(Arc::from(&b"w"[..]), r)),
+                Outcome::Applied(_)
+            ));
+            let settled = |s: Summary| s.applied == s.last_index;
+            while !settled(h.summary()) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let mut applied = h.summary().applied;
+            while applied < staggered(50, 1) {
+                match ask(|r| h.propose(Arc::from(format!("w{applied}").as_bytes()), r)) {
+                    Outcome::Applied(_) => applied += 1,
+                    other => panic!("write at {applied} before the stall: {other:?}"),
+                }
+            }
+            // Node 1 is now snapshotting for 3 s.
+            *stalled_at.lock().unwrap() = Some(Instant::now());
+            watcher.join().unwrap()
+        });
         assert!(first_held, "the leader never published its lease");
         assert!(other_held, "no other member was elected while node 1 stalled");
     }
