@@ -265,15 +265,21 @@ impl GroupCommit {
     }
 
     /// Like [`GroupCommit::next_work`], but gives up after `timeout` with
-    /// [`Idle::TimedOut`] so the flush thread can do idle-time work.
+    /// [`Idle::TimedOut`] so the flush thread can do idle-time work. When
+    /// waiters run the rounds, the thread takes only work that no round
+    /// started within the whole `timeout` (or what is left at closing):
+    /// otherwise, once it had taken one round, it would find work waiting
+    /// after each and keep the lead from the waiters for good.
     pub fn next_work_within(&self, timeout: std::time::Duration) -> Idle {
         let mut s = self.lock();
+        let round_at_start = s.round;
         let mut waited = false;
         loop {
             if s.poisoned {
                 return Idle::Done;
             }
-            if s.in_flight.is_none() && s.appended > s.durable {
+            let unled = !self.led_by_waiters || s.closing || (waited && s.round == round_at_start);
+            if s.in_flight.is_none() && s.appended > s.durable && unled {
                 return Idle::Work(s.start_round());
             }
             // A round in flight (run by a waiter) finishes before the
@@ -359,5 +365,67 @@ impl GroupCommit {
         s.stopped = true;
         drop(s);
         self.wake_all();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Waits until the flush thread's stand-in sleeps in
+    /// `next_work_within`.
+    fn until_flusher_waits(commit: &GroupCommit) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !commit.lock().flusher_waiting {
+            assert!(std::time::Instant::now() < deadline, "the flush thread never waited");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn with_waiters_leading_the_thread_leaves_pending_work_to_them_while_rounds_run() {
+        let commit = Arc::new(GroupCommit::new_led_by_waiters(0));
+        commit.appended(1);
+        let idle = {
+            let commit = Arc::clone(&commit);
+            std::thread::spawn(move || commit.next_work_within(Duration::from_millis(300)))
+        };
+        until_flusher_waits(&commit);
+        // A waiter runs a round meanwhile, and more is appended after it.
+        let Ok(Step::Lead(ticket)) = commit.wait_or_lead(1) else {
+            panic!("no round in flight: the waiter leads");
+        };
+        commit.completed(ticket, true);
+        commit.appended(2);
+        assert_eq!(idle.join().unwrap(), Idle::TimedOut);
+        // The next waiter still leads.
+        assert!(matches!(commit.wait_or_lead(2), Ok(Step::Lead(_))));
+    }
+
+    #[test]
+    fn with_waiters_leading_the_thread_takes_work_nobody_flushed_within_the_delay() {
+        let commit = GroupCommit::new_led_by_waiters(0);
+        commit.appended(1);
+        match commit.next_work_within(Duration::from_millis(20)) {
+            Idle::Work(ticket) => assert_eq!(ticket.target, 1),
+            other => panic!("unflushed work left: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn with_waiters_leading_a_closing_thread_drains_at_once() {
+        let commit = GroupCommit::new_led_by_waiters(0);
+        commit.appended(3);
+        commit.close();
+        assert!(matches!(commit.next_work_within(Duration::from_secs(60)), Idle::Work(t) if t.target == 3));
+    }
+
+    #[test]
+    fn the_flush_thread_alone_takes_work_at_once() {
+        let commit = GroupCommit::new(0);
+        commit.appended(1);
+        assert!(matches!(commit.next_work_within(Duration::from_secs(60)), Idle::Work(t) if t.target == 1));
     }
 }
