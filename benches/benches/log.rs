@@ -1,7 +1,11 @@
 //! Durable-log throughput beside the raw limits of the same disk, measured
 //! in one run:
 //!
-//! - one fsync per record: a write + fdatasync loop of the record size;
+//! - one fsync per record: a write + fdatasync loop of the record size,
+//!   into a zero-filled file like the log's prepared segments;
+//! - the ceiling of group commit: the same loop writing as many records
+//!   per call as there are appenders (each appender has one record
+//!   outstanding, so no flush can cover more);
 //! - sequential write bandwidth: large writes, one fdatasync at the end;
 //! - the log in sync mode with 1, 8 and 64 appenders, each appending one
 //!   record and waiting until it is durable, so group commit is what lets
@@ -56,9 +60,15 @@ fn seconds() -> Duration {
     Duration::from_secs_f64(s)
 }
 
-/// Records per second of a write + fdatasync per record.
-fn fsync_per_record(dir: &Path, size: usize, run: Duration) -> f64 {
-    let path = dir.join(format!("raw-fsync-{size}"));
+/// Records per second of a loop that writes `per_call` records of `size`
+/// bytes with one write and makes them durable with one fdatasync, into a
+/// zero-filled, flushed file (what the log's prepared segments are). With
+/// one record per call this is the "one fsync per record" peer; with N,
+/// the most any group commit of N appenders with one record outstanding
+/// each can do on this disk.
+fn fsync_per_call(dir: &Path, size: usize, per_call: usize, run: Duration) -> f64 {
+    const FILE: usize = 64 << 20;
+    let path = dir.join(format!("raw-fsync-{size}-{per_call}"));
     let file = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -66,17 +76,18 @@ fn fsync_per_record(dir: &Path, size: usize, run: Duration) -> f64 {
         .write(true)
         .open(&path)
         .unwrap();
-    file.set_len(64 << 20).unwrap();
+    file.write_all_at(&vec![0u8; FILE], 0).unwrap();
     file.sync_all().unwrap();
-    let buf = vec![0xA5u8; size];
+    let buf = vec![0xA5u8; size * per_call];
+    let wrap = (FILE / buf.len() * buf.len()) as u64;
     let start = Instant::now();
     let mut n = 0u64;
     let mut offset = 0u64;
     while start.elapsed() < run {
         file.write_all_at(&buf, offset).unwrap();
         file.sync_data().unwrap();
-        offset = (offset + size as u64) % (60 << 20);
-        n += 1;
+        offset = (offset + buf.len() as u64) % wrap;
+        n += per_call as u64;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
     drop(file);
@@ -257,7 +268,7 @@ fn main() {
         "measurement", "records/s", "MB/s", "vs 1 fsync/rec"
     );
     for size in list("LOOMCACHE_BENCH_SIZES", &[100, 1024]) {
-        let raw = fsync_per_record(&dir, size, run);
+        let raw = fsync_per_call(&dir, size, 1, run);
         println!(
             "{:<44} {:>14.0} {:>10.2} {:>12}",
             format!("write+fdatasync per record, {size} B"),
@@ -265,6 +276,19 @@ fn main() {
             raw * size as f64 / 1e6,
             "1.0x"
         );
+        for &per_call in list("LOOMCACHE_BENCH_APPENDERS", &[1, 8, 64])
+            .iter()
+            .filter(|&&n| n > 1)
+        {
+            let r = fsync_per_call(&dir, size, per_call, run);
+            println!(
+                "{:<44} {:>14.0} {:>10.2} {:>11.1}x",
+                format!("write+fdatasync {per_call} per call, {size} B"),
+                r,
+                r * size as f64 / 1e6,
+                r / raw
+            );
+        }
         type Measure = fn(&Path, usize, usize, Duration, bool) -> f64;
         let shapes: [(&str, Measure); 2] = [("appenders", log_sync), ("on 1 thread", log_sync_one_thread)];
         for (shape, measure) in shapes {
