@@ -204,7 +204,9 @@ impl Client {
 
     /// Sends `payload` and returns the answer, retrying what is safe to
     /// retry within the retry budget. A write is sequenced once, so its
-    /// retries are applied at most once.
+    /// retries are applied at most once. A write whose last attempt failed
+    /// for good after an earlier one may have been applied fails
+    /// [`ClientError::OutcomeUnknown`].
     pub fn call(&self, payload: &Payload<'_>) -> Result<Reply> {
         let sequence = payload
             .mutates()
@@ -212,6 +214,8 @@ impl Client {
         let start = Instant::now();
         let mut attempt = 0;
         let mut redirects = 0;
+        // An attempt of this write was sent and may have been applied.
+        let mut maybe_applied = false;
         loop {
             // A waiting poll sent again (to a new leader, or after a
             // failure) waits only what is left of its wait.
@@ -227,12 +231,15 @@ impl Client {
                 }
                 _ => payload,
             };
+            // Failing to take a connection (connecting, the handshake)
+            // sends nothing.
             let result = self.take().and_then(|mut conn| {
                 let r = conn.call(payload, sequence);
                 // A connection that failed is dropped, never pooled.
                 if !conn.is_broken() {
                     self.give_back(conn);
                 }
+                maybe_applied |= sequence.is_some() && r.as_ref().is_err_and(ClientError::may_have_applied);
                 r
             });
             match result {
@@ -240,9 +247,14 @@ impl Client {
                     if redirects < self.config.redirects_max && start.elapsed() < self.config.retry_budget =>
                 {
                     let Ok(addr) = leader_addr.parse::<SocketAddr>() else {
-                        return Err(ClientError::Unexpected {
+                        let e = ClientError::Unexpected {
                             request: payload.opcode().wire_name(),
                             detail: format!("redirect to an unparsable address {leader_addr:?}"),
+                        };
+                        return Err(if maybe_applied {
+                            ClientError::OutcomeUnknown { last: Box::new(e) }
+                        } else {
+                            e
                         });
                     };
                     *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
@@ -282,6 +294,9 @@ impl Client {
                     };
                     std::thread::sleep(wait.min(self.config.retry_budget.saturating_sub(start.elapsed())));
                     attempt += 1;
+                }
+                Err(e) if maybe_applied && !e.may_have_applied() => {
+                    return Err(ClientError::OutcomeUnknown { last: Box::new(e) });
                 }
                 other => return other,
             }

@@ -55,6 +55,15 @@ pub enum ClientError {
         /// The server's detail.
         message: String,
     },
+    /// A write failed for good after an earlier attempt of it got no
+    /// answer (a timeout, a broken connection, `OUTCOME_UNKNOWN`): that
+    /// attempt may have been applied. `last` is how the last attempt
+    /// failed.
+    #[error("{last}; an earlier attempt got no answer, so the write may have been applied")]
+    OutcomeUnknown {
+        /// The last attempt's failure.
+        last: Box<ClientError>,
+    },
     /// The answer had a shape this request never gets.
     #[error("unexpected answer to {request}: {detail}")]
     Unexpected {
@@ -75,9 +84,29 @@ impl ClientError {
         ) || matches!(
             self,
             ClientError::Server {
-                code: ErrorCode::NoLeader | ErrorCode::ShuttingDown,
+                code: ErrorCode::NoLeader | ErrorCode::ShuttingDown | ErrorCode::OutcomeUnknown,
                 ..
             }
+        )
+    }
+
+    /// For a failed write: true if it may have been applied all the same.
+    /// A request that was sent and got no answer (a timeout, a broken
+    /// connection), whose sequence the server no longer remembers, that a
+    /// stopping node held, or that the server answered `OUTCOME_UNKNOWN`;
+    /// and [`ClientError::OutcomeUnknown`]. Every other failure means the
+    /// write was not applied.
+    pub fn may_have_applied(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Timeout(_)
+                | ClientError::Io(_)
+                | ClientError::SequenceLost { .. }
+                | ClientError::OutcomeUnknown { .. }
+                | ClientError::Server {
+                    code: ErrorCode::OutcomeUnknown | ErrorCode::ShuttingDown | ErrorCode::Timeout,
+                    ..
+                }
         )
     }
 }

@@ -129,14 +129,22 @@ fn a_peer_that_never_answers_the_handshake_fails_a_write_as_not_sent() {
 /// Relays the handshake between a client and `server`, then swallows what
 /// the client sends: its requests reach nothing and are never answered.
 fn swallowing_proxy(server: std::net::SocketAddr) -> std::net::SocketAddr {
+    proxy_swallowing_first(server, usize::MAX)
+}
+
+/// A proxy to `server` whose first `swallowing` connections relay the
+/// handshake and then swallow what the client sends; later connections
+/// relay everything.
+fn proxy_swallowing_first(server: std::net::SocketAddr, swallowing: usize) -> std::net::SocketAddr {
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        for client in listener.incoming() {
+        for (n, client) in listener.incoming().enumerate() {
             let Ok(mut client) = client else { return };
+            let swallows = n < swallowing;
             let Ok(mut upstream) = std::net::TcpStream::connect(server) else {
                 return;
             };
@@ -156,7 +164,8 @@ fn swallowing_proxy(server: std::net::SocketAddr) -> std::net::SocketAddr {
                 let mut buf = [0u8; 4096];
                 while let Ok(n @ 1..) = client.read(&mut buf) {
                     // The handshake goes through; nothing after it does.
-                    if !answered.load(Ordering::SeqCst) && upstream.write_all(&buf[..n]).is_err() {
+                    let relay = !swallows || !answered.load(Ordering::SeqCst);
+                    if relay && upstream.write_all(&buf[..n]).is_err() {
                         return;
                     }
                 }
@@ -181,5 +190,85 @@ fn a_write_sent_and_never_answered_exits_4_and_a_read_exits_1() {
     assert!(err.contains("outcome is unknown"), "{err}");
     let read = loomctl(&["--addr", &proxy, "--timeout-ms", "300", "map", "get", "m", "k"]);
     assert_eq!(read.status.code(), Some(1), "{}", String::from_utf8_lossy(&read.stderr));
+    server.shutdown();
+}
+
+/// A member of a two-member group whose other member never starts: it
+/// knows no leader and answers every write `NO_LEADER`.
+fn member_without_quorum(dir: &std::path::Path) -> Server {
+    use loomcache_daemon::config::{ClusterConfig, Member};
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let me = Member {
+        id: 1,
+        client_addr: free(),
+        peer_addr: free(),
+    };
+    let ghost = Member {
+        id: 2,
+        client_addr: free(),
+        peer_addr: free(),
+    };
+    let mut cluster = ClusterConfig::new(vec![me, ghost]);
+    cluster.data_dir = Some(dir.to_path_buf());
+    Server::start(Config {
+        listen_addr: me.client_addr,
+        cluster: Some(cluster),
+        ..Config::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_write_that_fails_for_good_after_an_unanswered_attempt_has_an_unknown_outcome() {
+    use loomcache_client::{Client, ClientConfig, ClientError};
+    use loomcache_wire::ErrorCode;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let server = member_without_quorum(dir.path());
+    let config = |addr| ClientConfig {
+        addrs: vec![addr],
+        request_timeout: Duration::from_millis(300),
+        retry_budget: Duration::from_millis(1500),
+        ..ClientConfig::default()
+    };
+    // Straight to the member: NO_LEADER, so the write was not applied.
+    let direct = Client::connect(config(server.local_addr())).unwrap();
+    match direct.map("m").put(b"k", b"v") {
+        Err(
+            e @ ClientError::Server {
+                code: ErrorCode::NoLeader,
+                ..
+            },
+        ) => assert!(!e.may_have_applied()),
+        other => panic!("a member without quorum: {other:?}"),
+    }
+    // The first attempt is swallowed (it may have reached a leader), the
+    // retries are answered NO_LEADER: the outcome is unknown.
+    let proxy = proxy_swallowing_first(server.local_addr(), 1);
+    let client = Client::connect(config(proxy)).unwrap();
+    match client.map("m").put(b"k", b"v") {
+        Err(e @ ClientError::OutcomeUnknown { .. }) => {
+            assert!(e.may_have_applied());
+            let ClientError::OutcomeUnknown { last } = e else {
+                unreachable!()
+            };
+            assert!(
+                matches!(
+                    *last,
+                    ClientError::Server {
+                        code: ErrorCode::NoLeader,
+                        ..
+                    }
+                ),
+                "{last:?}"
+            );
+        }
+        other => panic!("an unanswered attempt, then NO_LEADER: {other:?}"),
+    }
     server.shutdown();
 }

@@ -2144,7 +2144,7 @@ fn cluster_reply(
             Outcome::Stopped => error_frame(request_id, ErrorCode::ShuttingDown, "the node is stopping"),
             Outcome::Indeterminate => error_frame(
                 request_id,
-                ErrorCode::NoLeader,
+                ErrorCode::OutcomeUnknown,
                 "the write's outcome is unknown (a snapshot replaced this node's log); a retry with the same sequence applies at most once",
             ),
             Outcome::Refused(why) => error_frame(request_id, ErrorCode::InvalidArgument, &why),

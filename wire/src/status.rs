@@ -84,6 +84,10 @@ codes! {
     Internal = 22, "INTERNAL";
     /// An argument is outside its domain (a page size of zero, say).
     InvalidArgument = 23, "INVALID_ARGUMENT";
+    /// The write reached consensus, and this node can no longer tell
+    /// whether it took effect (its log was replaced under it): it may have
+    /// been applied. A retry with the same sequence applies at most once.
+    OutcomeUnknown = 24, "OUTCOME_UNKNOWN";
 }
 
 impl ErrorCode {

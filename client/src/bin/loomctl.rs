@@ -869,12 +869,11 @@ fn main() -> ExitCode {
             eprintln!("loomctl: unsupported: {why}");
             ExitCode::from(3)
         }
-        // A write sent and then timed out, or whose connection broke (the
-        // client retries both with the same sequence until its budget runs
-        // out), may have been applied.
-        Err(e @ (ClientError::Timeout(_) | ClientError::SequenceLost { .. } | ClientError::Io(_)))
-            if sent && is_write(&cli.command) =>
-        {
+        // A write sent and then timed out, or whose connection broke, or
+        // that failed after an attempt that did (the client retries with
+        // the same sequence until its budget runs out), may have been
+        // applied.
+        Err(e) if sent && is_write(&cli.command) && e.may_have_applied() => {
             eprintln!("loomctl: {e}; the outcome is unknown: the write may still be applied");
             ExitCode::from(4)
         }
