@@ -1394,8 +1394,16 @@ mod tests {
         }
     }
 
+    /// Election timeout in ticks (of 10 ms) of the tests that need no
+    /// particular one: long enough that a loaded machine stalling a driver
+    /// for a few hundred milliseconds does not change the leader under a
+    /// test that expects it to stay (the core's default of 10 ticks is
+    /// 100 ms). The hand-over tests keep that default, which is what makes
+    /// their snapshots slow.
+    const CALM_ELECTION_TICKS: u64 = 30;
+
     fn start_node(id: NodeId, dir: &std::path::Path, addrs: &BTreeMap<NodeId, SocketAddr>) -> Node {
-        start_node_slow(id, dir, addrs, Duration::ZERO, 0)
+        start_node_slow(id, dir, addrs, Duration::ZERO, 0, CALM_ELECTION_TICKS)
     }
 
     fn start_node_slow(
@@ -1404,9 +1412,15 @@ mod tests {
         addrs: &BTreeMap<NodeId, SocketAddr>,
         snapshot_delay: Duration,
         size_hint: usize,
+        election_ticks: u64,
     ) -> Node {
         let mut config = DriverConfig::new(id, 0, dir.join(format!("n{id}")), vec![1, 2, 3]);
         config.snapshot_every_entries = 50;
+        if election_ticks != config.raft.election_timeout_ticks {
+            config.raft.election_timeout_ticks = election_ticks;
+            // As loomd: a fifth of the election timeout.
+            config.raft.lease_margin_ticks = election_ticks / 5;
+        }
         let (handle, inbox) = Driver::inbox_pair(config.inbox_max);
         let deliver = handle.clone();
         let mut tcfg = TransportConfig::new(id, addrs[&id], addrs.clone());
@@ -1485,7 +1499,7 @@ mod tests {
         let addrs: BTreeMap<NodeId, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
         let delay = Duration::from_millis(120);
         let nodes: Vec<Node> = (1..=3)
-            .map(|id| start_node_slow(id, tmp.path(), &addrs, delay, 0))
+            .map(|id| start_node_slow(id, tmp.path(), &addrs, delay, 0, 10))
             .collect();
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut written = 0;
@@ -1511,7 +1525,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let addrs: BTreeMap<NodeId, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
         let nodes: Vec<Node> = (1..=3)
-            .map(|id| start_node_slow(id, tmp.path(), &addrs, Duration::ZERO, 100 << 20))
+            .map(|id| start_node_slow(id, tmp.path(), &addrs, Duration::ZERO, 100 << 20, 10))
             .collect();
         // Bounds of 56 to 68 entries: every member is due once by 70.
         let mut written = 0;
@@ -1554,7 +1568,7 @@ mod tests {
         let addrs: BTreeMap<NodeId, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
         // Only node 1 (bound 56; 62 and 68 for the others) snapshots below.
         let nodes: Vec<Node> = (1..=3)
-            .map(|id| start_node_slow(id, tmp.path(), &addrs, Duration::from_secs(3), 0))
+            .map(|id| start_node_slow(id, tmp.path(), &addrs, Duration::from_secs(3), 0, CALM_ELECTION_TICKS))
             .collect();
         let handle = |i: usize| nodes[i].driver.as_ref().unwrap().handle().clone();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -1578,8 +1592,13 @@ mod tests {
                 let (mut first_held, mut other_held) = (false, false);
                 let give_up = Instant::now() + Duration::from_secs(60);
                 while Instant::now() < give_up {
+                    // Each lease reads the clock itself: a sample whose
+                    // reads lie far apart could pair the end of one lease
+                    // with the start of the next, and is not judged.
+                    let before = Instant::now();
                     let holding: Vec<usize> = (0..3).filter(|&i| leases[i].lease().holds()).collect();
-                    assert!(holding.len() <= 1, "leases held at once by {holding:?}");
+                    let together = before.elapsed() < Duration::from_millis(2);
+                    assert!(!together || holding.len() <= 1, "leases held at once by {holding:?}");
                     first_held |= holding == [0];
                     other_held |= holding.iter().any(|&i| i != 0);
                     let since = *stalled_at.lock().unwrap();
