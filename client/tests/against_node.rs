@@ -359,14 +359,14 @@ fn a_retried_publish_is_pushed_once_and_quiet_subscribers_stay_open() {
     let config = Config {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         workers: 0,
-        idle_timeout_ms: 200,
+        idle_timeout_ms: 1000,
         ..Config::default()
     };
     let server = Server::start(config).unwrap();
     let c = client(&server);
     let mut sub = c.topic("t").subscribe().unwrap();
     // Quiet for longer than the idle timeout: a subscriber is not idle.
-    std::thread::sleep(Duration::from_millis(600));
+    std::thread::sleep(Duration::from_millis(2500));
     let mut conn =
         Connection::connect(server.local_addr(), 77, Duration::from_secs(2), Duration::from_secs(5)).unwrap();
     let publish = Payload::TopicPublish(loomcache_wire::NamedValue {

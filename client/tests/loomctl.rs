@@ -184,11 +184,13 @@ fn a_write_sent_and_never_answered_exits_4_and_a_read_exits_1() {
     })
     .unwrap();
     let proxy = swallowing_proxy(server.local_addr()).to_string();
-    let write = loomctl(&["--addr", &proxy, "--timeout-ms", "300", "map", "put", "m", "k", "v"]);
+    // The timeout also covers connecting and the handshake through the
+    // proxy, which must not run out on a loaded machine.
+    let write = loomctl(&["--addr", &proxy, "--timeout-ms", "2000", "map", "put", "m", "k", "v"]);
     let err = String::from_utf8_lossy(&write.stderr);
     assert_eq!(write.status.code(), Some(4), "{err}");
     assert!(err.contains("outcome is unknown"), "{err}");
-    let read = loomctl(&["--addr", &proxy, "--timeout-ms", "300", "map", "get", "m", "k"]);
+    let read = loomctl(&["--addr", &proxy, "--timeout-ms", "2000", "map", "get", "m", "k"]);
     assert_eq!(read.status.code(), Some(1), "{}", String::from_utf8_lossy(&read.stderr));
     server.shutdown();
 }
@@ -232,8 +234,8 @@ fn a_write_that_fails_for_good_after_an_unanswered_attempt_has_an_unknown_outcom
     let server = member_without_quorum(dir.path());
     let config = |addr| ClientConfig {
         addrs: vec![addr],
-        request_timeout: Duration::from_millis(300),
-        retry_budget: Duration::from_millis(1500),
+        request_timeout: Duration::from_secs(1),
+        retry_budget: Duration::from_secs(3),
         ..ClientConfig::default()
     };
     // Straight to the member: NO_LEADER, so the write was not applied.

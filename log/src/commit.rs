@@ -390,10 +390,12 @@ mod tests {
         commit.appended(1);
         let idle = {
             let commit = Arc::clone(&commit);
-            std::thread::spawn(move || commit.next_work_within(Duration::from_millis(300)))
+            std::thread::spawn(move || commit.next_work_within(Duration::from_secs(3)))
         };
         until_flusher_waits(&commit);
-        // A waiter runs a round meanwhile, and more is appended after it.
+        // A waiter runs a round meanwhile (well within the delay; were it
+        // not, the thread would take the work and this waiter would wait
+        // for ever), and more is appended after it.
         let Ok(Step::Lead(ticket)) = commit.wait_or_lead(1) else {
             panic!("no round in flight: the waiter leads");
         };

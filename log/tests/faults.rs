@@ -76,12 +76,14 @@ impl FaultIo {
     }
 
     /// Waits until the flush thread has gone idle: no flush call for a
-    /// while. After `wait_durable` returns, the flush thread still writes
-    /// the segment header once; a fault armed before that would hit it.
+    /// while (ten idle delays of the log, 5 ms each, so a flush thread
+    /// woken late on a loaded machine is not taken for idle). After
+    /// `wait_durable` returns, the flush thread still writes the segment
+    /// header once; a fault armed before that would hit it.
     fn wait_for_quiet(&self) {
         let mut seen = self.flush_calls.load(Ordering::SeqCst);
-        for _ in 0..200 {
-            std::thread::sleep(Duration::from_millis(25));
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(250));
             let now = self.flush_calls.load(Ordering::SeqCst);
             if now == seen {
                 return;
