@@ -542,6 +542,14 @@ impl MapHandle<'_> {
         )
     }
 
+    /// Removes the map with every entry: its name is then free for
+    /// any type and costs no memory. Answers whether it existed; a name
+    /// bound to another type fails `WRONG_TYPE`.
+    pub fn destroy(&self) -> Result<bool> {
+        let op = Opcode::MapDestroy;
+        expect_bool(op, self.client.call(&Payload::MapDestroy(Named { name: self.name }))?)
+    }
+
     /// Reads many keys; answers the present ones.
     pub fn get_all(&self, keys: &[&[u8]]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let keys: Vec<Key<'_>> = keys.iter().map(|k| Key(k)).collect();
@@ -652,6 +660,14 @@ impl QueueHandle<'_> {
             self.client.call(&Payload::QueueClear(Named { name: self.name }))?,
         )
     }
+
+    /// Removes the queue with every item: its name is then free for
+    /// any type and costs no memory. Answers whether it existed; a name
+    /// bound to another type fails `WRONG_TYPE`.
+    pub fn destroy(&self) -> Result<bool> {
+        let op = Opcode::QueueDestroy;
+        expect_bool(op, self.client.call(&Payload::QueueDestroy(Named { name: self.name }))?)
+    }
 }
 
 /// Operations on one Set.
@@ -720,6 +736,14 @@ impl SetHandle<'_> {
             self.client.call(&Payload::SetClear(Named { name: self.name }))?,
         )
     }
+
+    /// Removes the set with every member: its name is then free for
+    /// any type and costs no memory. Answers whether it existed; a name
+    /// bound to another type fails `WRONG_TYPE`.
+    pub fn destroy(&self) -> Result<bool> {
+        let op = Opcode::SetDestroy;
+        expect_bool(op, self.client.call(&Payload::SetDestroy(Named { name: self.name }))?)
+    }
 }
 
 /// Operations on one AtomicLong.
@@ -767,6 +791,17 @@ impl AtomicLongHandle<'_> {
     /// Sets and answers the previous value.
     pub fn get_and_set(&self, value: i64) -> Result<i64> {
         expect_long(Opcode::AtomicGetAndSet, self.long(Opcode::AtomicGetAndSet, value)?)
+    }
+
+    /// Removes the AtomicLong: its name is then free for any type (and the
+    /// value reads 0 again). Answers whether it existed; a name bound to
+    /// another type fails `WRONG_TYPE`.
+    pub fn destroy(&self) -> Result<bool> {
+        let op = Opcode::AtomicDestroy;
+        expect_bool(
+            op,
+            self.client.call(&Payload::AtomicDestroy(Named { name: self.name }))?,
+        )
     }
 
     /// Sets `new` only if the value is `expected`.

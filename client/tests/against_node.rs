@@ -451,3 +451,31 @@ fn a_subscriber_that_pipelines_publishes_gets_every_message() {
     }
     server.shutdown();
 }
+
+#[test]
+fn a_destroyed_structure_frees_its_name_for_any_type() {
+    let server = node();
+    let c = client(&server);
+    c.map("m").put(b"k", b"v").unwrap();
+    c.queue("q").offer(b"item").unwrap();
+    c.set("s").add(b"x").unwrap();
+    c.atomic_long("n").set(5).unwrap();
+    match c.queue("m").destroy() {
+        Err(ClientError::Server {
+            code: ErrorCode::WrongType,
+            ..
+        }) => {}
+        other => panic!("a queue destroy of a map: {other:?}"),
+    }
+    assert!(c.map("m").destroy().unwrap());
+    assert!(c.queue("q").destroy().unwrap());
+    assert!(c.set("s").destroy().unwrap());
+    assert!(c.atomic_long("n").destroy().unwrap());
+    assert!(!c.map("m").destroy().unwrap(), "gone already");
+    assert_eq!(c.map("m").get(b"k").unwrap(), None);
+    assert_eq!(c.atomic_long("n").get().unwrap(), 0);
+    // Each name now takes another type.
+    assert!(c.queue("m").offer(b"now a queue").unwrap());
+    assert!(c.set("q").add(b"now a set").unwrap());
+    server.shutdown();
+}

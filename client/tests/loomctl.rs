@@ -98,6 +98,11 @@ fn commands_against_a_node_with_exit_codes() {
     assert_eq!(run(&["map", "get", "big", "k"]), (Some(0), big));
     assert_eq!(run(&["set", "add", "s", "red"]), (Some(0), "true".into()));
     assert_eq!(run(&["--json", "set", "members", "s"]), (Some(0), "[\"red\"]".into()));
+    // Destroy frees the name for another type.
+    assert_eq!(run(&["map", "destroy", "s"]).0, Some(1), "a set is not a map");
+    assert_eq!(run(&["set", "destroy", "s"]), (Some(0), "true".into()));
+    assert_eq!(run(&["set", "destroy", "s"]), (Some(0), "false".into()));
+    assert_eq!(run(&["queue", "offer", "s", "now a queue"]), (Some(0), "true".into()));
     assert_eq!(run(&["topic", "publish", "t", "hi"]), (Some(0), "1".into()));
     assert!(run(&["ping"]).1.starts_with("pong"));
     // A server error: exit 1; unsupported: exit 3; usage: exit 2.

@@ -109,6 +109,9 @@ opcodes! {
     MapPutAll = 0x010C, "MAP_PUT_ALL", Write;
     /// One page of entries after a cursor.
     MapScan = 0x010D, "MAP_SCAN", Read;
+    /// Remove the map with every entry, freeing its name for any type;
+    /// answers whether it existed.
+    MapDestroy = 0x010E, "MAP_DESTROY", Write;
 
     /// Append an item; answers false when a bounded queue is full.
     QueueOffer = 0x0201, "QUEUE_OFFER", Write;
@@ -124,6 +127,9 @@ opcodes! {
     QueueDrain = 0x0205, "QUEUE_DRAIN", Write;
     /// Remove every item.
     QueueClear = 0x0206, "QUEUE_CLEAR", Write;
+    /// Remove the queue with every item, freeing its name for any type;
+    /// answers whether it existed.
+    QueueDestroy = 0x0207, "QUEUE_DESTROY", Write;
 
     /// Add a member; answers whether it was new.
     SetAdd = 0x0301, "SET_ADD", Write;
@@ -137,6 +143,9 @@ opcodes! {
     SetSize = 0x0305, "SET_SIZE", Read;
     /// Remove every member.
     SetClear = 0x0306, "SET_CLEAR", Write;
+    /// Remove the set with every member, freeing its name for any type;
+    /// answers whether it existed.
+    SetDestroy = 0x0307, "SET_DESTROY", Write;
 
     /// Publish a message to every subscriber of a topic.
     TopicPublish = 0x0401, "TOPIC_PUBLISH", Write;
@@ -159,6 +168,9 @@ opcodes! {
     AtomicCompareAndSet = 0x0505, "ATOMIC_COMPARE_AND_SET", Write;
     /// Set and answer the previous value.
     AtomicGetAndSet = 0x0506, "ATOMIC_GET_AND_SET", Write;
+    /// Remove the AtomicLong, freeing its name for any type; answers
+    /// whether it existed.
+    AtomicDestroy = 0x0507, "ATOMIC_DESTROY", Write;
 
     /// Open a CP session.
     CpSessionCreate = 0x0601, "CP_SESSION_CREATE", Reserved;

@@ -621,6 +621,7 @@ payloads! {
     MapGetAll(MapGetAll<'a>),
     MapPutAll(MapPutAll<'a>),
     MapScan(Page<'a>),
+    MapDestroy(Named<'a>),
 
     QueueOffer(NamedValue<'a>),
     QueuePoll(QueuePoll<'a>),
@@ -628,6 +629,7 @@ payloads! {
     QueueSize(Named<'a>),
     QueueDrain(QueueDrain<'a>),
     QueueClear(Named<'a>),
+    QueueDestroy(Named<'a>),
 
     SetAdd(Keyed<'a>),
     SetRemove(Keyed<'a>),
@@ -635,6 +637,7 @@ payloads! {
     SetMembers(Page<'a>),
     SetSize(Named<'a>),
     SetClear(Named<'a>),
+    SetDestroy(Named<'a>),
 
     TopicPublish(NamedValue<'a>),
     TopicSubscribe(Named<'a>),
@@ -647,6 +650,7 @@ payloads! {
     AtomicGetAndAdd(NamedLong<'a>),
     AtomicCompareAndSet(AtomicCompareAndSet<'a>),
     AtomicGetAndSet(NamedLong<'a>),
+    AtomicDestroy(Named<'a>),
 
     RaftAppendEntries(AppendEntries<'a>),
     RaftAppendEntriesResponse(AppendEntriesResponse),
@@ -720,7 +724,7 @@ impl<'a> Payload<'a> {
     /// The bytes a request routes by: the key for keyed Map operations, the
     /// structure name for Queues, Sets, Topics and AtomicLongs (each lives
     /// whole in one partition). `None` for operations that span a Map's
-    /// partitions (size, clear, scan, get_all, put_all) and for
+    /// partitions (size, clear, scan, get_all, put_all, destroy) and for
     /// non-data opcodes.
     pub fn routing_key(&self) -> Option<&'a [u8]> {
         use Payload::*;
@@ -733,8 +737,8 @@ impl<'a> Payload<'a> {
             QueueOffer(v) | TopicPublish(v) => Some(v.name.as_bytes()),
             QueuePoll(p) => Some(p.name.as_bytes()),
             QueueDrain(d) => Some(d.name.as_bytes()),
-            QueuePeek(n) | QueueSize(n) | QueueClear(n) | SetSize(n) | SetClear(n) | TopicSubscribe(n)
-            | AtomicGet(n) => Some(n.name.as_bytes()),
+            QueuePeek(n) | QueueSize(n) | QueueClear(n) | QueueDestroy(n) | SetSize(n) | SetClear(n)
+            | SetDestroy(n) | TopicSubscribe(n) | AtomicGet(n) | AtomicDestroy(n) => Some(n.name.as_bytes()),
             AtomicSet(l) | AtomicAddAndGet(l) | AtomicGetAndAdd(l) | AtomicGetAndSet(l) => Some(l.name.as_bytes()),
             AtomicCompareAndSet(c) => Some(c.name.as_bytes()),
             _ => None,

@@ -138,6 +138,9 @@ enum MapCmd {
     Size { name: String },
     /// Remove every entry.
     Clear { name: String },
+    /// Remove the map and its name (free for any type); prints whether it
+    /// existed.
+    Destroy { name: String },
     /// List entries, page by page.
     Scan {
         name: String,
@@ -169,6 +172,9 @@ enum QueueCmd {
     },
     /// Remove every item.
     Clear { name: String },
+    /// Remove the queue and its name (free for any type); prints whether
+    /// it existed.
+    Destroy { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +191,9 @@ enum SetCmd {
     Size { name: String },
     /// Remove every member.
     Clear { name: String },
+    /// Remove the set and its name (free for any type); prints whether it
+    /// existed.
+    Destroy { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,6 +221,9 @@ enum AtomicCmd {
         #[arg(allow_negative_numbers = true)]
         new: i64,
     },
+    /// Remove the AtomicLong and its name (free for any type); prints
+    /// whether it existed.
+    Destroy { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -369,6 +381,7 @@ fn run(cli: &Cli) -> Result<Out, Failure> {
                 MapCmd::Contains { name, key } => Out::Bool(c.map(name).contains(key.as_bytes())?),
                 MapCmd::Size { name } => Out::Count(c.map(name).size()?),
                 MapCmd::Clear { name } => Out::Count(c.map(name).clear()?),
+                MapCmd::Destroy { name } => Out::Bool(c.map(name).destroy()?),
                 MapCmd::Scan { name, page } => {
                     let mut all = Vec::new();
                     let mut cursor = 0;
@@ -398,6 +411,7 @@ fn run(cli: &Cli) -> Result<Out, Failure> {
                     Out::List(c.queue(name).drain(*max)?.iter().map(|v| text(v)).collect())
                 }
                 QueueCmd::Clear { name } => Out::Count(c.queue(name).clear()?),
+                QueueCmd::Destroy { name } => Out::Bool(c.queue(name).destroy()?),
             }
         }
         Command::Set(cmd) => {
@@ -408,6 +422,7 @@ fn run(cli: &Cli) -> Result<Out, Failure> {
                 SetCmd::Contains { name, member } => Out::Bool(c.set(name).contains(member.as_bytes())?),
                 SetCmd::Size { name } => Out::Count(c.set(name).size()?),
                 SetCmd::Clear { name } => Out::Count(c.set(name).clear()?),
+                SetCmd::Destroy { name } => Out::Bool(c.set(name).destroy()?),
                 SetCmd::Members { name } => {
                     let mut all = Vec::new();
                     let mut cursor = 0;
@@ -435,6 +450,7 @@ fn run(cli: &Cli) -> Result<Out, Failure> {
                 AtomicCmd::Cas { name, expected, new } => {
                     Out::Bool(c.atomic_long(name).compare_and_set(*expected, *new)?)
                 }
+                AtomicCmd::Destroy { name } => Out::Bool(c.atomic_long(name).destroy()?),
             }
         }
         Command::Topic(TopicCmd::Publish { name, message }) => {

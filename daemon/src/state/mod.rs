@@ -417,6 +417,7 @@ impl StateMachine {
                 self.release(bytes);
                 OkBody::Count(count)
             }
+            Payload::MapDestroy(n) => OkBody::Bool(self.destroy(n.name, "Map", now)?),
             Payload::MapPutAll(p) => {
                 let expires = expiry(now, p.ttl_ms);
                 // All or nothing: the whole batch must fit, counted as if
@@ -465,6 +466,7 @@ impl StateMachine {
                 self.release(freed);
                 OkBody::Count(items.len() as u64)
             }
+            Payload::QueueDestroy(n) => OkBody::Bool(self.destroy(n.name, "Queue", now)?),
             Payload::SetAdd(k) => {
                 let cost = entry_cost(k.key.len(), 0);
                 if self.set_or_create(k.name)?.contains(k.key) {
@@ -489,6 +491,7 @@ impl StateMachine {
                 self.release(bytes);
                 OkBody::Count(count)
             }
+            Payload::SetDestroy(n) => OkBody::Bool(self.destroy(n.name, "Set", now)?),
             Payload::TopicPublish(v) => {
                 let topic = self.topic_or_create(v.name)?;
                 OkBody::Count(topic.publish())
@@ -508,6 +511,7 @@ impl StateMachine {
                 a.value = a.value.wrapping_add(l.value);
                 OkBody::Long(old)
             }
+            Payload::AtomicDestroy(n) => OkBody::Bool(self.destroy(n.name, "AtomicLong", now)?),
             Payload::AtomicGetAndSet(l) => {
                 let a = self.atomic_or_create(l.name)?;
                 OkBody::Long(core::mem::replace(&mut a.value, l.value))
@@ -711,6 +715,23 @@ impl StateMachine {
 
     fn account_replace(&mut self, previous: Option<u64>, cost: u64) {
         self.memory_used = self.memory_used - previous.unwrap_or(0) + cost;
+    }
+
+    /// Removes the structure bound to `name` if it is a `kind`, releasing
+    /// its contents and its name: the name is then free for any type.
+    /// False if nothing is bound to it; `WRONG_TYPE` if another type is.
+    fn destroy(&mut self, name: &str, kind: &'static str, now: u64) -> OpResult<bool> {
+        let bytes = match self.structures.get_mut(name) {
+            None => return Ok(false),
+            Some(s) if s.kind() != kind => return Err(OpError(ErrorCode::WrongType, wrong_type(s.kind(), kind))),
+            Some(Structure::Map(m)) => m.clear(now).1,
+            Some(Structure::Queue(q)) => q.drain(usize::MAX).iter().map(|i| entry_cost(0, i.len())).sum(),
+            Some(Structure::Set(s)) => s.clear().1,
+            Some(Structure::Atomic(_) | Structure::Topic(_)) => 0,
+        };
+        self.structures.remove(name);
+        self.release(bytes + entry_cost(name.len(), 0));
+        Ok(true)
     }
 
     fn release(&mut self, bytes: u64) {

@@ -1136,3 +1136,69 @@ fn restored_replicas_reclaim_like_the_original() {
         assert_eq!(a.snapshot(), b.snapshot(), "at {t}");
     }
 }
+
+#[test]
+fn destroying_a_structure_frees_its_contents_and_its_name() {
+    let mut sm = StateMachine::new(StateConfig::default());
+    let named = |name: &'static str| Named { name };
+    // Nothing bound: false, nothing created.
+    assert!(!apply(&mut sm, &Payload::MapDestroy(named("m")), 0, ok_bool));
+    assert_eq!(sm.memory_used(), 0);
+
+    apply(&mut sm, &Payload::MapPut(put("m", b"k1", b"v", 0)), 1, |_| ());
+    apply(&mut sm, &Payload::MapPut(put("m", b"k2", b"v", 5)), 1, |_| ());
+    apply(
+        &mut sm,
+        &Payload::QueueOffer(NamedValue {
+            name: "q",
+            value: b"item",
+        }),
+        1,
+        |_| (),
+    );
+    apply(&mut sm, &Payload::SetAdd(Keyed { name: "s", key: b"x" }), 1, |_| ());
+    apply(
+        &mut sm,
+        &Payload::AtomicSet(NamedLong { name: "n", value: 9 }),
+        1,
+        |_| (),
+    );
+    assert!(sm.memory_used() > 0);
+
+    // Another type's destroy is refused and changes nothing.
+    let refused = apply(&mut sm, &Payload::QueueDestroy(named("m")), 2, err_message);
+    assert!(refused.contains("Map") && refused.contains("Queue"), "{refused}");
+    assert_eq!(read(&mut sm, &get("m", b"k1"), 2, ok_value), Some(b"v".to_vec()));
+
+    // Each goes, contents and name; an expired entry is freed too.
+    assert!(apply(&mut sm, &Payload::MapDestroy(named("m")), 10, ok_bool));
+    assert!(apply(&mut sm, &Payload::QueueDestroy(named("q")), 10, ok_bool));
+    assert!(apply(&mut sm, &Payload::SetDestroy(named("s")), 10, ok_bool));
+    assert!(apply(&mut sm, &Payload::AtomicDestroy(named("n")), 10, ok_bool));
+    assert_eq!(sm.memory_used(), 0, "every byte counted for them is released");
+    assert_eq!(sm.type_of("m"), None);
+    assert!(!apply(&mut sm, &Payload::MapDestroy(named("m")), 10, ok_bool));
+    assert_eq!(read(&mut sm, &get("m", b"k1"), 10, ok_value), None);
+    assert_eq!(read(&mut sm, &Payload::AtomicGet(named("n")), 10, ok_long), 0);
+
+    // The names are free for any type; and the expiry index of the old
+    // map's entry (due at 6) leaves a new map's entry of that key alone.
+    assert!(apply(
+        &mut sm,
+        &Payload::QueueOffer(NamedValue {
+            name: "m",
+            value: b"again"
+        }),
+        11,
+        ok_bool
+    ));
+    assert!(apply(&mut sm, &Payload::QueueDestroy(named("m")), 11, ok_bool));
+    apply(&mut sm, &Payload::MapPut(put("m", b"k2", b"kept", 0)), 11, |_| ());
+    apply(
+        &mut sm,
+        &Payload::AtomicSet(NamedLong { name: "z", value: 1 }),
+        1_000,
+        |_| (),
+    );
+    assert_eq!(read(&mut sm, &get("m", b"k2"), 1_000, ok_value), Some(b"kept".to_vec()));
+}

@@ -163,6 +163,7 @@ pub fn payloads() -> Vec<Payload<'static>> {
             cursor: 0,
             page_size: 100,
         }),
+        Payload::MapDestroy(n),
         Payload::QueueOffer(nv),
         Payload::QueuePoll(QueuePoll {
             name: "q",
@@ -175,6 +176,7 @@ pub fn payloads() -> Vec<Payload<'static>> {
             max_items: 10,
         }),
         Payload::QueueClear(n),
+        Payload::QueueDestroy(n),
         Payload::SetAdd(k),
         Payload::SetRemove(k),
         Payload::SetContains(k),
@@ -185,6 +187,7 @@ pub fn payloads() -> Vec<Payload<'static>> {
         }),
         Payload::SetSize(n),
         Payload::SetClear(n),
+        Payload::SetDestroy(n),
         Payload::TopicPublish(nv),
         Payload::TopicSubscribe(n),
         Payload::TopicUnsubscribe(Unsubscribe { subscription_id: 4 }),
@@ -205,6 +208,7 @@ pub fn payloads() -> Vec<Payload<'static>> {
             new: i64::MAX,
         }),
         Payload::AtomicGetAndSet(nl),
+        Payload::AtomicDestroy(n),
         Payload::RaftAppendEntries(AppendEntries {
             header: hdr,
             prev_index: 10,
