@@ -119,6 +119,10 @@ fn every_operation_through_the_client() {
         sub.next_within(Duration::from_secs(5)).unwrap().unwrap().payload,
         b"hello"
     );
+    // Destroying frees each name (cleared structures still hold theirs).
+    assert!(m.destroy().unwrap() && q.destroy().unwrap() && s.destroy().unwrap() && a.destroy().unwrap());
+    assert_eq!(a.get().unwrap(), 0);
+    assert!(c.queue("m").offer(b"a queue now").unwrap());
     assert_eq!(c.ping(3).unwrap(), 3);
     assert!(c.info().unwrap().iter().any(|(k, _)| k == "writes_applied"));
 }
