@@ -31,7 +31,7 @@ use crate::raft::members::{self, AddressBook};
 use crate::raft::{
     Driver, DriverConfig, DriverHandle, LeaseGate, Outcome, Replicated, SnapshotFinish, Transport, TransportConfig,
 };
-use crate::state::StateMachine;
+use crate::state::{StateConfig, StateMachine};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -1999,6 +1999,11 @@ fn start_cluster(
         .limits
         .payload_max_bytes
         .max(config.limits.payload_max_bytes.saturating_mul(2));
+    transport_config.state_fingerprint = StateConfig {
+        limits: config.limits,
+        ..config.state
+    }
+    .fingerprint();
     let deliver = handle.clone();
     let transport = Arc::new(Transport::start(transport_config, move |m| deliver.deliver(m))?);
     let machine = ClusterMachine {

@@ -52,6 +52,10 @@ pub struct TransportConfig {
     pub reconnect_min: Duration,
     /// …doubling up to this.
     pub reconnect_max: Duration,
+    /// Fingerprint of the settings that decide how entries apply
+    /// (`StateConfig::fingerprint`): peers must show the same one, or no
+    /// Raft message passes between them.
+    pub state_fingerprint: u64,
 }
 
 impl TransportConfig {
@@ -67,6 +71,7 @@ impl TransportConfig {
             outbox_messages_max: 65_536,
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(2),
+            state_fingerprint: 0,
         }
     }
 }
@@ -255,6 +260,12 @@ struct Conn {
     /// When an accepted connection opened: it must identify itself within
     /// [`OPENING_DEADLINE`].
     opened: Instant,
+    /// This node dialed it (rather than accepted it).
+    dialed: bool,
+    /// The peer's replicated-state settings matched this node's: until
+    /// then no Raft frame is taken from it, and an accepted connection
+    /// carries none to it.
+    checked: bool,
 }
 
 /// An accepted connection must send its opening ping within this.
@@ -274,11 +285,20 @@ struct Loop {
     rng: fastrand::Rng,
 }
 
-fn hello_frame(node_id: NodeId) -> Vec<u8> {
-    let payload = Payload::ClusterPing(Ping { nonce: node_id });
+/// A `CLUSTER_PING` frame carrying `nonce`.
+fn ping_frame(nonce: u64) -> Vec<u8> {
+    let payload = Payload::ClusterPing(Ping { nonce });
     let mut out = vec![0u8; frame_len(None, &payload)];
     let fields = HeaderFields::request(Opcode::ClusterPing, 0);
     encode_frame(&mut out, &fields, None, &payload).expect("sized above");
+    out
+}
+
+/// The dialer's opening: a ping naming it, then one carrying its
+/// replicated-state settings fingerprint.
+fn hello_frame(node_id: NodeId, fingerprint: u64) -> Vec<u8> {
+    let mut out = ping_frame(node_id);
+    out.extend_from_slice(&ping_frame(fingerprint));
     out
 }
 
@@ -369,7 +389,7 @@ impl Loop {
             .iter()
             .enumerate()
             .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
-            .filter(|(_, c)| c.peer.is_none() && c.opened.elapsed() > OPENING_DEADLINE)
+            .filter(|(_, c)| !c.dialed && !c.checked && c.opened.elapsed() > OPENING_DEADLINE)
             .map(|(i, _)| i)
             .collect();
         for idx in late {
@@ -384,7 +404,7 @@ impl Loop {
             .conns
             .iter()
             .flatten()
-            .any(|c| c.peer.is_none())
+            .any(|c| !c.dialed && !c.checked)
             .then_some(Duration::from_secs(1));
         let now = Instant::now();
         let dial = self
@@ -427,6 +447,8 @@ impl Loop {
             connecting,
             preamble: Vec::new(),
             opened: Instant::now(),
+            dialed: connecting,
+            checked: false,
         }
     }
 
@@ -443,7 +465,7 @@ impl Loop {
             match TcpStream::connect(addr) {
                 Ok(stream) => {
                     let mut conn = self.new_conn(stream, Some(peer), true);
-                    conn.preamble = hello_frame(self.config.node_id);
+                    conn.preamble = hello_frame(self.config.node_id, self.config.state_fingerprint);
                     match self.add_conn(conn) {
                         Ok(idx) => {
                             let link = self.links.get_mut(&peer).expect("listed");
@@ -532,13 +554,9 @@ impl Loop {
             conn.connecting = false;
             tracing::debug!(peer = ?conn.peer, "peer connected");
             let _ = conn.stream.set_nodelay(true);
-            self.stats.connections_established.fetch_add(1, Ordering::Relaxed);
-            if let Some(peer) = conn.peer {
-                let min = self.config.reconnect_min;
-                if let Some(link) = self.links.get_mut(&peer) {
-                    link.backoff = min;
-                }
-            }
+            // Counted, and the redial backoff reset, once the peer's
+            // settings are checked: a peer that refuses them is redialed
+            // ever more slowly.
         }
         if let Some(peer) = self.conns[idx].as_ref().and_then(|c| c.peer) {
             self.flush(peer);
@@ -632,6 +650,7 @@ impl Loop {
                 Ok(None) => return true,
                 Err(_) => return self.reject(idx, "malformed frame"),
             };
+            let checked = conn.checked;
             match (peer, frame.opcode()) {
                 (None, Opcode::ClusterPing) => {
                     let Ok(Payload::ClusterPing(ping)) = frame.decode(&limits) else {
@@ -641,6 +660,41 @@ impl Loop {
                     if from >= me || from == 0 {
                         return self.reject(idx, "opening ping from a node that does not dial this one");
                     }
+                    // Linked once its settings are checked (next frame).
+                    conn.peer = Some(from);
+                }
+                (Some(peer), Opcode::ClusterPing) if !checked => {
+                    let Ok(Payload::ClusterPing(ping)) = frame.decode(&limits) else {
+                        return self.reject(idx, "malformed settings ping");
+                    };
+                    let mine = self.config.state_fingerprint;
+                    let dialed = conn.dialed;
+                    if ping.nonce != mine {
+                        if !dialed {
+                            // Tell the dialer why, as far as one write goes.
+                            let _ = conn.stream.write(&ping_frame(mine));
+                        }
+                        tracing::error!(
+                            peer,
+                            theirs = format_args!("{:016x}", ping.nonce),
+                            ours = format_args!("{mine:016x}"),
+                            "peer's replicated-state settings differ from this node's (data memory limit, \
+                             queue capacity, reclaim rate, deduplication, field limits): they must be equal \
+                             on every member, or replicas could apply the same entry differently"
+                        );
+                        return self.reject(idx, "replicated-state settings differ");
+                    }
+                    conn.checked = true;
+                    if dialed {
+                        self.stats.connections_established.fetch_add(1, Ordering::Relaxed);
+                        let min = self.config.reconnect_min;
+                        if let Some(link) = self.links.get_mut(&peer) {
+                            link.backoff = min;
+                        }
+                        continue;
+                    }
+                    let from = peer;
+                    conn.preamble = ping_frame(mine);
                     if !self.links.contains_key(&from) {
                         let unlisted = self.links.values().filter(|l| l.addr.is_none()).count();
                         if unlisted >= UNLISTED_PEERS_MAX {
@@ -649,8 +703,6 @@ impl Loop {
                         let min = self.config.reconnect_min;
                         self.links.insert(from, Link::new(None, min));
                     }
-                    let conn = self.conns[idx].as_mut().expect("open");
-                    conn.peer = Some(from);
                     tracing::debug!(peer = from, "peer identified");
                     self.stats.connections_established.fetch_add(1, Ordering::Relaxed);
                     let link = self.links.get_mut(&from).expect("checked");
@@ -665,6 +717,9 @@ impl Loop {
                     if self.conns[idx].is_none() {
                         return false;
                     }
+                }
+                (Some(_), op) if op.class() == OpClass::Raft && !checked => {
+                    return self.reject(idx, "a Raft frame before the settings ping");
                 }
                 (Some(peer), op) if op.class() == OpClass::Raft => match codec::decode(op, frame.body(), &limits) {
                     Ok(m) if m.from == peer && m.to == me => {
@@ -739,8 +794,17 @@ mod tests {
     }
 
     fn start(id: NodeId, addrs: &BTreeMap<NodeId, SocketAddr>) -> (Transport, mpsc::Receiver<Message>) {
+        start_with(id, addrs, 0)
+    }
+
+    fn start_with(
+        id: NodeId,
+        addrs: &BTreeMap<NodeId, SocketAddr>,
+        fingerprint: u64,
+    ) -> (Transport, mpsc::Receiver<Message>) {
         let (tx, rx) = mpsc::channel();
         let mut cfg = TransportConfig::new(id, addrs[&id], addrs.clone());
+        cfg.state_fingerprint = fingerprint;
         cfg.limits.payload_max_bytes = 1 << 20;
         cfg.reconnect_min = Duration::from_millis(10);
         cfg.reconnect_max = Duration::from_millis(100);
@@ -774,6 +838,28 @@ mod tests {
         // One connection, counted once by each side.
         assert_eq!(t1.stats().connections_established.load(Ordering::Relaxed), 1);
         assert_eq!(t2.stats().connections_established.load(Ordering::Relaxed), 1);
+    }
+
+    /// Peers whose replicated-state settings differ exchange nothing: each
+    /// side refuses the other's settings (the acceptor tells the dialer
+    /// its own before closing), however often the dialer tries again.
+    #[test]
+    fn peers_with_different_state_settings_exchange_no_message() {
+        let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (2, free_addr())].into();
+        let (t1, rx1) = start_with(1, &addrs, 0xaaaa);
+        let (t2, rx2) = start_with(2, &addrs, 0xbbbb);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while t1.stats().connections_rejected.load(Ordering::Relaxed) < 2
+            || t2.stats().connections_rejected.load(Ordering::Relaxed) < 2
+        {
+            assert!(Instant::now() < deadline, "the mismatch was not refused on both sides");
+            t1.send([hb(1, 2, 1)]);
+            t2.send([hb(2, 1, 2)]);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(rx2.try_recv().is_err() && rx1.try_recv().is_err(), "a message passed");
+        assert_eq!(t1.stats().connections_established.load(Ordering::Relaxed), 0);
+        assert_eq!(t2.stats().connections_established.load(Ordering::Relaxed), 0);
     }
 
     /// A joining node lists only itself; the lower-numbered member that
@@ -843,7 +929,7 @@ mod tests {
         assert_eq!(raw.read(&mut buf).unwrap_or(0), 0, "closed");
         // A ping claiming an id that does not dial node 2.
         let mut raw = std::net::TcpStream::connect(addrs[&2]).unwrap();
-        raw.write_all(&hello_frame(3)).unwrap();
+        raw.write_all(&hello_frame(3, 0)).unwrap();
         raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(raw.read(&mut buf).unwrap_or(0), 0, "closed");
         assert_eq!(t2.stats().connections_rejected.load(Ordering::Relaxed), 2);

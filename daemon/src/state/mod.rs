@@ -57,6 +57,39 @@ impl Default for StateConfig {
     }
 }
 
+impl StateConfig {
+    /// A fingerprint of every setting here, all of which decide how an
+    /// entry applies (whether it decodes, fits the memory limit or a
+    /// queue, is a duplicate, which expired entries go with it). Members
+    /// of a group must share it: with different settings two replicas
+    /// could apply the same entry differently and diverge, so peers that
+    /// show different fingerprints do not exchange Raft messages.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = crc32fast::Hasher::new();
+        let fields = [
+            // The version of this list.
+            1,
+            self.data_memory_max_bytes,
+            u64::from(self.queue_capacity),
+            u64::from(self.reclaim_per_apply),
+            u64::from(self.dedup.clients_max),
+            self.dedup.ttl_ms,
+            u64::from(self.dedup.window),
+            u64::from(self.dedup.answer_max_bytes),
+            u64::from(self.limits.payload_max_bytes),
+            u64::from(self.limits.name_max_bytes),
+            u64::from(self.limits.key_max_bytes),
+            u64::from(self.limits.value_max_bytes),
+            u64::from(self.limits.items_max),
+            ENTRY_OVERHEAD_BYTES,
+        ];
+        for field in fields {
+            h.update(&field.to_le_bytes());
+        }
+        u64::from(h.finalize())
+    }
+}
+
 /// Fixed per-entry overhead counted against the memory limit, so that the
 /// accounting does not depend on allocator behaviour.
 pub(crate) const ENTRY_OVERHEAD_BYTES: u64 = 64;

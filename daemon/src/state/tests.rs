@@ -1202,3 +1202,29 @@ fn destroying_a_structure_frees_its_contents_and_its_name() {
     );
     assert_eq!(read(&mut sm, &get("m", b"k2"), 1_000, ok_value), Some(b"kept".to_vec()));
 }
+
+#[test]
+fn every_state_setting_changes_the_fingerprint() {
+    let base = StateConfig::default();
+    let mut variants = vec![base];
+    let mut vary = |f: &dyn Fn(&mut StateConfig)| {
+        let mut c = base;
+        f(&mut c);
+        variants.push(c);
+    };
+    vary(&|c| c.data_memory_max_bytes += 1);
+    vary(&|c| c.queue_capacity += 1);
+    vary(&|c| c.reclaim_per_apply += 1);
+    vary(&|c| c.dedup.clients_max += 1);
+    vary(&|c| c.dedup.ttl_ms += 1);
+    vary(&|c| c.dedup.window += 1);
+    vary(&|c| c.dedup.answer_max_bytes += 1);
+    vary(&|c| c.limits.payload_max_bytes += 1);
+    vary(&|c| c.limits.name_max_bytes += 1);
+    vary(&|c| c.limits.key_max_bytes += 1);
+    vary(&|c| c.limits.value_max_bytes += 1);
+    vary(&|c| c.limits.items_max += 1);
+    let prints: std::collections::HashSet<u64> = variants.iter().map(StateConfig::fingerprint).collect();
+    assert_eq!(prints.len(), variants.len(), "two settings share a fingerprint");
+    assert_eq!(base.fingerprint(), StateConfig::default().fingerprint(), "stable");
+}
