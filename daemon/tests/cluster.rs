@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    client, leader_of, members_arg, put_until_ok, start, three_members, wait_for_leader, Member, Proc, ProxiedCluster,
+    client, leader_of, loomd, members_arg, put_until_ok, spawn, start, three_members, wait_for_leader, Member, Proc,
+    ProxiedCluster,
 };
 use loomcache_client::{Client, ClientConfig, Connection, Reply};
 use loomcache_wire::{NamedValue, Payload, QueuePoll};
@@ -560,4 +561,46 @@ fn a_waiting_poll_leaves_a_leader_cut_off_from_the_group() {
         waited < Duration::from_secs(9),
         "the poll waited out its wait: {waited:?}"
     );
+}
+
+/// A member whose data settings differ from the others' takes no part in
+/// the group: its peers refuse its connections, so it neither votes nor
+/// learns the log, while the other two go on. Restarted with the group's
+/// settings, it catches up.
+#[test]
+fn a_member_with_other_data_settings_is_kept_out_until_they_match() {
+    let tmp = tempfile::tempdir().unwrap();
+    let members = three_members();
+    let arg = members_arg(&members);
+    let mut procs: Vec<Option<Proc>> = members[..2].iter().map(|m| Some(start(m, &arg, tmp.path()))).collect();
+    let mut odd = loomd(&members[2], &arg, tmp.path());
+    odd.args(["--data-memory-max-bytes", "1000000"]);
+    procs.push(Some(spawn(odd)));
+    let c = client(&members[..2]);
+    put_until_ok(&c, b"k", b"v");
+    for i in 0..50u32 {
+        c.map("m").set(format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+    let commit = |m: &Member| info_count(&only(m.client), "raft_commit");
+    let leader = wait_for_leader(&members[..2], Duration::from_secs(10)).expect("a leader among the two");
+    let committed = commit(&members[leader]);
+    assert!(committed > 50, "{committed}");
+    // Time for several heartbeats and elections: nothing reaches it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        info_count(&only(members[2].client), "raft_applied") < 5,
+        "the member with other settings applied the group's entries"
+    );
+    assert_ne!(leader_of(&members).map(|l| members[l].id), Some(3));
+
+    drop(procs[2].take());
+    procs[2] = Some(start(&members[2], &arg, tmp.path()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while info_count(&only(members[2].client), "raft_applied") < committed {
+        assert!(
+            Instant::now() < deadline,
+            "the member with the group's settings never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
