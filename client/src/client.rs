@@ -295,7 +295,7 @@ impl Client {
                     std::thread::sleep(wait.min(self.config.retry_budget.saturating_sub(start.elapsed())));
                     attempt += 1;
                 }
-                Err(e) if maybe_applied && !e.may_have_applied() => {
+                Err(e) if maybe_applied && !e.may_have_applied() && !e.refuses_the_write() => {
                     return Err(ClientError::OutcomeUnknown { last: Box::new(e) });
                 }
                 other => return other,

@@ -90,6 +90,21 @@ impl ClientError {
         )
     }
 
+    /// For a write: true if this is the state machine's refusal of it
+    /// (`WRONG_TYPE`, `OUT_OF_MEMORY`, `INVALID_ARGUMENT`). The node keeps
+    /// that answer for the write's sequence and gives it to every retry,
+    /// so it settles the write as not applied, whatever an earlier attempt
+    /// saw.
+    pub(crate) fn refuses_the_write(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Server {
+                code: ErrorCode::WrongType | ErrorCode::OutOfMemory | ErrorCode::InvalidArgument,
+                ..
+            }
+        )
+    }
+
     /// For a failed write: true if it may have been applied all the same.
     /// A request that was sent and got no answer (a timeout, a broken
     /// connection), whose sequence the server no longer remembers, that a

@@ -279,3 +279,43 @@ fn a_write_that_fails_for_good_after_an_unanswered_attempt_has_an_unknown_outcom
     }
     server.shutdown();
 }
+
+#[test]
+fn a_write_refused_after_an_unanswered_attempt_is_refused_not_unknown() {
+    use loomcache_client::{Client, ClientConfig, ClientError};
+    use loomcache_wire::ErrorCode;
+    use std::time::Duration;
+    let server = Server::start(Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        workers: 1,
+        ..Config::default()
+    })
+    .unwrap();
+    let direct = Client::connect(ClientConfig {
+        addrs: vec![server.local_addr()],
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    assert!(direct.queue("q").offer(b"x").unwrap());
+    // The first attempt is swallowed; the retry, with the same sequence,
+    // reaches the node, whose state machine refuses it: that answer
+    // settles the write, whatever the first attempt did.
+    let proxy = proxy_swallowing_first(server.local_addr(), 1);
+    let client = Client::connect(ClientConfig {
+        addrs: vec![proxy],
+        request_timeout: Duration::from_secs(1),
+        retry_budget: Duration::from_secs(3),
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    match client.map("q").put(b"k", b"v") {
+        Err(
+            e @ ClientError::Server {
+                code: ErrorCode::WrongType,
+                ..
+            },
+        ) => assert!(!e.may_have_applied()),
+        other => panic!("a map write to a queue's name, retried: {other:?}"),
+    }
+    server.shutdown();
+}

@@ -493,9 +493,11 @@ impl Loop {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    // Connections not yet identified are bounded: a peer
-                    // opens at most one at a time, plus a redial in flight.
-                    let unidentified = self.conns.iter().flatten().filter(|c| c.peer.is_none()).count();
+                    // Accepted connections not yet checked (identified or
+                    // not) are bounded: a peer opens at most one at a
+                    // time, plus a redial in flight. A checked one is
+                    // linked, replacing the peer's older connection.
+                    let unidentified = self.conns.iter().flatten().filter(|c| !c.dialed && !c.checked).count();
                     if unidentified >= 2 * self.links.len() + 2 {
                         self.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -937,6 +939,29 @@ mod tests {
         let (t1, _rx1) = start(1, &addrs);
         t1.send([hb(1, 2, 5)]);
         assert_eq!(recv_contexts(&rx2, 1), [5]);
+    }
+
+    /// Connections that name a peer and never show their settings count
+    /// against the bound on connections not yet checked, as silent ones do.
+    #[test]
+    fn connections_stuck_after_their_opening_ping_are_bounded() {
+        let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (2, free_addr())].into();
+        let (t2, _rx2) = start(2, &addrs);
+        let mut held = Vec::new();
+        for _ in 0..12 {
+            let mut raw = std::net::TcpStream::connect(addrs[&2]).unwrap();
+            raw.write_all(&ping_frame(1)).unwrap();
+            held.push(raw);
+        }
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while t2.stats().connections_rejected.load(Ordering::Relaxed) < 8 {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of 12 refused",
+                t2.stats().connections_rejected.load(Ordering::Relaxed)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
