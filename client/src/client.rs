@@ -247,15 +247,13 @@ impl Client {
                     if redirects < self.config.redirects_max && start.elapsed() < self.config.retry_budget =>
                 {
                     let Ok(addr) = leader_addr.parse::<SocketAddr>() else {
-                        let e = ClientError::Unexpected {
-                            request: payload.opcode().wire_name(),
-                            detail: format!("redirect to an unparsable address {leader_addr:?}"),
-                        };
-                        return Err(if maybe_applied {
-                            ClientError::OutcomeUnknown { last: Box::new(e) }
-                        } else {
-                            e
-                        });
+                        return Err(settle(
+                            ClientError::Unexpected {
+                                request: payload.opcode().wire_name(),
+                                detail: format!("redirect to an unparsable address {leader_addr:?}"),
+                            },
+                            maybe_applied,
+                        ));
                     };
                     *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
                     // Pooled connections go to the old node.
@@ -295,10 +293,7 @@ impl Client {
                     std::thread::sleep(wait.min(self.config.retry_budget.saturating_sub(start.elapsed())));
                     attempt += 1;
                 }
-                Err(e) if maybe_applied && !e.may_have_applied() && !e.refuses_the_write() => {
-                    return Err(ClientError::OutcomeUnknown { last: Box::new(e) });
-                }
-                other => return other,
+                other => return other.map_err(|e| settle(e, maybe_applied)),
             }
         }
     }
@@ -402,6 +397,17 @@ fn expect_value(op: Opcode, r: Reply) -> Result<Option<Vec<u8>>> {
     match r {
         Reply::Value(v) => Ok(v),
         other => Err(unexpected(op, other)),
+    }
+}
+
+/// The error a call ends with, given whether an earlier attempt of its
+/// write may have applied: one that says nothing of that attempt (a
+/// redirect, `NO_LEADER`, …) becomes [`ClientError::OutcomeUnknown`].
+fn settle(e: ClientError, maybe_applied: bool) -> ClientError {
+    if maybe_applied && !e.may_have_applied() && !e.refuses_the_write() {
+        ClientError::OutcomeUnknown { last: Box::new(e) }
+    } else {
+        e
     }
 }
 
@@ -546,8 +552,10 @@ impl MapHandle<'_> {
     /// any type and costs no memory. Answers whether it existed; a name
     /// bound to another type fails `WRONG_TYPE`.
     pub fn destroy(&self) -> Result<bool> {
-        let op = Opcode::MapDestroy;
-        expect_bool(op, self.client.call(&Payload::MapDestroy(Named { name: self.name }))?)
+        expect_bool(
+            Opcode::MapDestroy,
+            self.client.call(&Payload::MapDestroy(Named { name: self.name }))?,
+        )
     }
 
     /// Reads many keys; answers the present ones.
@@ -665,8 +673,10 @@ impl QueueHandle<'_> {
     /// any type and costs no memory. Answers whether it existed; a name
     /// bound to another type fails `WRONG_TYPE`.
     pub fn destroy(&self) -> Result<bool> {
-        let op = Opcode::QueueDestroy;
-        expect_bool(op, self.client.call(&Payload::QueueDestroy(Named { name: self.name }))?)
+        expect_bool(
+            Opcode::QueueDestroy,
+            self.client.call(&Payload::QueueDestroy(Named { name: self.name }))?,
+        )
     }
 }
 
@@ -741,8 +751,10 @@ impl SetHandle<'_> {
     /// any type and costs no memory. Answers whether it existed; a name
     /// bound to another type fails `WRONG_TYPE`.
     pub fn destroy(&self) -> Result<bool> {
-        let op = Opcode::SetDestroy;
-        expect_bool(op, self.client.call(&Payload::SetDestroy(Named { name: self.name }))?)
+        expect_bool(
+            Opcode::SetDestroy,
+            self.client.call(&Payload::SetDestroy(Named { name: self.name }))?,
+        )
     }
 }
 
@@ -797,9 +809,8 @@ impl AtomicLongHandle<'_> {
     /// value reads 0 again). Answers whether it existed; a name bound to
     /// another type fails `WRONG_TYPE`.
     pub fn destroy(&self) -> Result<bool> {
-        let op = Opcode::AtomicDestroy;
         expect_bool(
-            op,
+            Opcode::AtomicDestroy,
             self.client.call(&Payload::AtomicDestroy(Named { name: self.name }))?,
         )
     }

@@ -5,6 +5,16 @@ use std::process::Command;
 use loomcache_daemon::server::Server;
 use loomcache_daemon::Config;
 
+/// A single in-process node on a free port, with one worker.
+fn node() -> Server {
+    Server::start(Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        workers: 1,
+        ..Config::default()
+    })
+    .unwrap()
+}
+
 fn loomctl(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_loomctl"))
         .args(args)
@@ -34,12 +44,7 @@ fn opcode_table_lists_every_opcode() {
 
 #[test]
 fn commands_against_a_node_with_exit_codes() {
-    let server = Server::start(Config {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        workers: 1,
-        ..Config::default()
-    })
-    .unwrap();
+    let server = node();
     let addr = server.local_addr().to_string();
     let run = |args: &[&str]| {
         let mut all = vec!["--addr", &addr];
@@ -182,12 +187,7 @@ fn proxy_swallowing_first(server: std::net::SocketAddr, swallowing: usize) -> st
 
 #[test]
 fn a_write_sent_and_never_answered_exits_4_and_a_read_exits_1() {
-    let server = Server::start(Config {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        workers: 1,
-        ..Config::default()
-    })
-    .unwrap();
+    let server = node();
     let proxy = swallowing_proxy(server.local_addr()).to_string();
     // The timeout also covers connecting and the handshake through the
     // proxy, which must not run out on a loaded machine.
@@ -285,12 +285,7 @@ fn a_write_refused_after_an_unanswered_attempt_is_refused_not_unknown() {
     use loomcache_client::{Client, ClientConfig, ClientError};
     use loomcache_wire::ErrorCode;
     use std::time::Duration;
-    let server = Server::start(Config {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        workers: 1,
-        ..Config::default()
-    })
-    .unwrap();
+    let server = node();
     let direct = Client::connect(ClientConfig {
         addrs: vec![server.local_addr()],
         ..ClientConfig::default()

@@ -268,6 +268,14 @@ struct Conn {
     checked: bool,
 }
 
+impl Conn {
+    /// An accepted connection whose opening ping or settings ping is still
+    /// due: it is bounded in number and in time.
+    fn awaits_check(&self) -> bool {
+        !self.dialed && !self.checked
+    }
+}
+
 /// An accepted connection must send its opening ping within this.
 const OPENING_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -389,7 +397,7 @@ impl Loop {
             .iter()
             .enumerate()
             .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
-            .filter(|(_, c)| !c.dialed && !c.checked && c.opened.elapsed() > OPENING_DEADLINE)
+            .filter(|(_, c)| c.awaits_check() && c.opened.elapsed() > OPENING_DEADLINE)
             .map(|(i, _)| i)
             .collect();
         for idx in late {
@@ -404,7 +412,7 @@ impl Loop {
             .conns
             .iter()
             .flatten()
-            .any(|c| !c.dialed && !c.checked)
+            .any(Conn::awaits_check)
             .then_some(Duration::from_secs(1));
         let now = Instant::now();
         let dial = self
@@ -497,8 +505,8 @@ impl Loop {
                     // not) are bounded: a peer opens at most one at a
                     // time, plus a redial in flight. A checked one is
                     // linked, replacing the peer's older connection.
-                    let unidentified = self.conns.iter().flatten().filter(|c| !c.dialed && !c.checked).count();
-                    if unidentified >= 2 * self.links.len() + 2 {
+                    let unchecked = self.conns.iter().flatten().filter(|c| c.awaits_check()).count();
+                    if unchecked >= 2 * self.links.len() + 2 {
                         self.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
