@@ -200,6 +200,18 @@ fn a_write_sent_and_never_answered_exits_4_and_a_read_exits_1() {
     server.shutdown();
 }
 
+/// A client of `addr` whose attempts time out after 1 s and that retries
+/// for 3 s: room for one swallowed attempt and its retries.
+fn retrying_client(addr: std::net::SocketAddr) -> loomcache_client::Client {
+    loomcache_client::Client::connect(loomcache_client::ClientConfig {
+        addrs: vec![addr],
+        request_timeout: std::time::Duration::from_secs(1),
+        retry_budget: std::time::Duration::from_secs(3),
+        ..loomcache_client::ClientConfig::default()
+    })
+    .unwrap()
+}
+
 /// A member of a two-member group whose other member never starts: it
 /// knows no leader and answers every write `NO_LEADER`.
 fn member_without_quorum(dir: &std::path::Path) -> Server {
@@ -232,19 +244,12 @@ fn member_without_quorum(dir: &std::path::Path) -> Server {
 
 #[test]
 fn a_write_that_fails_for_good_after_an_unanswered_attempt_has_an_unknown_outcome() {
-    use loomcache_client::{Client, ClientConfig, ClientError};
+    use loomcache_client::ClientError;
     use loomcache_wire::ErrorCode;
-    use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let server = member_without_quorum(dir.path());
-    let config = |addr| ClientConfig {
-        addrs: vec![addr],
-        request_timeout: Duration::from_secs(1),
-        retry_budget: Duration::from_secs(3),
-        ..ClientConfig::default()
-    };
     // Straight to the member: NO_LEADER, so the write was not applied.
-    let direct = Client::connect(config(server.local_addr())).unwrap();
+    let direct = retrying_client(server.local_addr());
     match direct.map("m").put(b"k", b"v") {
         Err(
             e @ ClientError::Server {
@@ -257,7 +262,7 @@ fn a_write_that_fails_for_good_after_an_unanswered_attempt_has_an_unknown_outcom
     // The first attempt is swallowed (it may have reached a leader), the
     // retries are answered NO_LEADER: the outcome is unknown.
     let proxy = proxy_swallowing_first(server.local_addr(), 1);
-    let client = Client::connect(config(proxy)).unwrap();
+    let client = retrying_client(proxy);
     match client.map("m").put(b"k", b"v") {
         Err(e @ ClientError::OutcomeUnknown { .. }) => {
             assert!(e.may_have_applied());
@@ -284,7 +289,6 @@ fn a_write_that_fails_for_good_after_an_unanswered_attempt_has_an_unknown_outcom
 fn a_write_refused_after_an_unanswered_attempt_is_refused_not_unknown() {
     use loomcache_client::{Client, ClientConfig, ClientError};
     use loomcache_wire::ErrorCode;
-    use std::time::Duration;
     let server = node();
     let direct = Client::connect(ClientConfig {
         addrs: vec![server.local_addr()],
@@ -296,13 +300,7 @@ fn a_write_refused_after_an_unanswered_attempt_is_refused_not_unknown() {
     // reaches the node, whose state machine refuses it: that answer
     // settles the write, whatever the first attempt did.
     let proxy = proxy_swallowing_first(server.local_addr(), 1);
-    let client = Client::connect(ClientConfig {
-        addrs: vec![proxy],
-        request_timeout: Duration::from_secs(1),
-        retry_budget: Duration::from_secs(3),
-        ..ClientConfig::default()
-    })
-    .unwrap();
+    let client = retrying_client(proxy);
     match client.map("q").put(b"k", b"v") {
         Err(
             e @ ClientError::Server {
