@@ -689,8 +689,9 @@ impl Loop {
                             theirs = format_args!("{:016x}", ping.nonce),
                             ours = format_args!("{mine:016x}"),
                             "peer's replicated-state settings differ from this node's (data memory limit, \
-                             queue capacity, reclaim rate, deduplication, field limits): they must be equal \
-                             on every member, or replicas could apply the same entry differently"
+                             queue capacity, reclaim rate, deduplication, field limits, or the build's \
+                             apply-rules version): they must be equal on every member, or replicas could \
+                             apply the same entry differently"
                         );
                         return self.reject(idx, "replicated-state settings differ");
                     }

@@ -63,12 +63,20 @@ impl StateConfig {
     /// queue, is a duplicate, which expired entries go with it). Members
     /// of a group must share it: with different settings two replicas
     /// could apply the same entry differently and diverge, so peers that
-    /// show different fingerprints do not exchange Raft messages.
+    /// show different fingerprints do not exchange Raft messages. It
+    /// covers [`APPLY_RULES_VERSION`] too, so members whose code applies
+    /// entries by different rules do not either.
     pub fn fingerprint(&self) -> u64 {
+        self.fingerprint_under(APPLY_RULES_VERSION)
+    }
+
+    /// [`StateConfig::fingerprint`] under the apply rules of `rules`.
+    fn fingerprint_under(&self, rules: u64) -> u64 {
         let mut h = crc32fast::Hasher::new();
         let fields = [
             // The version of this list.
-            1,
+            2,
+            rules,
             self.data_memory_max_bytes,
             u64::from(self.queue_capacity),
             u64::from(self.reclaim_per_apply),
@@ -89,6 +97,14 @@ impl StateConfig {
         u64::from(h.finalize())
     }
 }
+
+/// The version of the rules by which an entry applies: which opcodes a
+/// write may carry and what each does to the state and answers. Raised
+/// with every change to them (a new write opcode, another answer, other
+/// accounting), since a member that applies a committed entry by other
+/// rules diverges from the rest; it is part of
+/// [`StateConfig::fingerprint`], so such members do not link.
+pub const APPLY_RULES_VERSION: u64 = 1;
 
 /// Fixed per-entry overhead counted against the memory limit, so that the
 /// accounting does not depend on allocator behaviour.

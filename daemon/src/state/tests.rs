@@ -1228,3 +1228,10 @@ fn every_state_setting_changes_the_fingerprint() {
     assert_eq!(prints.len(), variants.len(), "two settings share a fingerprint");
     assert_eq!(base.fingerprint(), StateConfig::default().fingerprint(), "stable");
 }
+
+#[test]
+fn other_apply_rules_change_the_fingerprint() {
+    let c = StateConfig::default();
+    assert_eq!(c.fingerprint(), c.fingerprint_under(super::APPLY_RULES_VERSION));
+    assert_ne!(c.fingerprint(), c.fingerprint_under(super::APPLY_RULES_VERSION + 1));
+}
