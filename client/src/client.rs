@@ -133,7 +133,18 @@ impl Client {
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<Connection> {
-        let mut conn = Connection::connect(addr, client_id, connect_timeout, request_timeout)?;
+        // Only a hello has been sent when these fail: the request was not.
+        let mut conn = Connection::connect(addr, client_id, connect_timeout, request_timeout).map_err(|e| match e {
+            ClientError::Io(source) => ClientError::Connect { addr, source },
+            ClientError::Timeout(d) => ClientError::Connect {
+                addr,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer to the handshake within {d:?}"),
+                ),
+            },
+            e => e,
+        })?;
         conn.set_stale_reads(self.config.stale_reads);
         Ok(conn)
     }

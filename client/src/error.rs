@@ -16,6 +16,15 @@ pub enum ClientError {
     /// Connecting, reading or writing failed.
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
+    /// No node could be reached: connecting or the handshake failed at
+    /// `addr` (the last address tried). The request was not sent.
+    #[error("could not connect to {addr}: {source}")]
+    Connect {
+        /// The last address tried.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
     /// No answer within the request timeout; the request may or may not
     /// have been applied (a sequenced write retried later is applied once).
     #[error("no answer within {0:?}")]
@@ -76,11 +85,12 @@ pub enum ClientError {
 
 impl ClientError {
     /// True if retrying the same request (with the same sequence number)
-    /// may succeed: busy, timeouts and broken connections.
+    /// may succeed: busy, timeouts, unreachable nodes and broken
+    /// connections.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ClientError::Busy { .. } | ClientError::Timeout(_) | ClientError::Io(_)
+            ClientError::Busy { .. } | ClientError::Timeout(_) | ClientError::Io(_) | ClientError::Connect { .. }
         ) || matches!(
             self,
             ClientError::Server {
@@ -110,7 +120,7 @@ impl ClientError {
     /// connection), whose sequence the server no longer remembers, that a
     /// stopping node held, or that the server answered `OUTCOME_UNKNOWN`;
     /// and [`ClientError::OutcomeUnknown`]. Every other failure means the
-    /// write was not applied.
+    /// write was not applied ([`ClientError::Connect`]: it was never sent).
     pub fn may_have_applied(&self) -> bool {
         matches!(
             self,

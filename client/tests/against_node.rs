@@ -192,7 +192,30 @@ fn no_reachable_node_is_an_error_not_a_hang() {
         connect_timeout: Duration::from_millis(200),
         ..ClientConfig::default()
     };
-    assert!(matches!(Client::connect(config), Err(ClientError::Io(_))));
+    assert!(matches!(Client::connect(config), Err(ClientError::Connect { addr: a, .. }) if a == addr));
+}
+
+#[test]
+fn a_write_no_attempt_of_which_reached_a_node_was_not_applied() {
+    let server = node();
+    let addr = server.local_addr();
+    // No pool: every attempt connects afresh.
+    let c = Client::connect(ClientConfig {
+        addrs: vec![addr],
+        pool_size: 0,
+        connect_timeout: Duration::from_millis(200),
+        retry_budget: Duration::from_millis(400),
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    server.shutdown();
+    let err = c.map("m").set(b"k", b"v").unwrap_err();
+    assert!(
+        matches!(err, ClientError::Connect { addr: a, .. } if a == addr),
+        "{err:?}"
+    );
+    assert!(!err.may_have_applied(), "{err}");
+    assert!(err.is_retryable(), "{err}");
 }
 
 #[test]

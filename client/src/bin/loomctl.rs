@@ -315,15 +315,7 @@ fn run(cli: &Cli) -> Result<Out, Failure> {
             stale_reads: cli.stale,
             ..ClientConfig::default()
         })
-        .map_err(|e| {
-            Failure::NotSent(match e {
-                ClientError::Timeout(d) => ClientError::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer to the handshake within {d:?}"),
-                )),
-                e => e,
-            })
-        })
+        .map_err(Failure::NotSent)
     };
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     Ok(match &cli.command {
