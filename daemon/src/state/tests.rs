@@ -1232,6 +1232,36 @@ fn every_state_setting_changes_the_fingerprint() {
 #[test]
 fn other_apply_rules_change_the_fingerprint() {
     let c = StateConfig::default();
-    assert_eq!(c.fingerprint(), c.fingerprint_under(super::APPLY_RULES_VERSION));
     assert_ne!(c.fingerprint(), c.fingerprint_under(super::APPLY_RULES_VERSION + 1));
+}
+
+/// Members of two builds link only if their fingerprints match, so a
+/// build that changes the default one (a default setting, the list, the
+/// rules version) cannot join a cluster of the previous build on default
+/// settings. That takes a deliberate change here.
+#[test]
+fn the_default_fingerprint_is_pinned() {
+    assert_eq!(
+        StateConfig::default().fingerprint(),
+        0xb4fe_1205,
+        "the default state fingerprint changed: members of this build and the last will not link"
+    );
+}
+
+/// A write opcode added, removed or renumbered changes how committed
+/// entries apply, so it must come with a new `APPLY_RULES_VERSION` (and a
+/// new digest here).
+#[test]
+fn the_write_opcodes_belong_to_this_apply_rules_version() {
+    use loomcache_wire::{OpClass, Opcode};
+    let mut h = crc32fast::Hasher::new();
+    for op in Opcode::ALL.iter().filter(|op| op.class() == OpClass::Write) {
+        h.update(&op.code().to_le_bytes());
+        h.update(op.wire_name().as_bytes());
+    }
+    assert_eq!(
+        (super::APPLY_RULES_VERSION, h.finalize()),
+        (1, 0xcc06_cdaf),
+        "the write opcodes changed: raise APPLY_RULES_VERSION and pin the new digest"
+    );
 }
