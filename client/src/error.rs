@@ -13,7 +13,9 @@ pub type Result<T, E = ClientError> = core::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// Connecting, reading or writing failed.
+    /// Reading or writing failed, or the node closed the connection.
+    /// (Through [`Client`](crate::Client), failing to reach any node is
+    /// [`ClientError::Connect`].)
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
     /// No node could be reached: connecting or the handshake failed at

@@ -146,13 +146,19 @@ fn swallowing_proxy(server: std::net::SocketAddr) -> std::net::SocketAddr {
 /// handshake and then swallow what the client sends; later connections
 /// relay everything.
 fn proxy_swallowing_first(server: std::net::SocketAddr, swallowing: usize) -> std::net::SocketAddr {
+    proxy(server, swallowing, usize::MAX)
+}
+
+/// [`proxy_swallowing_first`] that stops listening after `accepting`
+/// connections: later ones are refused.
+fn proxy(server: std::net::SocketAddr, swallowing: usize, accepting: usize) -> std::net::SocketAddr {
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        for (n, client) in listener.incoming().enumerate() {
+        for (n, client) in listener.incoming().enumerate().take(accepting) {
             let Ok(mut client) = client else { return };
             let swallows = n < swallowing;
             let Ok(mut upstream) = std::net::TcpStream::connect(server) else {
@@ -281,6 +287,22 @@ fn a_write_that_fails_for_good_after_an_unanswered_attempt_has_an_unknown_outcom
             );
         }
         other => panic!("an unanswered attempt, then NO_LEADER: {other:?}"),
+    }
+    server.shutdown();
+}
+
+#[test]
+fn a_write_whose_retries_reach_no_node_after_an_unanswered_attempt_has_an_unknown_outcome() {
+    use loomcache_client::ClientError;
+    let server = node();
+    // One connection, whose requests are swallowed; connecting again is
+    // refused.
+    let client = retrying_client(proxy(server.local_addr(), 1, 1));
+    match client.map("m").put(b"k", b"v") {
+        Err(ClientError::OutcomeUnknown { last }) => {
+            assert!(matches!(*last, ClientError::Connect { .. }), "{last:?}")
+        }
+        other => panic!("an unanswered attempt, then no node: {other:?}"),
     }
     server.shutdown();
 }

@@ -80,7 +80,11 @@ impl Record {
         };
         let complete = self.now().max(invoke + 1);
         let outcome = result.unwrap_or_else(|e| {
-            let kind = format!("{e}").split(':').next().unwrap_or("").to_string();
+            let kind = match e {
+                // Its text goes on with the address, which has colons.
+                ClientError::Connect { .. } => "could not connect".to_string(),
+                e => format!("{e}").split(':').next().unwrap_or("").to_string(),
+            };
             *self.errors.lock().unwrap().entry(kind).or_default() += 1;
             Outcome::Unknown
         });

@@ -294,6 +294,9 @@ fn render(out: Out, json: bool) -> String {
 enum Failure {
     /// Nothing was sent: connecting or the handshake failed.
     NotSent(ClientError),
+    /// The command's own input is unusable (standard input); nothing was
+    /// sent.
+    Input(std::io::Error),
     /// The request (or one of them) was sent, or the failure is not about
     /// sending.
     Request(ClientError),
@@ -821,12 +824,12 @@ fn bytes_arg(arg: &str) -> Result<std::borrow::Cow<'_, [u8]>, Failure> {
     std::io::stdin()
         .take(STDIN_MAX_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| Failure::NotSent(ClientError::Io(e)))?;
+        .map_err(Failure::Input)?;
     if bytes.len() as u64 > STDIN_MAX_BYTES {
-        return Err(Failure::NotSent(ClientError::Io(std::io::Error::new(
+        return Err(Failure::Input(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("standard input holds more than {STDIN_MAX_BYTES} bytes"),
-        ))));
+        )));
     }
     Ok(bytes.into())
 }
@@ -863,11 +866,16 @@ fn is_write(command: &Command) -> bool {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = run(&cli);
-    let sent = matches!(result, Err(Failure::Request(_)));
-    match result.map_err(|f| match f {
-        Failure::NotSent(e) | Failure::Request(e) => e,
-    }) {
+    let (sent, result) = match run(&cli) {
+        Ok(out) => (false, Ok(out)),
+        Err(Failure::Input(e)) => {
+            eprintln!("loomctl: reading standard input: {e}");
+            return ExitCode::from(1);
+        }
+        Err(Failure::NotSent(e)) => (false, Err(e)),
+        Err(Failure::Request(e)) => (true, Err(e)),
+    };
+    match result {
         Ok(Out::Nothing) => ExitCode::SUCCESS,
         Ok(out) => {
             println!("{}", render(out, cli.json));
@@ -885,9 +893,14 @@ fn main() -> ExitCode {
             eprintln!("loomctl: {e}; the outcome is unknown: the write may still be applied");
             ExitCode::from(4)
         }
-        Err(e @ (ClientError::Io(_) | ClientError::Protocol(_))) => {
-            // Name the node: a refused connection or a peer that is not a
-            // LoomCache node says nothing about where it happened.
+        Err(e @ ClientError::Connect { .. }) => {
+            eprintln!("loomctl: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) if !sent || matches!(e, ClientError::Io(_) | ClientError::Protocol(_)) => {
+            // Name the node: a broken connection, a peer that is not a
+            // LoomCache node or a refused handshake says nothing about
+            // where it happened.
             eprintln!("loomctl: {}: {e}", cli.addr);
             ExitCode::from(1)
         }
