@@ -6,10 +6,15 @@
 //! - the ceiling of group commit: the same loop writing as many records
 //!   per call as there are appenders (each appender has one record
 //!   outstanding, so no flush can cover more);
+//! - for the most appenders, the same loop writing onward into space that
+//!   fallocate only reserved (1 GiB), as a growing log does, and split over
+//!   two threads with half the records each (two flushes in flight);
 //! - sequential write bandwidth: large writes, one fdatasync at the end;
 //! - the log in sync mode with 1, 8 and 64 appenders, each appending one
 //!   record and waiting until it is durable, so group commit is what lets
-//!   throughput grow with appenders;
+//!   throughput grow with appenders: each on its own thread, all served
+//!   by one thread with an append call each, and with each round's records
+//!   appended in one call;
 //! - recovery: opening a log of many segments (every record's CRC checked)
 //!   beside a plain sequential read of the same files.
 //!
@@ -82,6 +87,11 @@ fn fsync_per_call(dir: &Path, size: usize, per_call: usize, lanes: usize, run: D
     file.sync_all().unwrap();
     let buf = vec![0xA5u8; size * per_call];
     let lane_len = FILE / lanes;
+    assert!(
+        buf.len() <= lane_len,
+        "{} bytes per call do not fit a lane of {lane_len}",
+        buf.len()
+    );
     let wrap = (lane_len / buf.len() * buf.len()) as u64;
     let start = Instant::now();
     let n: u64 = std::thread::scope(|s| {
@@ -114,9 +124,11 @@ fn fsync_per_call(dir: &Path, size: usize, per_call: usize, lanes: usize, run: D
 /// to each block converts its extent, which the next fdatasync must
 /// commit to the journal. (A log that zero-fills its files ahead, as this
 /// one does, avoids that but writes every byte twice; the rewritten
-/// zero-filled region of [`fsync_per_call`] pays neither.)
+/// zero-filled region of [`fsync_per_call`] pays neither.) The space is
+/// 1 GiB; a run that fills it ends early, its rate taken over the time it
+/// ran.
 fn fsync_per_call_growing(dir: &Path, size: usize, per_call: usize, run: Duration) -> f64 {
-    const FILE: u64 = 2 << 30;
+    const FILE: u64 = 1 << 30;
     let path = dir.join(format!("raw-fsync-growing-{size}-{per_call}"));
     let file = OpenOptions::new()
         .create(true)
