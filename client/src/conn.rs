@@ -7,8 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use loomcache_wire::{
-    encode_frame, frame_len, partition_of, Flags, Framer, HeaderFields, Hello, HelloAck, Limits, OpClass, Opcode,
-    Payload, Sequence, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    encode_frame, frame_len, partition_of, Body, ErrorBody, ErrorCode, Flags, Framer, HeaderFields, Hello, HelloAck,
+    Limits, OpClass, Opcode, Payload, Sequence, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 
 use crate::error::{ClientError, Result};
@@ -198,13 +198,12 @@ impl Connection {
                 if id == 0 {
                     // Pushes and connection-level errors.
                     if frame.opcode() == Opcode::ResponseError || frame.opcode() == Opcode::ResponseServerBusy {
-                        let r = frame.decode_response(Opcode::ClusterPing, &self.limits)?;
-                        return Err(Reply::from_response(Opcode::ClusterPing, r).err().unwrap_or_else(|| {
-                            ClientError::Unexpected {
+                        return Err(answer(&frame, Opcode::ClusterPing, &self.limits)
+                            .err()
+                            .unwrap_or_else(|| ClientError::Unexpected {
                                 request: "connection",
                                 detail: "an OK answer without a request".into(),
-                            }
-                        }));
+                            }));
                     }
                     continue;
                 }
@@ -223,11 +222,7 @@ impl Connection {
                     };
                     return Ok((id, reply));
                 }
-                let reply = frame
-                    .decode_response(request, &self.limits)
-                    .map_err(ClientError::from)
-                    .and_then(|r| Reply::from_response(request, r));
-                return Ok((id, reply));
+                return Ok((id, answer(&frame, request, &self.limits)));
             }
             if !self.fill(deadline)? {
                 return Err(ClientError::Timeout(self.timeout + self.waits));
@@ -304,5 +299,78 @@ impl Connection {
                 return reply;
             }
         }
+    }
+}
+
+/// The reply `frame` carries for `request`. An error answer with a code
+/// this build does not know (from a newer node) is
+/// [`ClientError::UnknownCode`] with the node's message, not a protocol
+/// error.
+fn answer(frame: &loomcache_wire::Frame<'_>, request: Opcode, limits: &Limits) -> Result<Reply> {
+    match frame.decode_response(request, limits) {
+        Ok(r) => Reply::from_response(request, r),
+        Err(e) => {
+            let status = frame.header().status();
+            if frame.opcode() != Opcode::ResponseError || status == 0 || ErrorCode::from_u16(status).is_some() {
+                return Err(e.into());
+            }
+            let message = ErrorBody::decode_all(frame.body(), limits).map_or_else(
+                |_| String::from("(the message did not decode)"),
+                |b| b.message.to_owned(),
+            );
+            Err(ClientError::UnknownCode { code: status, message })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use loomcache_wire::{parse_frame, Parsed, Response};
+
+    use super::*;
+
+    /// An error answer with `status`, decoded as the answer to a write.
+    fn error_answer(status: u16) -> ClientError {
+        let fields = HeaderFields {
+            opcode: Opcode::ResponseError,
+            flags: Flags::NONE,
+            status,
+            partition: 0,
+            request_id: 7,
+        };
+        let body = Response::Error {
+            code: ErrorCode::Internal,
+            message: "a newer refusal",
+        };
+        let mut out = vec![0u8; frame_len(None, &body)];
+        encode_frame(&mut out, &fields, None, &body).unwrap();
+        let Parsed::Frame(frame) = parse_frame(&out, &Limits::DEFAULT).unwrap() else {
+            panic!("a whole frame")
+        };
+        answer(&frame, Opcode::MapSet, &Limits::DEFAULT).unwrap_err()
+    }
+
+    #[test]
+    fn an_error_code_this_build_does_not_know_is_kept_with_its_message() {
+        let unknown = u16::try_from(ErrorCode::ALL.len()).unwrap() + 100;
+        match error_answer(unknown) {
+            e @ ClientError::UnknownCode { .. } => {
+                assert!(e.may_have_applied(), "{e}");
+                assert!(!e.is_retryable(), "{e}");
+                let ClientError::UnknownCode { code, message } = e else {
+                    unreachable!()
+                };
+                assert_eq!((code, message.as_str()), (unknown, "a newer refusal"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A known code is the server's error, as before.
+        assert!(matches!(
+            error_answer(ErrorCode::NoLeader.code()),
+            ClientError::Server {
+                code: ErrorCode::NoLeader,
+                ..
+            }
+        ));
     }
 }

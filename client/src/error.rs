@@ -51,6 +51,16 @@ pub enum ClientError {
     /// The operation is not supported by the server.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// The node refused the request with an error code this build does not
+    /// know (a newer node's). Not retried; for a write, counted as
+    /// possibly applied, since what the code means is unknown here.
+    #[error("error code {code} (unknown to this client): {message}")]
+    UnknownCode {
+        /// The code as sent.
+        code: u16,
+        /// The node's detail.
+        message: String,
+    },
     /// The write's sequence fell out of the server's deduplication window:
     /// its outcome is unknown.
     #[error("sequence lost; the oldest retained is {oldest_retained}")]
@@ -120,8 +130,9 @@ impl ClientError {
     /// For a failed write: true if it may have been applied all the same.
     /// A request that was sent and got no answer (a timeout, a broken
     /// connection), whose sequence the server no longer remembers, that a
-    /// stopping node held, or that the server answered `OUTCOME_UNKNOWN`;
-    /// and [`ClientError::OutcomeUnknown`]. Every other failure means the
+    /// stopping node held, or that the server answered `OUTCOME_UNKNOWN`
+    /// or a code this build does not know; and
+    /// [`ClientError::OutcomeUnknown`]. Every other failure means the
     /// write was not applied ([`ClientError::Connect`]: it was never sent).
     pub fn may_have_applied(&self) -> bool {
         matches!(
@@ -130,6 +141,7 @@ impl ClientError {
                 | ClientError::Io(_)
                 | ClientError::SequenceLost { .. }
                 | ClientError::OutcomeUnknown { .. }
+                | ClientError::UnknownCode { .. }
                 | ClientError::Server {
                     code: ErrorCode::OutcomeUnknown | ErrorCode::ShuttingDown | ErrorCode::Timeout,
                     ..
