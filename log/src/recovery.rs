@@ -21,7 +21,9 @@ use std::sync::Arc;
 use crate::error::{LogError, Result};
 use crate::log::{LogConfig, PersistMode, Recovered};
 use crate::record::{decode_record, is_zeroed, RecordError};
-use crate::segment::{Prepared, Segment, SegmentMeta, PREPARED_PREFIX, PREPARED_SUFFIX, SEGMENT_HEADER_LEN};
+use crate::segment::{
+    Naming, Prepared, Segment, SegmentMeta, ZeroFill, PREPARED_PREFIX, PREPARED_SUFFIX, SEGMENT_HEADER_LEN,
+};
 
 /// Where a segment's valid records stop before its written space ends.
 #[derive(Debug)]
@@ -359,7 +361,12 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig, floor: u64) -> Result<Reco
         // flushes are data flushes too.
         let prepared = if config.persist == PersistMode::Sync && config.prepare_segments {
             let path = dir.join(format!("{PREPARED_PREFIX}0{PREPARED_SUFFIX}"));
-            Some(Prepared::create(&path, &*config.io, config.segment_bytes)?)
+            Some(Prepared::create(
+                &path,
+                &*config.io,
+                config.segment_bytes,
+                ZeroFill::AtOnce,
+            )?)
         } else {
             None
         };
@@ -369,6 +376,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig, floor: u64) -> Result<Reco
             meta,
             config.segment_bytes,
             prepared,
+            Naming::Durable,
         )?));
         return Ok(Recovered {
             segments: out,

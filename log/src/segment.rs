@@ -118,10 +118,36 @@ pub(crate) struct Prepared {
     capacity: usize,
 }
 
+/// When a new segment's directory entry is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Naming {
+    /// Before [`Segment::create`] answers.
+    Durable,
+    /// By the next flush round, before it reports any of the segment's
+    /// records durable (rotation: the appender, often the Raft driver,
+    /// does not wait for a directory flush, which on a busy file system
+    /// waits for a journal commit).
+    Deferred,
+}
+
+/// How a prepared file's zeros are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ZeroFill {
+    /// All written, then one flush: the quickest, for a file its caller
+    /// waits for (a new log's first segment).
+    AtOnce,
+    /// Each chunk flushed before the next is written, for a file built
+    /// beside a log in use: the log's flushes share the disk with at most
+    /// a chunk of zeros at a time, instead of waiting behind the whole
+    /// file's write-back (tens of MiB, hundreds of milliseconds on a
+    /// shared disk) when the one flush at the end comes.
+    Chunked,
+}
+
 impl Prepared {
     /// Builds a zero-filled file of `capacity` bytes at `path`, replacing
     /// any earlier one.
-    pub fn create(path: &Path, io: &dyn LogIo, capacity: usize) -> Result<Prepared> {
+    pub fn create(path: &Path, io: &dyn LogIo, capacity: usize, fill: ZeroFill) -> Result<Prepared> {
         let path = path.to_path_buf();
         let file = OpenOptions::new()
             .read(true)
@@ -136,9 +162,18 @@ impl Prepared {
         };
         io.allocate(&file, capacity as u64)
             .map_err(|e| fail("preallocate segment", e))?;
-        write_zeros(io, &file, 0, capacity).map_err(|e| fail("zero-fill segment", e))?;
-        io.sync_segment(&file, 0, capacity)
-            .map_err(|e| fail("flush zero-filled segment", e))?;
+        let step = match fill {
+            ZeroFill::AtOnce => capacity,
+            ZeroFill::Chunked => ZERO_CHUNK,
+        };
+        let mut at = 0;
+        while at < capacity {
+            let end = (at + step).min(capacity);
+            write_zeros(io, &file, at, end).map_err(|e| fail("zero-fill segment", e))?;
+            io.sync_segment(&file, at, end - at)
+                .map_err(|e| fail("flush zero-filled segment", e))?;
+            at = end;
+        }
         Ok(Prepared { path, file, capacity })
     }
 
@@ -174,19 +209,25 @@ pub(crate) struct Segment {
     end: AtomicUsize,
     /// Delete the file when the last reference goes.
     remove_on_drop: AtomicBool,
+    /// The directory entry naming the file is durable. A segment created
+    /// by rotation leaves the directory's flush to the next flush round,
+    /// which makes it before reporting any of its records durable.
+    name_durable: AtomicBool,
 }
 
 impl Segment {
     /// Creates, preallocates and maps a new segment, and makes its header
-    /// and directory entry durable before answering. A `prepared` file of
-    /// the same capacity becomes the segment (renamed into place);
-    /// otherwise a new file's space is only allocated.
+    /// durable before answering, and its directory entry too unless
+    /// `name` is [`Naming::Deferred`]. A `prepared` file of the same
+    /// capacity becomes the segment (renamed into place); otherwise a new
+    /// file's space is only allocated.
     pub fn create(
         dir: &Path,
         io: &dyn LogIo,
         meta: SegmentMeta,
         capacity: usize,
         prepared: Option<Prepared>,
+        name: Naming,
     ) -> Result<Segment> {
         let path = dir.join(segment_file_name(meta.seq, meta.first_index));
         let (file, from) = match prepared {
@@ -239,13 +280,27 @@ impl Segment {
             offsets: RwLock::new(Vec::new()),
             end: AtomicUsize::new(SEGMENT_HEADER_LEN),
             remove_on_drop: AtomicBool::new(false),
+            name_durable: AtomicBool::new(name == Naming::Durable),
         };
-        // From here a failure drops the segment, which removes its file.
-        segment.remove_when_dropped();
-        io.sync_dir(dir)
-            .map_err(|e| LogError::io("sync log directory", dir, e))?;
-        segment.keep();
+        if name == Naming::Durable {
+            // From here a failure drops the segment, which removes its file.
+            segment.remove_when_dropped();
+            io.sync_dir(dir)
+                .map_err(|e| LogError::io("sync log directory", dir, e))?;
+            segment.keep();
+        }
         Ok(segment)
+    }
+
+    /// Whether the directory entry naming the file is durable.
+    pub fn name_durable(&self) -> bool {
+        self.name_durable.load(Ordering::Acquire)
+    }
+
+    /// Records that a directory flush made after creation covered the
+    /// file's name.
+    pub fn set_name_durable(&self) {
+        self.name_durable.store(true, Ordering::Release);
     }
 
     /// Opens and maps an existing segment and checks its header. Records
@@ -333,6 +388,9 @@ impl Segment {
             offsets: RwLock::new(Vec::new()),
             end: AtomicUsize::new(SEGMENT_HEADER_LEN),
             remove_on_drop: AtomicBool::new(false),
+            // Opened at recovery, which flushes the directory before
+            // reporting anything durable.
+            name_durable: AtomicBool::new(true),
         })
     }
 
@@ -489,5 +547,49 @@ impl Drop for Segment {
             // file that the next recovery removes.
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records the ranges flushed.
+    #[derive(Debug, Default)]
+    struct RecordingIo {
+        flushed: Mutex<Vec<(usize, usize)>>,
+    }
+
+    impl LogIo for RecordingIo {
+        fn sync_segment(&self, file: &File, offset: usize, len: usize) -> std::io::Result<()> {
+            self.flushed.lock().unwrap().push((offset, len));
+            file.sync_data()
+        }
+    }
+
+    fn flushes(fill: ZeroFill, capacity: usize) -> Vec<(usize, usize)> {
+        let dir = tempfile::tempdir().unwrap();
+        let io = RecordingIo::default();
+        let prepared = Prepared::create(&dir.path().join("p"), &io, capacity, fill).unwrap();
+        assert_eq!(prepared.file.metadata().unwrap().len(), capacity as u64);
+        prepared.discard();
+        io.flushed.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_file_prepared_beside_a_log_is_flushed_a_chunk_at_a_time() {
+        let capacity = ZERO_CHUNK * 3 + ZERO_CHUNK / 2;
+        assert_eq!(
+            flushes(ZeroFill::Chunked, capacity),
+            vec![
+                (0, ZERO_CHUNK),
+                (ZERO_CHUNK, ZERO_CHUNK),
+                (2 * ZERO_CHUNK, ZERO_CHUNK),
+                (3 * ZERO_CHUNK, ZERO_CHUNK / 2)
+            ]
+        );
+        assert_eq!(flushes(ZeroFill::AtOnce, capacity), vec![(0, capacity)]);
     }
 }

@@ -146,6 +146,7 @@ impl Snapshots {
             term,
             meta_len: meta.len() as u64,
             written: 0,
+            unflushed: 0,
             hasher: crc32fast::Hasher::new(),
         };
         writer.append(meta)?;
@@ -188,16 +189,34 @@ pub struct SnapshotWriter {
     meta_len: u64,
     /// Data bytes written so far.
     written: u64,
+    /// Bytes written since the file was last flushed.
+    unflushed: usize,
     hasher: crc32fast::Hasher,
 }
 
+/// A snapshot being written is flushed whenever this much is pending, so
+/// that a log flushing beside it (on the same disk) never waits behind
+/// more than this much of it: one flush of a whole snapshot of tens of
+/// MiB at the end would hold the log's flushes for the time the disk
+/// takes to write it all.
+const SNAPSHOT_FLUSH_EVERY: usize = 1 << 20;
+
 impl SnapshotWriter {
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
-        self.io
-            .write_all(&mut self.file, bytes)
-            .map_err(|e| LogError::io("write snapshot", &self.tmp_path, e))?;
-        self.hasher.update(bytes);
-        self.written += bytes.len() as u64;
+        for part in bytes.chunks(SNAPSHOT_FLUSH_EVERY) {
+            self.io
+                .write_all(&mut self.file, part)
+                .map_err(|e| LogError::io("write snapshot", &self.tmp_path, e))?;
+            self.hasher.update(part);
+            self.written += part.len() as u64;
+            self.unflushed += part.len();
+            if self.unflushed >= SNAPSHOT_FLUSH_EVERY {
+                self.io
+                    .sync_file(&self.file)
+                    .map_err(|e| LogError::io("sync snapshot", &self.tmp_path, e))?;
+                self.unflushed = 0;
+            }
+        }
         Ok(())
     }
 
@@ -364,6 +383,36 @@ impl SnapshotReader {
 mod tests {
     use super::*;
     use crate::io::OsIo;
+
+    /// Counts flushes of files (not directories).
+    #[derive(Debug, Default)]
+    struct CountingIo {
+        syncs: std::sync::atomic::AtomicUsize,
+    }
+
+    impl LogIo for CountingIo {
+        fn sync_file(&self, file: &File) -> std::io::Result<()> {
+            self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            file.sync_data()
+        }
+    }
+
+    #[test]
+    fn a_large_snapshot_is_flushed_as_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Arc::new(CountingIo::default());
+        let snaps = Snapshots::open(dir.path(), io.clone()).unwrap();
+        let data: Vec<u8> = (0..SNAPSHOT_FLUSH_EVERY * 5 / 2).map(|i| i as u8).collect();
+        let before = io.syncs.load(std::sync::atomic::Ordering::SeqCst);
+        // One write of all of it: flushed every SNAPSHOT_FLUSH_EVERY
+        // bytes (twice), then once more when sealed.
+        write(&snaps, 9, &data, data.len());
+        assert_eq!(io.syncs.load(std::sync::atomic::Ordering::SeqCst) - before, 3);
+        let mut back = vec![0u8; data.len()];
+        let reader = snaps.latest().unwrap().unwrap();
+        assert_eq!(reader.read_chunk(0, &mut back).unwrap(), data.len());
+        assert_eq!(back, data);
+    }
 
     fn write(snaps: &Snapshots, index: u64, data: &[u8], chunk: usize) -> SnapshotMeta {
         let mut w = snaps.begin(index, 2, b"voters:1,2,3").unwrap();
