@@ -23,6 +23,22 @@ fn loomctl(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
+fn a_reader_that_goes_away_ends_loomctl_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loomctl"))
+        .arg("opcodes")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run loomctl");
+    // The reading end closes before loomctl writes: its write fails.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(err.is_empty(), "{err}");
+}
+
+#[test]
 fn partition_matches_the_library() {
     let out = loomctl(&["partition", "user:1"]);
     assert!(out.status.success());

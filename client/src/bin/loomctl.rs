@@ -297,6 +297,8 @@ enum Failure {
     /// The command's own input is unusable (standard input); nothing was
     /// sent.
     Input(std::io::Error),
+    /// Standard output could not be written.
+    Output(std::io::Error),
     /// The request (or one of them) was sent, or the failure is not about
     /// sending.
     Request(ClientError),
@@ -465,11 +467,12 @@ fn run(cli: &Cli) -> Result<Out, Failure> {
                     );
                 }
                 let message = render(Out::Value(Some(m.payload)), cli.json);
-                if cli.json {
-                    println!("{{\"sequence\":{},\"message\":{message}}}", m.sequence);
+                let line = if cli.json {
+                    format!("{{\"sequence\":{},\"message\":{message}}}", m.sequence)
                 } else {
-                    println!("{}\t{message}", m.sequence);
-                }
+                    format!("{}\t{message}", m.sequence)
+                };
+                emit(&line).map_err(Failure::Output)?;
                 seen += 1;
             }
             let summary = format!("{seen} message{}", if seen == 1 { "" } else { "s" });
@@ -834,6 +837,15 @@ fn bytes_arg(arg: &str) -> Result<std::borrow::Cow<'_, [u8]>, Failure> {
     Ok(bytes.into())
 }
 
+/// Writes `line` and a newline to standard output, flushed (a subscriber
+/// prints messages as they come).
+fn emit(line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
 /// A JSON string literal.
 fn json_str(s: &str) -> String {
     serde_json::Value::from(s).to_string()
@@ -864,6 +876,17 @@ fn is_write(command: &Command) -> bool {
     }
 }
 
+/// Standard output failed. A reader that went away (`loomctl … | head`)
+/// ends the command quietly, as it does for other command-line tools;
+/// anything else is an error.
+fn output_failed(e: &std::io::Error) -> ExitCode {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("loomctl: writing standard output: {e}");
+    ExitCode::from(1)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (sent, result) = match run(&cli) {
@@ -872,15 +895,16 @@ fn main() -> ExitCode {
             eprintln!("loomctl: reading standard input: {e}");
             return ExitCode::from(1);
         }
+        Err(Failure::Output(e)) => return output_failed(&e),
         Err(Failure::NotSent(e)) => (false, Err(e)),
         Err(Failure::Request(e)) => (true, Err(e)),
     };
     match result {
         Ok(Out::Nothing) => ExitCode::SUCCESS,
-        Ok(out) => {
-            println!("{}", render(out, cli.json));
-            ExitCode::SUCCESS
-        }
+        Ok(out) => match emit(&render(out, cli.json)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => output_failed(&e),
+        },
         Err(ClientError::Unsupported(why)) => {
             eprintln!("loomctl: unsupported: {why}");
             ExitCode::from(3)
