@@ -22,9 +22,7 @@ use crate::commit::{CommitError, FlushTicket, GroupCommit, Idle, Step};
 use crate::error::{LogError, Result};
 use crate::io::{LogIo, OsIo};
 use crate::record::{decode_record, encode_header, Record, RECORD_HEADER_LEN};
-use crate::segment::{
-    Naming, Prepared, Segment, SegmentMeta, ZeroFill, PREPARED_PREFIX, PREPARED_SUFFIX, SEGMENT_HEADER_LEN,
-};
+use crate::segment::{Prepared, Segment, SegmentMeta, ZeroFill, PREPARED_PREFIX, PREPARED_SUFFIX, SEGMENT_HEADER_LEN};
 
 /// Whether appends wait for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,15 +286,6 @@ impl Log {
                         .map_err(|e| LogError::io("flush recovered segment", seg.path(), e))?;
                 }
                 flush.flushed.push((seg.meta().seq, seg.end()));
-            }
-            // Their names too: a segment created by rotation just before
-            // the crash may not have had its name flushed yet.
-            if shared.config.persist == PersistMode::Sync {
-                shared
-                    .config
-                    .io
-                    .sync_dir(dir)
-                    .map_err(|e| LogError::io("sync log directory", dir, e))?;
             }
         }
         let flusher = match shared.config.persist {
@@ -784,10 +773,9 @@ impl Shared {
         &self,
         writer: &mut MutexGuard<'_, WriterState>,
         first_index: u64,
-        given_watermark: Option<u64>,
+        watermark: Option<u64>,
     ) -> Result<Arc<Segment>> {
         let seq = writer.next_seq;
-        let watermark = given_watermark;
         // Without persistence nothing is ever known durable on disk.
         let watermark = match self.config.persist {
             PersistMode::Sync => watermark.unwrap_or_else(|| self.commit.durable()),
@@ -798,22 +786,12 @@ impl Shared {
             first_index,
             watermark,
         };
-        // Rotation (no watermark given) leaves the name's flush to the
-        // next flush round; truncation and compaction, which supersede
-        // segments, make it durable at once. Without persistence nothing
-        // is flushed at all.
-        let naming = if given_watermark.is_none() && self.config.persist == PersistMode::Sync {
-            Naming::Deferred
-        } else {
-            Naming::Durable
-        };
         let segment = Arc::new(Segment::create(
             &self.dir,
             &*self.config.io,
             meta,
             self.config.segment_bytes,
             self.take_prepared(),
-            naming,
         )?);
         writer.next_seq += 1;
         lock(&self.flush).flushed.push((seq, SEGMENT_HEADER_LEN));
@@ -955,16 +933,6 @@ impl Shared {
             }
             positions.push((seq, to));
         }
-        // Segments created by rotation since the last round: their names
-        // become durable with the records in them.
-        if segments.list.iter().any(|seg| !seg.name_durable()) {
-            if io.sync_dir(&self.dir).is_err() {
-                return false;
-            }
-            for seg in &segments.list {
-                seg.set_name_durable();
-            }
-        }
         flush.flushed = positions;
         flush.flushed_through = durable_target;
         if refresh_watermark {
@@ -1028,6 +996,7 @@ impl Shared {
                 &*self.config.io,
                 self.config.segment_bytes,
                 ZeroFill::Chunked,
+                &|| lock(&self.preparer.state).stop,
             ) {
                 Ok(prepared) => {
                     let mut state = lock(&self.preparer.state);

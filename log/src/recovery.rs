@@ -21,9 +21,7 @@ use std::sync::Arc;
 use crate::error::{LogError, Result};
 use crate::log::{LogConfig, PersistMode, Recovered};
 use crate::record::{decode_record, is_zeroed, RecordError};
-use crate::segment::{
-    Naming, Prepared, Segment, SegmentMeta, ZeroFill, PREPARED_PREFIX, PREPARED_SUFFIX, SEGMENT_HEADER_LEN,
-};
+use crate::segment::{Prepared, Segment, SegmentMeta, ZeroFill, PREPARED_PREFIX, PREPARED_SUFFIX, SEGMENT_HEADER_LEN};
 
 /// Where a segment's valid records stop before its written space ends.
 #[derive(Debug)]
@@ -366,6 +364,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig, floor: u64) -> Result<Reco
                 &*config.io,
                 config.segment_bytes,
                 ZeroFill::AtOnce,
+                &|| false,
             )?)
         } else {
             None
@@ -376,7 +375,6 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig, floor: u64) -> Result<Reco
             meta,
             config.segment_bytes,
             prepared,
-            Naming::Durable,
         )?));
         return Ok(Recovered {
             segments: out,

@@ -127,18 +127,6 @@ pub(crate) struct Prepared {
     capacity: usize,
 }
 
-/// When a new segment's directory entry is made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Naming {
-    /// Before [`Segment::create`] answers.
-    Durable,
-    /// By the next flush round, before it reports any of the segment's
-    /// records durable (rotation: the appender, often the Raft driver,
-    /// does not wait for a directory flush, which on a busy file system
-    /// waits for a journal commit).
-    Deferred,
-}
-
 /// How a prepared file's zeros are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ZeroFill {
@@ -155,8 +143,17 @@ pub(crate) enum ZeroFill {
 
 impl Prepared {
     /// Builds a zero-filled file of `capacity` bytes at `path`, replacing
-    /// any earlier one.
-    pub fn create(path: &Path, io: &dyn LogIo, capacity: usize, fill: ZeroFill) -> Result<Prepared> {
+    /// any earlier one. `stopped` is asked between chunks: once it answers
+    /// true the file is removed and the build ends with
+    /// [`LogError::Closed`] (a closing log does not wait for a whole
+    /// paced build).
+    pub fn create(
+        path: &Path,
+        io: &dyn LogIo,
+        capacity: usize,
+        fill: ZeroFill,
+        stopped: &dyn Fn() -> bool,
+    ) -> Result<Prepared> {
         let path = path.to_path_buf();
         let file = OpenOptions::new()
             .read(true)
@@ -179,6 +176,10 @@ impl Prepared {
         while at < capacity {
             if at > 0 && fill == ZeroFill::Chunked {
                 std::thread::sleep(ZERO_CHUNK_PAUSE);
+            }
+            if stopped() {
+                let _ = std::fs::remove_file(&path);
+                return Err(LogError::Closed);
             }
             let end = (at + step).min(capacity);
             write_zeros(io, &file, at, end).map_err(|e| fail("zero-fill segment", e))?;
@@ -221,25 +222,19 @@ pub(crate) struct Segment {
     end: AtomicUsize,
     /// Delete the file when the last reference goes.
     remove_on_drop: AtomicBool,
-    /// The directory entry naming the file is durable. A segment created
-    /// by rotation leaves the directory's flush to the next flush round,
-    /// which makes it before reporting any of its records durable.
-    name_durable: AtomicBool,
 }
 
 impl Segment {
     /// Creates, preallocates and maps a new segment, and makes its header
-    /// durable before answering, and its directory entry too unless
-    /// `name` is [`Naming::Deferred`]. A `prepared` file of the same
-    /// capacity becomes the segment (renamed into place); otherwise a new
-    /// file's space is only allocated.
+    /// and directory entry durable before answering. A `prepared` file of
+    /// the same capacity becomes the segment (renamed into place);
+    /// otherwise a new file's space is only allocated.
     pub fn create(
         dir: &Path,
         io: &dyn LogIo,
         meta: SegmentMeta,
         capacity: usize,
         prepared: Option<Prepared>,
-        name: Naming,
     ) -> Result<Segment> {
         let path = dir.join(segment_file_name(meta.seq, meta.first_index));
         let (file, from) = match prepared {
@@ -292,27 +287,13 @@ impl Segment {
             offsets: RwLock::new(Vec::new()),
             end: AtomicUsize::new(SEGMENT_HEADER_LEN),
             remove_on_drop: AtomicBool::new(false),
-            name_durable: AtomicBool::new(name == Naming::Durable),
         };
-        if name == Naming::Durable {
-            // From here a failure drops the segment, which removes its file.
-            segment.remove_when_dropped();
-            io.sync_dir(dir)
-                .map_err(|e| LogError::io("sync log directory", dir, e))?;
-            segment.keep();
-        }
+        // From here a failure drops the segment, which removes its file.
+        segment.remove_when_dropped();
+        io.sync_dir(dir)
+            .map_err(|e| LogError::io("sync log directory", dir, e))?;
+        segment.keep();
         Ok(segment)
-    }
-
-    /// Whether the directory entry naming the file is durable.
-    pub fn name_durable(&self) -> bool {
-        self.name_durable.load(Ordering::Acquire)
-    }
-
-    /// Records that a directory flush made after creation covered the
-    /// file's name.
-    pub fn set_name_durable(&self) {
-        self.name_durable.store(true, Ordering::Release);
     }
 
     /// Opens and maps an existing segment and checks its header. Records
@@ -400,9 +381,6 @@ impl Segment {
             offsets: RwLock::new(Vec::new()),
             end: AtomicUsize::new(SEGMENT_HEADER_LEN),
             remove_on_drop: AtomicBool::new(false),
-            // Opened at recovery, which flushes the directory before
-            // reporting anything durable.
-            name_durable: AtomicBool::new(true),
         })
     }
 
@@ -584,7 +562,7 @@ mod tests {
     fn flushes(fill: ZeroFill, capacity: usize) -> Vec<(usize, usize)> {
         let dir = tempfile::tempdir().unwrap();
         let io = RecordingIo::default();
-        let prepared = Prepared::create(&dir.path().join("p"), &io, capacity, fill).unwrap();
+        let prepared = Prepared::create(&dir.path().join("p"), &io, capacity, fill, &|| false).unwrap();
         assert_eq!(prepared.file.metadata().unwrap().len(), capacity as u64);
         prepared.discard();
         io.flushed.into_inner().unwrap()
@@ -603,5 +581,19 @@ mod tests {
             ]
         );
         assert_eq!(flushes(ZeroFill::AtOnce, capacity), vec![(0, capacity)]);
+    }
+
+    #[test]
+    fn a_build_asked_to_stop_ends_between_chunks_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = RecordingIo::default();
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        // Stop once two chunks are done.
+        let stopped = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 2;
+        let path = dir.path().join("p");
+        let built = Prepared::create(&path, &io, ZERO_CHUNK * 8, ZeroFill::Chunked, &stopped);
+        assert!(matches!(built, Err(LogError::Closed)), "{built:?}");
+        assert!(!path.exists());
+        assert_eq!(io.flushed.into_inner().unwrap().len(), 2);
     }
 }

@@ -147,6 +147,7 @@ impl Snapshots {
             meta_len: meta.len() as u64,
             written: 0,
             unflushed: 0,
+            failed: false,
             hasher: crc32fast::Hasher::new(),
         };
         writer.append(meta)?;
@@ -191,6 +192,10 @@ pub struct SnapshotWriter {
     written: u64,
     /// Bytes written since the file was last flushed.
     unflushed: usize,
+    /// A write or flush failed: the file's contents are no longer known
+    /// (a later flush may succeed without covering what failed), so every
+    /// later call fails too.
+    failed: bool,
     hasher: crc32fast::Hasher,
 }
 
@@ -203,6 +208,12 @@ const SNAPSHOT_FLUSH_EVERY: usize = 1 << 20;
 
 impl SnapshotWriter {
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        let r = self.append_parts(bytes);
+        self.failed |= r.is_err();
+        r
+    }
+
+    fn append_parts(&mut self, bytes: &[u8]) -> Result<()> {
         for part in bytes.chunks(SNAPSHOT_FLUSH_EVERY) {
             self.io
                 .write_all(&mut self.file, part)
@@ -224,6 +235,7 @@ impl SnapshotWriter {
     /// far ends (InstallSnapshot chunks arrive in order; a repeated chunk
     /// that ends at or before the current end is accepted and ignored).
     pub fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        self.check_not_failed()?;
         if offset + bytes.len() as u64 <= self.written && !bytes.is_empty() {
             return Ok(());
         }
@@ -241,9 +253,19 @@ impl SnapshotWriter {
         self.written
     }
 
+    fn check_not_failed(&self) -> Result<()> {
+        if self.failed {
+            return Err(LogError::Snapshot(
+                "an earlier write or flush of this snapshot failed; begin it again".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Seals the snapshot: header, sync, rename, directory sync. Only
     /// after this returns is the snapshot durable and visible.
     pub fn finish(mut self) -> Result<SnapshotMeta> {
+        self.check_not_failed()?;
         let mut header = Header {
             magic: MAGIC,
             index: U64::new(self.index),
@@ -395,6 +417,35 @@ mod tests {
             self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             file.sync_data()
         }
+    }
+
+    /// Fails the first file flush, then flushes normally.
+    #[derive(Debug, Default)]
+    struct FirstFlushFails {
+        failed: std::sync::atomic::AtomicBool,
+    }
+
+    impl LogIo for FirstFlushFails {
+        fn sync_file(&self, file: &File) -> std::io::Result<()> {
+            if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected flush failure"));
+            }
+            file.sync_data()
+        }
+    }
+
+    #[test]
+    fn a_writer_whose_flush_failed_refuses_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = Snapshots::open(dir.path(), Arc::new(FirstFlushFails::default())).unwrap();
+        let data = vec![7u8; SNAPSHOT_FLUSH_EVERY + 10];
+        let mut w = snaps.begin(3, 1, b"m").unwrap();
+        assert!(w.write(0, &data).is_err(), "the periodic flush failed");
+        // Neither a retry of what was written (which the writer would
+        // otherwise take for a repeat) nor sealing is accepted.
+        assert!(w.write(0, &data[..SNAPSHOT_FLUSH_EVERY]).is_err());
+        assert!(w.finish().is_err());
+        assert!(snaps.latest().unwrap().is_none());
     }
 
     #[test]

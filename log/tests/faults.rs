@@ -42,10 +42,6 @@ struct FaultIo {
     allocations_refused: AtomicU64,
     flush_calls: AtomicU64,
     flushes_failed: AtomicU64,
-    /// Directory flushes allowed before they fail.
-    dir_syncs_left: AtomicU64,
-    /// Directory flushes made by threads other than the flush thread.
-    dir_syncs_elsewhere: AtomicU64,
     /// The end of the highest range flushed successfully. With a single
     /// segment, successful flushes cover a prefix of it (each starts where
     /// the previous one ended, or at the header), so everything before this
@@ -65,8 +61,6 @@ impl FaultIo {
             flush_calls: AtomicU64::new(0),
             flushes_failed: AtomicU64::new(0),
             flushed_to: AtomicUsize::new(0),
-            dir_syncs_left: AtomicU64::new(UNLIMITED),
-            dir_syncs_elsewhere: AtomicU64::new(0),
         })
     }
 
@@ -101,16 +95,6 @@ impl FaultIo {
 }
 
 impl LogIo for FaultIo {
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        if !is_flush_thread() {
-            self.dir_syncs_elsewhere.fetch_add(1, Ordering::SeqCst);
-        }
-        if !FaultIo::draw(&self.dir_syncs_left) {
-            return Err(io::Error::from_raw_os_error(EIO));
-        }
-        OsIo.sync_dir(dir)
-    }
-
     fn allocate(&self, file: &File, len: u64) -> io::Result<()> {
         if !FaultIo::draw(&self.allocations_left) {
             self.allocations_refused.fetch_add(1, Ordering::SeqCst);
@@ -557,59 +541,6 @@ fn flush_failing_after_n_calls_poisons_at_every_point() {
             reopen_keeps_the_durable_records(dir.path(), durable, appended);
         }
     }
-}
-
-// ------------------------------------------------ names of rotated segments
-
-/// Appends one record at a time, each waited for, until the log has
-/// rotated into a third segment.
-fn append_into_a_third_segment(log: &Log, dir: &Path) {
-    while segment_files(dir).len() < 3 {
-        let index = append_one(log, 1).unwrap();
-        log.wait_durable(index).unwrap();
-    }
-}
-
-#[test]
-fn rotation_leaves_the_new_segments_name_to_the_flush_round() {
-    let dir = tempfile::tempdir().unwrap();
-    let io = FaultIo::healthy();
-    let log = Log::open(dir.path(), config(&io, SMALL_SEGMENT_BYTES, PersistMode::Sync)).unwrap();
-    // Opening flushed the directory once, from this thread.
-    io.dir_syncs_elsewhere.store(0, Ordering::SeqCst);
-    append_into_a_third_segment(&log, dir.path());
-    assert_eq!(
-        io.dir_syncs_elsewhere.load(Ordering::SeqCst),
-        0,
-        "the appending thread flushed the directory when it rotated"
-    );
-    let last = log.last_index();
-    closes_clean_and_reopens(dir.path(), log, last);
-}
-
-#[test]
-fn records_in_a_rotated_segment_are_not_durable_before_its_name_is() {
-    let dir = tempfile::tempdir().unwrap();
-    let io = FaultIo::healthy();
-    let log = Log::open(dir.path(), config(&io, SMALL_SEGMENT_BYTES, PersistMode::Sync)).unwrap();
-    // Rotations work while the directory can be flushed.
-    append_into_a_third_segment(&log, dir.path());
-    let durable = log.last_index();
-    log.wait_durable(durable).unwrap();
-    io.wait_for_quiet();
-    // Then it cannot: the next rotation's records are never durable.
-    io.dir_syncs_left.store(0, Ordering::SeqCst);
-    let files = segment_files(dir.path()).len();
-    let mut last = durable;
-    while segment_files(dir.path()).len() == files {
-        last = append_one(&log, 1).unwrap();
-    }
-    assert!(
-        log.wait_durable(last).is_err(),
-        "a record in a segment whose name was never flushed was reported durable"
-    );
-    assert!(log.is_poisoned());
-    assert!(log.durable_index() < last, "durable through {}", log.durable_index());
 }
 
 // ------------------------------------------------ truncation and the flusher
