@@ -65,6 +65,17 @@ fn seconds() -> Duration {
     Duration::from_secs_f64(s)
 }
 
+/// An empty file at `path`, replacing any earlier one.
+fn fresh_file(path: &Path) -> File {
+    OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
 /// Records per second of a loop that writes `per_call` records of `size`
 /// bytes with one write and makes them durable with one fdatasync, into a
 /// zero-filled, flushed file (what the log's prepared segments are). With
@@ -76,13 +87,7 @@ fn seconds() -> Duration {
 fn fsync_per_call(dir: &Path, size: usize, per_call: usize, lanes: usize, run: Duration) -> f64 {
     const FILE: usize = 64 << 20;
     let path = dir.join(format!("raw-fsync-{size}-{per_call}-{lanes}"));
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
+    let file = fresh_file(&path);
     file.write_all_at(&vec![0u8; FILE], 0).unwrap();
     file.sync_all().unwrap();
     let buf = vec![0xA5u8; size * per_call];
@@ -130,13 +135,7 @@ fn fsync_per_call(dir: &Path, size: usize, per_call: usize, lanes: usize, run: D
 fn fsync_per_call_growing(dir: &Path, size: usize, per_call: usize, run: Duration) -> f64 {
     const FILE: u64 = 1 << 30;
     let path = dir.join(format!("raw-fsync-growing-{size}-{per_call}"));
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
+    let file = fresh_file(&path);
     rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, FILE).unwrap();
     file.sync_all().unwrap();
     let buf = vec![0xA5u8; size * per_call];
