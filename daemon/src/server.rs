@@ -42,6 +42,9 @@ const TICK: Duration = Duration::from_millis(100);
 const ACCEPT_PER_TURN_THROTTLED: usize = 4;
 /// Loop turn length while accepting is throttled.
 const ACCEPT_THROTTLE_TICK: Duration = Duration::from_millis(10);
+/// How long a leader waits for a proposed incarnation record to apply
+/// before proposing it again.
+const RECORD_RETRY: Duration = Duration::from_secs(1);
 /// Answer buffers kept for reuse, and the largest kept.
 const SPARE_BUFFERS_MAX: usize = 4096;
 const SPARE_BUFFER_BYTES_MAX: usize = 64 << 10;
@@ -215,7 +218,7 @@ impl Server {
         }
         let (driver, transport, cluster) = match &config.cluster {
             Some(cluster) => {
-                let (driver, transport, book) = start_cluster(&config, cluster, &shared)?;
+                let (driver, transport, book, incarnation) = start_cluster(&config, cluster, &shared)?;
                 let handle = driver.handle().clone();
                 let front_transport = Arc::clone(&transport);
                 (
@@ -226,6 +229,8 @@ impl Server {
                         done: done_tx.clone(),
                         book,
                         transport: front_transport,
+                        incarnation,
+                        recording: HashMap::new(),
                     }),
                 )
             }
@@ -549,6 +554,11 @@ struct ClusterFront {
     done: Sender<Done>,
     book: Arc<AddressBook>,
     transport: Arc<Transport>,
+    /// This member's data-directory incarnation.
+    incarnation: u64,
+    /// Incarnation records this node proposed as leader and when, until
+    /// they apply or [`RECORD_RETRY`] passes.
+    recording: HashMap<u64, Instant>,
 }
 
 struct EventLoop {
@@ -640,12 +650,62 @@ impl EventLoop {
                 last_tick = Instant::now();
                 self.enforce_deadlines();
                 self.expire_parked();
+                self.record_incarnations();
             }
         }
         // Shutdown: closing the job queues ends the workers.
         self.jobs.clear();
         for idx in 0..self.conns.len() {
             self.close(idx);
+        }
+    }
+
+    /// On the leader, proposes recording the incarnation of each member
+    /// the group has none for: its own, and each peer's as its link showed
+    /// it. Members are recorded once; a member that comes back with
+    /// another incarnation is then refused by its peers (12.19).
+    fn record_incarnations(&mut self) {
+        let me = self.config.node_id;
+        let Some(front) = self.cluster.as_mut() else { return };
+        if front.driver.summary().role != Some(loomcache_consensus::Role::Leader) {
+            front.recording.clear();
+            return;
+        }
+        let recorded = front.book.incarnations();
+        let now = Instant::now();
+        front
+            .recording
+            .retain(|id, at| !recorded.contains_key(id) && now.duration_since(*at) < RECORD_RETRY);
+        let seen = front.transport.incarnations_seen();
+        for member in front.book.members() {
+            let id = member.id;
+            if recorded.contains_key(&id) || front.recording.contains_key(&id) {
+                continue;
+            }
+            let incarnation = if id == me {
+                front.incarnation
+            } else {
+                seen.get(&id).copied().unwrap_or(0)
+            };
+            if incarnation == 0 {
+                continue;
+            }
+            let payload = Payload::ClusterRecordMember(loomcache_wire::RecordMember {
+                node_id: id,
+                incarnation,
+            });
+            let mut frame = vec![0u8; loomcache_wire::frame_len(None, &payload)];
+            let fields = HeaderFields::request(Opcode::ClusterRecordMember, 0);
+            if loomcache_wire::encode_frame(&mut frame, &fields, None, &payload).is_err() {
+                continue;
+            }
+            tracing::debug!(
+                node = id,
+                incarnation = format_args!("{incarnation:016x}"),
+                "proposing a member's record"
+            );
+            front.recording.insert(id, now);
+            front.driver.propose(Arc::from(frame), Box::new(|_| {}));
         }
     }
 
@@ -881,6 +941,11 @@ impl EventLoop {
                 OpClass::Cluster if opcode == Opcode::PartitionTableRequest => {
                     Some(partition_table(&frame, &limits, &self.config, self.cluster.as_ref()))
                 }
+                OpClass::Cluster if opcode == Opcode::ClusterRecordMember => Some(error_frame(
+                    request_id,
+                    ErrorCode::Malformed,
+                    "clients do not send this opcode: members are recorded by the leader",
+                )),
                 OpClass::Cluster if opcode == Opcode::ClusterPing => Some(match frame.decode(&limits) {
                     Ok(Payload::ClusterPing(p)) => response_frame(request_id, 0, &Response::Ok(OkBody::Count(p.nonce))),
                     _ => error_frame(request_id, ErrorCode::Malformed, "bad ping"),
@@ -1673,6 +1738,17 @@ fn node_info(
             ("raft_learners", ids(&view.conf.learners)),
             ("raft_voters_outgoing", ids(&view.conf.voters_outgoing)),
             ("members", front.book.render()),
+            (
+                "members_recorded",
+                front
+                    .book
+                    .incarnations()
+                    .iter()
+                    .map(|(id, i)| format!("{id}={i:016x}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            ("incarnation", format!("{:016x}", front.incarnation)),
         ]);
         let stats = front.transport.stats();
         let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed).to_string();
@@ -1826,8 +1902,40 @@ struct ClusterMachine {
     transport: Arc<Transport>,
 }
 
+impl ClusterMachine {
+    /// A committed `CLUSTER_RECORD_MEMBER`: the book keeps the first
+    /// incarnation recorded for a member, and the transport checks peers
+    /// against it from now on. `None` for any other entry.
+    fn apply_record(&self, data: &[u8]) -> Option<Vec<u8>> {
+        let limits = &self.shared.limits;
+        match loomcache_wire::FrameHeader::validate(data, limits) {
+            Ok((_, Opcode::ClusterRecordMember)) => {}
+            _ => return None,
+        }
+        let record = match parse_frame(data, limits) {
+            Ok(Parsed::Frame(frame)) => match frame.decode(limits) {
+                Ok(Payload::ClusterRecordMember(r)) => r,
+                _ => return Some(error_frame(0, ErrorCode::Malformed, "bad member record")),
+            },
+            _ => return Some(error_frame(0, ErrorCode::Malformed, "bad member record")),
+        };
+        if self.book.record(record.node_id, record.incarnation) {
+            tracing::info!(
+                node = record.node_id,
+                incarnation = format_args!("{:016x}", record.incarnation),
+                "member's data directory recorded"
+            );
+            self.transport.set_peers(self.book.peers(), self.book.incarnations());
+        }
+        Some(response_frame(0, 0, &Response::Ok(OkBody::Empty)))
+    }
+}
+
 impl Replicated for ClusterMachine {
     fn apply(&mut self, entry: &Entry) -> Vec<u8> {
+        if let Some(answer) = self.apply_record(&entry.data) {
+            return answer;
+        }
         let executed = execute_at(&self.shared, &entry.data, Vec::new(), entry.timestamp_ms, false);
         if executed.publication.is_some() || executed.offered.is_some() {
             self.shared
@@ -1856,13 +1964,14 @@ impl Replicated for ClusterMachine {
     /// finished, off the driver's thread.
     fn freeze(&self) -> SnapshotFinish {
         let members = self.book.render();
+        let incarnations = self.book.incarnations();
         let view = self
             .shared
             .state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .snapshot_view();
-        Box::new(move || members::encode_envelope_with(&members, |out| view.finish_into(out)))
+        Box::new(move || members::encode_envelope_with(&members, &incarnations, |out| view.finish_into(out)))
     }
 
     fn restore(&mut self, data: &[u8]) {
@@ -1870,9 +1979,9 @@ impl Replicated for ClusterMachine {
         // or corruption the node cannot serve through.
         let (book, state_bytes) =
             members::decode_envelope(data).unwrap_or_else(|e| panic!("cannot load the snapshot: {e}"));
-        if !book.is_empty() {
+        if !book.members.is_empty() {
             self.book.replace(&book);
-            self.transport.set_peers(self.book.peers());
+            self.transport.set_peers(self.book.peers(), self.book.incarnations());
         }
         let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = state.restore(state_bytes) {
@@ -1885,7 +1994,7 @@ impl Replicated for ClusterMachine {
             self.book.insert(joining);
         }
         self.book.retain_members_of(conf);
-        self.transport.set_peers(self.book.peers());
+        self.transport.set_peers(self.book.peers(), self.book.incarnations());
         tracing::info!(voters = ?conf.voters, learners = ?conf.learners, outgoing = ?conf.voters_outgoing, "membership changed");
     }
 }
@@ -1969,7 +2078,7 @@ fn start_cluster(
     config: &Config,
     cluster: &ClusterConfig,
     shared: &Arc<Shared>,
-) -> io::Result<(Driver, Arc<Transport>, Arc<AddressBook>)> {
+) -> io::Result<(Driver, Arc<Transport>, Arc<AddressBook>, u64)> {
     let me = cluster
         .member(config.node_id)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "this node is not a cluster member"))?;
@@ -1991,6 +2100,10 @@ fn start_cluster(
     if !cluster.fsync {
         driver_config.log.persist = loomcache_log::PersistMode::None;
     }
+    // Written before anything else in the directory, so the group never
+    // holds entries a member acknowledged under an unrecorded incarnation.
+    let incarnation = crate::raft::incarnation::load_or_create(&cluster.dir_for(config.node_id))
+        .map_err(|e| io::Error::other(e.to_string()))?;
     let (handle, inbox) = Driver::inbox_pair(driver_config.inbox_max);
     let book = Arc::new(AddressBook::new(*me, &cluster.members));
     let mut transport_config = TransportConfig::new(config.node_id, me.peer_addr, book.peers());
@@ -2004,6 +2117,7 @@ fn start_cluster(
         ..config.state
     }
     .fingerprint();
+    transport_config.incarnation = incarnation;
     let deliver = handle.clone();
     let transport = Arc::new(Transport::start(transport_config, move |m| deliver.deliver(m))?);
     let machine = ClusterMachine {
@@ -2029,7 +2143,7 @@ fn start_cluster(
                 _ => io::Error::other(e.to_string()),
             }
         })?;
-    Ok((driver, transport, book))
+    Ok((driver, transport, book, incarnation))
 }
 
 /// On the leader, a `QUEUE_POLL` that may wait: its queue, its wait, and

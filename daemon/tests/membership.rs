@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    client, loomd, members_arg, put_until_ok, spawn, start, three_members, wait_for_leader, Member, Proc,
+    client, loomd, members_arg, put_until_ok, spawn, spawn_logging, start, three_members, wait_for_leader, Member, Proc,
 };
 use loomcache_client::{Client, ClientConfig};
 
@@ -44,6 +44,63 @@ fn start_joiner(m: &Member, known: &[Member], dir: &std::path::Path) -> Proc {
     let mut cmd = loomd(m, &members_arg(known), dir);
     cmd.arg("--join");
     spawn(cmd)
+}
+
+/// Writes `k<i>` = `v<i>` to map `m` for each `i`.
+fn write_range(c: &Client, range: std::ops::Range<u32>) {
+    for i in range {
+        c.map("m")
+            .set(format!("k{i}").as_bytes(), format!("v{i}").as_bytes())
+            .unwrap();
+    }
+}
+
+/// Three members started in a new directory, with `k0` … `k<n-1>` written
+/// (the first write waits out the election): the directory, the members,
+/// their `--members`, the processes and a client.
+fn three_with_writes(n: u32) -> (tempfile::TempDir, Vec<Member>, String, Vec<Option<Proc>>, Client) {
+    let tmp = tempfile::tempdir().unwrap();
+    let members = three_members();
+    let arg = members_arg(&members);
+    let procs: Vec<Option<Proc>> = members.iter().map(|m| Some(start(m, &arg, tmp.path()))).collect();
+    let c = client(&members);
+    put_until_ok(&c, b"k0", b"v0");
+    write_range(&c, 1..n);
+    (tmp, members, arg, procs, c)
+}
+
+/// A client that reads `m`'s own state (stale reads), and nothing else.
+fn stale_client(m: &Member) -> Client {
+    Client::connect(ClientConfig {
+        addrs: vec![m.client],
+        stale_reads: true,
+        ..ClientConfig::default()
+    })
+    .unwrap()
+}
+
+/// Rebuilds `members[victim]`, whose directory is gone, the documented
+/// way: started empty with `--join`, removed, added back; returns once it
+/// votes again.
+fn rebuild(c: &Client, members: &[Member], victim: usize, dir: &std::path::Path) -> Proc {
+    let m = members[victim];
+    let proc = start_joiner(&m, members, dir);
+    c.cluster_remove(m.id).expect("removal accepted");
+    wait_until("the member to leave", Duration::from_secs(30), || {
+        let l = wait_for_leader(members, Duration::from_secs(5)).expect("a leader");
+        let i = info(&members[l]);
+        !field(&i, "raft_voters").split(',').any(|v| v == m.id.to_string())
+            && field(&i, "raft_voters_outgoing").is_empty()
+    });
+    c.cluster_add(m.id, &m.client.to_string(), &m.peer.to_string())
+        .expect("join accepted");
+    wait_until("the rebuilt member to vote again", Duration::from_secs(30), || {
+        let l = wait_for_leader(members, Duration::from_secs(5)).expect("a leader");
+        field(&info(&members[l]), "raft_voters")
+            .split(',')
+            .any(|v| v == m.id.to_string())
+    });
+    proc
 }
 
 #[test]
@@ -201,17 +258,7 @@ fn a_joined_node_is_promoted_takes_over_and_the_old_leader_is_removed() {
 /// catches up from its peers and votes again.
 #[test]
 fn a_damaged_member_refuses_to_start_and_is_rebuilt_from_its_peers() {
-    let tmp = tempfile::tempdir().unwrap();
-    let members = three_members();
-    let arg = members_arg(&members);
-    let mut procs: Vec<Option<Proc>> = members.iter().map(|m| Some(start(m, &arg, tmp.path()))).collect();
-    let c = client(&members);
-    put_until_ok(&c, b"k0", b"v0");
-    for i in 1..200u32 {
-        c.map("m")
-            .set(format!("k{i}").as_bytes(), format!("v{i}").as_bytes())
-            .unwrap();
-    }
+    let (tmp, members, arg, mut procs, c) = three_with_writes(200);
     let leader = wait_for_leader(&members, Duration::from_secs(5)).unwrap();
     let victim = (leader + 1) % 3;
     let m = members[victim];
@@ -243,28 +290,78 @@ fn a_damaged_member_refuses_to_start_and_is_rebuilt_from_its_peers() {
     // Rebuild: the directory moved aside, the member started empty to
     // join, removed and added back.
     std::fs::rename(&dir, tmp.path().join("damaged")).unwrap();
-    procs[victim] = Some(start_joiner(&m, &members, tmp.path()));
-    c.cluster_remove(m.id).expect("removal accepted");
-    wait_until("the damaged member to leave", Duration::from_secs(30), || {
-        let l = wait_for_leader(&members, Duration::from_secs(5)).expect("a leader");
-        let i = info(&members[l]);
-        !field(&i, "raft_voters").split(',').any(|v| v == m.id.to_string())
-            && field(&i, "raft_voters_outgoing").is_empty()
-    });
-    c.cluster_add(m.id, &m.client.to_string(), &m.peer.to_string())
-        .expect("join accepted");
-    wait_until("the rebuilt member to vote again", Duration::from_secs(30), || {
-        let l = wait_for_leader(&members, Duration::from_secs(5)).expect("a leader");
-        field(&info(&members[l]), "raft_voters")
-            .split(',')
-            .any(|v| v == m.id.to_string())
-    });
-    let at_victim = Client::connect(ClientConfig {
-        addrs: vec![m.client],
-        stale_reads: true,
-        ..ClientConfig::default()
-    })
-    .unwrap();
+    procs[victim] = Some(rebuild(&c, &members, victim, tmp.path()));
+    let at_victim = stale_client(&m);
+    wait_until(
+        "the rebuilt member to hold every write",
+        Duration::from_secs(30),
+        || at_victim.map("m").get(b"k199").ok().flatten() == Some(b"v199".to_vec()),
+    );
+    assert_eq!(at_victim.map("m").get(b"k0").unwrap(), Some(b"v0".to_vec()));
+}
+
+/// A member whose directory is wiped and that comes back without `--join`
+/// would be a voter that forgot its votes and the entries it acknowledged.
+/// The group recorded its directory's incarnation, so its peers refuse the
+/// new one: it takes part in nothing, says why, the others go on, and it
+/// is rebuilt the documented way.
+#[test]
+fn a_member_restarted_with_a_wiped_directory_is_refused_until_rebuilt() {
+    let (tmp, members, arg, mut procs, c) = three_with_writes(100);
+    wait_until(
+        "every member's directory to be recorded",
+        Duration::from_secs(30),
+        || {
+            let l = wait_for_leader(&members, Duration::from_secs(5)).expect("a leader");
+            field(&info(&members[l]), "members_recorded").split(',').count() == 3
+        },
+    );
+    let leader = wait_for_leader(&members, Duration::from_secs(5)).unwrap();
+    let victim = (leader + 1) % 3;
+    let m = members[victim];
+    drop(procs[victim].take());
+    std::fs::remove_dir_all(tmp.path().join(format!("node-{}", m.id))).unwrap();
+    let log_path = tmp.path().join("wiped.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    procs[victim] = Some(spawn_logging(loomd(&m, &arg, tmp.path()), log));
+
+    write_range(&c, 100..150);
+    wait_until(
+        "the wiped member to say why it is refused",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .contains("the group recorded another data directory for this member")
+        },
+    );
+    // Several election timeouts with writes going on.
+    for i in 150..200u32 {
+        c.map("m")
+            .set(format!("k{i}").as_bytes(), format!("v{i}").as_bytes())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let at_victim = stale_client(&m);
+    assert_eq!(
+        at_victim.map("m").get(b"k0").ok().flatten(),
+        None,
+        "the wiped member received entries"
+    );
+    let wiped = info(&m);
+    assert_eq!(field(&wiped, "raft_commit"), "0", "{wiped:?}");
+    assert_eq!(field(&wiped, "raft_leader"), "0", "{wiped:?}");
+    let others: Vec<Member> = members.iter().copied().filter(|o| o.id != m.id).collect();
+    let l = wait_for_leader(&others, Duration::from_secs(5)).expect("the others keep a leader");
+    let view = info(&others[l]);
+    assert!(
+        field(&view, "raft_voters").split(',').any(|v| v == m.id.to_string()),
+        "still a voter until removed: {view:?}"
+    );
+
+    drop(procs[victim].take());
+    std::fs::remove_dir_all(tmp.path().join(format!("node-{}", m.id))).unwrap();
+    procs[victim] = Some(rebuild(&c, &members, victim, tmp.path()));
     wait_until(
         "the rebuilt member to hold every write",
         Duration::from_secs(30),

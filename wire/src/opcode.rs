@@ -228,6 +228,9 @@ opcodes! {
     PartitionTableResponse = 0x0805, "PARTITION_TABLE_RESPONSE", Cluster;
     /// Ask the leader to hand leadership to a voter.
     ClusterTransferLeader = 0x0806, "CLUSTER_TRANSFER_LEADER", Cluster;
+    /// A replicated record of a member's data-directory incarnation,
+    /// proposed by the leader; never sent by clients.
+    ClusterRecordMember = 0x0807, "CLUSTER_RECORD_MEMBER", Cluster;
 
     /// Success; the body depends on the request's opcode.
     ResponseOk = 0xF001, "RESPONSE_OK", Response;

@@ -488,6 +488,17 @@ body! {
 }
 
 body! {
+    /// `CLUSTER_RECORD_MEMBER`: the incarnation of a member's data
+    /// directory, as the leader saw it when the member connected.
+    pub struct RecordMember {
+        /// The member.
+        pub node_id: u64 = U64F,
+        /// Its data directory's incarnation (nonzero).
+        pub incarnation: u64 = U64F,
+    }
+}
+
+body! {
     /// `CLUSTER_PING`; answered `RESPONSE_OK` with the same nonce.
     pub struct Ping {
         /// Echoed back.
@@ -670,6 +681,7 @@ payloads! {
     PartitionTableRequest(PartitionTableRequest),
     PartitionTableResponse(PartitionTable<'a>),
     ClusterTransferLeader(TransferLeader),
+    ClusterRecordMember(RecordMember),
 }
 
 /// A request whose arguments make no sense ([`Payload::check_arguments`]);

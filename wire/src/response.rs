@@ -307,7 +307,7 @@ impl OkShape {
         use Opcode::*;
         Some(match request {
             Hello => OkShape::HelloAck,
-            Auth | ClusterJoin | ClusterLeave | ClusterTransferLeader => OkShape::Empty,
+            Auth | ClusterJoin | ClusterLeave | ClusterTransferLeader | ClusterRecordMember => OkShape::Empty,
             BatchExecute => OkShape::Batch,
             NodeInfo => OkShape::Entries,
             NearCacheSubscribe => OkShape::Count,

@@ -8,6 +8,13 @@
 //! restarts from a snapshot, or joins through one, knows the members the
 //! snapshot's configuration names. Entries for nodes no longer in the
 //! configuration are dropped once a change applies.
+//!
+//! Beside the addresses the book keeps, per member, the **incarnation** of
+//! its data directory once the group has recorded it (a committed
+//! `CLUSTER_RECORD_MEMBER` entry, proposed by the leader). Peers refuse a
+//! member that comes back with another incarnation: its directory was
+//! wiped or replaced, so it no longer holds the votes and entries it
+//! acknowledged, and it must be removed and added back.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,8 +24,18 @@ use loomcache_consensus::{ConfState, NodeId};
 
 use crate::config::{ClusterConfig, Member};
 
-/// Marks a snapshot that starts with the address book.
-const ENVELOPE_MAGIC: &[u8; 4] = b"LCMB";
+/// Marks a snapshot that starts with the address book alone (as written
+/// before incarnations were recorded).
+const ENVELOPE_MAGIC_V1: &[u8; 4] = b"LCMB";
+/// Marks a snapshot that starts with the address book and the recorded
+/// incarnations.
+const ENVELOPE_MAGIC: &[u8; 4] = b"LCM2";
+
+/// Most incarnation records an envelope may carry.
+pub const RECORDS_MAX: usize = 4096;
+
+/// The recorded incarnation of each member's data directory.
+pub type Incarnations = BTreeMap<NodeId, u64>;
 
 /// Largest encoded book accepted from a snapshot or a change.
 pub const BOOK_BYTES_MAX: usize = 64 << 10;
@@ -28,7 +45,14 @@ pub const BOOK_BYTES_MAX: usize = 64 << 10;
 #[derive(Debug)]
 pub struct AddressBook {
     me: Member,
-    members: RwLock<BTreeMap<NodeId, Member>>,
+    members: RwLock<Entries>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    members: BTreeMap<NodeId, Member>,
+    /// Members whose incarnation the group recorded (never zero).
+    incarnations: Incarnations,
 }
 
 /// Renders members as `id=client/peer` items separated by commas (the
@@ -46,25 +70,50 @@ pub fn render(members: impl IntoIterator<Item = Member>) -> String {
 #[error("snapshot address book: {0}")]
 pub struct EnvelopeError(String);
 
-/// Prefixes state-machine snapshot bytes with the book: `LCMB`, a `u32`
-/// LE length, the members as [`render`] writes them, then the state,
-/// written straight after the book by `write_state` (which appends to the
-/// buffer it is given and returns it), so the state is copied once.
-pub fn encode_envelope_with(members: &str, write_state: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + members.len());
+/// Prefixes state-machine snapshot bytes with the book: `LCM2`, a `u32`
+/// LE length, the members as [`render`] writes them, a `u32` LE count of
+/// incarnation records and that many `(node id u64 LE, incarnation u64
+/// LE)` pairs, then the state, written straight after the book by
+/// `write_state` (which appends to the buffer it is given and returns it),
+/// so the state is copied once.
+pub fn encode_envelope_with(
+    members: &str,
+    incarnations: &Incarnations,
+    write_state: impl FnOnce(Vec<u8>) -> Vec<u8>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + members.len() + 16 * incarnations.len());
     out.extend_from_slice(ENVELOPE_MAGIC);
     out.extend_from_slice(&(members.len() as u32).to_le_bytes());
     out.extend_from_slice(members.as_bytes());
+    out.extend_from_slice(&(incarnations.len() as u32).to_le_bytes());
+    for (&id, &incarnation) in incarnations {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&incarnation.to_le_bytes());
+    }
     write_state(out)
 }
 
-/// Splits [`encode_envelope_with`]'s output into the members and the state.
-/// Bytes without the marker are a bare state snapshot (empty: none yet),
-/// as written before snapshots carried the book; they name no members,
-/// and the state machine checks them as its own.
-pub fn decode_envelope(bytes: &[u8]) -> Result<(Vec<Member>, &[u8]), EnvelopeError> {
-    let Some(rest) = bytes.strip_prefix(ENVELOPE_MAGIC) else {
-        return Ok((Vec::new(), bytes));
+/// What a snapshot's envelope holds before the state.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Envelope {
+    /// The members (none: a bare state snapshot).
+    pub members: Vec<Member>,
+    /// The recorded incarnations.
+    pub incarnations: Incarnations,
+}
+
+/// Splits [`encode_envelope_with`]'s output into the book and the state.
+/// An `LCMB` envelope holds members without incarnations. Bytes without a
+/// marker are a bare state snapshot (empty: none yet), as written before
+/// snapshots carried the book; they name no members, and the state machine
+/// checks them as its own.
+pub fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, &[u8]), EnvelopeError> {
+    let (rest, with_records) = if let Some(rest) = bytes.strip_prefix(ENVELOPE_MAGIC) {
+        (rest, true)
+    } else if let Some(rest) = bytes.strip_prefix(ENVELOPE_MAGIC_V1) {
+        (rest, false)
+    } else {
+        return Ok((Envelope::default(), bytes));
     };
     let bad = |why: &str| EnvelopeError(why.to_string());
     let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(|| bad("truncated length"))?;
@@ -72,10 +121,33 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<(Vec<Member>, &[u8]), EnvelopeErr
     if len > BOOK_BYTES_MAX || len > rest.len() {
         return Err(bad("length out of range"));
     }
-    let (text, state) = rest.split_at(len);
+    let (text, mut rest) = rest.split_at(len);
     let text = std::str::from_utf8(text).map_err(|_| bad("not UTF-8"))?;
     let members = ClusterConfig::parse_members(text).map_err(EnvelopeError)?;
-    Ok((members, state))
+    let mut incarnations = Incarnations::new();
+    if with_records {
+        let (count, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| bad("truncated record count"))?;
+        let count = u32::from_le_bytes(*count) as usize;
+        if count > RECORDS_MAX || count * 16 > tail.len() {
+            return Err(bad("record count out of range"));
+        }
+        let (records, tail) = tail.split_at(count * 16);
+        for pair in records.chunks_exact(16) {
+            let (id, incarnation) = pair.split_at(8);
+            let id = u64::from_le_bytes(id.try_into().expect("8 bytes"));
+            let incarnation = u64::from_le_bytes(incarnation.try_into().expect("8 bytes"));
+            if id == 0 || incarnation == 0 || !members.iter().any(|m| m.id == id) {
+                return Err(bad("a record for no member, or a zero incarnation"));
+            }
+            if incarnations.insert(id, incarnation).is_some() {
+                return Err(bad("a member recorded twice"));
+            }
+        }
+        rest = tail;
+    }
+    Ok((Envelope { members, incarnations }, rest))
 }
 
 /// Parses a membership change's context: the joining member's entry.
@@ -88,41 +160,52 @@ pub fn member_from_context(context: &[u8]) -> Option<Member> {
 }
 
 impl AddressBook {
-    /// A book holding the bootstrap members (this node among them).
+    /// A book holding the bootstrap members (this node among them), with no
+    /// incarnation recorded.
     pub fn new(me: Member, members: &[Member]) -> AddressBook {
         let mut map: BTreeMap<NodeId, Member> = members.iter().map(|m| (m.id, *m)).collect();
         map.insert(me.id, me);
         AddressBook {
             me,
-            members: RwLock::new(map),
+            members: RwLock::new(Entries {
+                members: map,
+                incarnations: Incarnations::new(),
+            }),
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<NodeId, Member>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Entries> {
         self.members.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NodeId, Member>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Entries> {
         self.members.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A member's client address (for redirects).
     pub fn client_addr(&self, id: NodeId) -> Option<SocketAddr> {
-        self.read().get(&id).map(|m| m.client_addr)
+        self.read().members.get(&id).map(|m| m.client_addr)
     }
 
     /// Every member.
     pub fn members(&self) -> Vec<Member> {
-        self.read().values().copied().collect()
+        self.read().members.values().copied().collect()
     }
 
     /// Every other member's peer address.
     pub fn peers(&self) -> BTreeMap<NodeId, SocketAddr> {
         self.read()
+            .members
             .values()
             .filter(|m| m.id != self.me.id)
             .map(|m| (m.id, m.peer_addr))
             .collect()
+    }
+
+    /// The recorded incarnations (this node's own among them once
+    /// recorded).
+    pub fn incarnations(&self) -> Incarnations {
+        self.read().incarnations.clone()
     }
 
     /// The book as [`render`] writes it.
@@ -130,28 +213,55 @@ impl AddressBook {
         render(self.members())
     }
 
-    /// Replaces the book with a snapshot's (this node's own entry stays).
-    pub fn replace(&self, members: &[Member]) {
-        let mut map: BTreeMap<NodeId, Member> = members.iter().map(|m| (m.id, *m)).collect();
+    /// Replaces the book with a snapshot's (this node's own entry stays,
+    /// with the snapshot's record for it if any).
+    pub fn replace(&self, envelope: &Envelope) {
+        let mut map: BTreeMap<NodeId, Member> = envelope.members.iter().map(|m| (m.id, *m)).collect();
         map.entry(self.me.id).or_insert(self.me);
-        *self.write() = map;
+        let incarnations = envelope
+            .incarnations
+            .iter()
+            .filter(|(id, _)| map.contains_key(id))
+            .map(|(&id, &i)| (id, i))
+            .collect();
+        *self.write() = Entries {
+            members: map,
+            incarnations,
+        };
     }
 
-    /// Records a joining member's addresses.
+    /// Records a joining member's addresses. A node not in the book starts
+    /// with no incarnation recorded.
     pub fn insert(&self, member: Member) {
-        self.write().insert(member.id, member);
+        self.write().members.insert(member.id, member);
     }
 
-    /// Drops members `conf` no longer names (never this node).
+    /// Applies a committed record: the first incarnation recorded for a
+    /// member stays until the member leaves. False if nothing changed (no
+    /// such member, or one already recorded).
+    pub fn record(&self, id: NodeId, incarnation: u64) -> bool {
+        let mut entries = self.write();
+        if incarnation == 0 || !entries.members.contains_key(&id) || entries.incarnations.contains_key(&id) {
+            return false;
+        }
+        entries.incarnations.insert(id, incarnation);
+        true
+    }
+
+    /// Drops members `conf` no longer names (never this node), and their
+    /// records.
     pub fn retain_members_of(&self, conf: &ConfState) {
         let me = self.me.id;
-        self.write().retain(|id, _| {
+        let keep = |id: &NodeId| {
             *id == me
                 || conf.voters.contains(id)
                 || conf.learners.contains(id)
                 || conf.voters_outgoing.contains(id)
                 || conf.learners_next.contains(id)
-        });
+        };
+        let mut entries = self.write();
+        entries.members.retain(|id, _| keep(id));
+        entries.incarnations.retain(|id, _| keep(id));
     }
 }
 
@@ -160,8 +270,8 @@ mod tests {
     use super::*;
 
     /// The envelope around given state bytes.
-    fn encode_envelope(members: &str, state: &[u8]) -> Vec<u8> {
-        encode_envelope_with(members, |mut out| {
+    fn encode_envelope(members: &str, incarnations: &Incarnations, state: &[u8]) -> Vec<u8> {
+        encode_envelope_with(members, incarnations, |mut out| {
             out.extend_from_slice(state);
             out
         })
@@ -178,16 +288,38 @@ mod tests {
     #[test]
     fn envelope_round_trips_and_rejects_damage() {
         let text = render([member(1), member(2)]);
-        let bytes = encode_envelope(&text, b"state");
-        let (members, state) = decode_envelope(&bytes).unwrap();
-        assert_eq!(members, vec![member(1), member(2)]);
+        let records = Incarnations::from([(2, 0xABCD)]);
+        let bytes = encode_envelope(&text, &records, b"state");
+        let (envelope, state) = decode_envelope(&bytes).unwrap();
+        assert_eq!(envelope.members, vec![member(1), member(2)]);
+        assert_eq!(envelope.incarnations, records);
         assert_eq!(state, b"state");
-        assert_eq!(decode_envelope(&[]).unwrap().0, vec![]);
-        assert_eq!(decode_envelope(b"bare state").unwrap(), (vec![], &b"bare state"[..]));
+        assert_eq!(decode_envelope(&[]).unwrap().0, Envelope::default());
+        assert_eq!(
+            decode_envelope(b"bare state").unwrap(),
+            (Envelope::default(), &b"bare state"[..])
+        );
+        // The first version: members, no records.
+        let mut v1 = b"LCMB".to_vec();
+        v1.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        v1.extend_from_slice(text.as_bytes());
+        v1.extend_from_slice(b"state");
+        let (envelope, state) = decode_envelope(&v1).unwrap();
+        assert_eq!(envelope.members, vec![member(1), member(2)]);
+        assert!(envelope.incarnations.is_empty());
+        assert_eq!(state, b"state");
+        let header = 8 + text.len();
+        let mut bad_count = bytes.clone();
+        bad_count[header..header + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         for bad in [
             &bytes[..6],
-            &encode_envelope("1=nonsense", b"")[..],
-            &[b'L', b'C', b'M', b'B', 0xFF, 0xFF, 0xFF, 0xFF][..],
+            &bytes[..header + 2],
+            &bytes[..header + 4 + 8],
+            &bad_count[..],
+            &encode_envelope("1=nonsense", &Incarnations::new(), b"")[..],
+            &encode_envelope(&text, &Incarnations::from([(3, 1)]), b"")[..],
+            &encode_envelope(&text, &Incarnations::from([(1, 0)]), b"")[..],
+            &[b'L', b'C', b'M', b'2', 0xFF, 0xFF, 0xFF, 0xFF][..],
         ] {
             assert!(decode_envelope(bad).is_err(), "{bad:?}");
         }
@@ -202,13 +334,32 @@ mod tests {
         assert_eq!(book.client_addr(4), Some(member(4).client_addr));
         book.retain_members_of(&ConfState::with_voters([1, 3, 4]));
         assert_eq!(book.peers().keys().copied().collect::<Vec<_>>(), vec![3, 4]);
-        book.replace(&[member(2)]);
+        book.replace(&Envelope {
+            members: vec![member(2)],
+            incarnations: Incarnations::from([(2, 5)]),
+        });
         assert_eq!(
             book.members().iter().map(|m| m.id).collect::<Vec<_>>(),
             vec![1, 2],
             "a snapshot's book keeps this node"
         );
+        assert_eq!(book.incarnations(), Incarnations::from([(2, 5)]));
         assert!(member_from_context(b"").is_none());
         assert!(member_from_context(render([member(4), member(5)]).as_bytes()).is_none());
+    }
+
+    #[test]
+    fn a_members_first_recorded_incarnation_stays_until_it_leaves() {
+        let book = AddressBook::new(member(1), &[member(1), member(2), member(3)]);
+        assert!(book.record(2, 7));
+        assert!(!book.record(2, 8), "the first record stays");
+        assert!(!book.record(9, 1), "no such member");
+        assert!(!book.record(3, 0), "zero is no incarnation");
+        assert_eq!(book.incarnations(), Incarnations::from([(2, 7)]));
+        book.retain_members_of(&ConfState::with_voters([1, 3]));
+        assert!(book.incarnations().is_empty(), "a member that leaves loses its record");
+        book.insert(member(2));
+        assert!(book.record(2, 8), "added back, it is recorded anew");
+        assert_eq!(book.incarnations(), Incarnations::from([(2, 8)]));
     }
 }

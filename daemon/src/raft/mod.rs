@@ -2,6 +2,7 @@
 //! storage, and the peer transport.
 
 pub mod driver;
+pub mod incarnation;
 pub mod members;
 pub mod storage;
 pub mod transport;

@@ -24,6 +24,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use loomcache_consensus::{codec, Message, NodeId};
+
+use super::members::Incarnations;
 use loomcache_wire::{encode_frame, frame_len, Framer, HeaderFields, Limits, OpClass, Opcode, Payload, Ping};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -56,6 +58,12 @@ pub struct TransportConfig {
     /// (`StateConfig::fingerprint`): peers must show the same one, or no
     /// Raft message passes between them.
     pub state_fingerprint: u64,
+    /// This node's data-directory incarnation (`super::incarnation`),
+    /// shown to every peer; 0 shows none.
+    pub incarnation: u64,
+    /// The incarnations the group recorded for members: a peer showing
+    /// another one is refused.
+    pub recorded: Incarnations,
 }
 
 impl TransportConfig {
@@ -72,6 +80,8 @@ impl TransportConfig {
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(2),
             state_fingerprint: 0,
+            incarnation: 0,
+            recorded: Incarnations::new(),
         }
     }
 }
@@ -91,6 +101,9 @@ pub struct TransportStats {
     pub connections_established: AtomicU64,
 }
 
+/// Peer addresses and the incarnations recorded for them.
+type PeerList = (BTreeMap<NodeId, SocketAddr>, Incarnations);
+
 /// Most peers known only from their opening ping at once.
 pub const UNLISTED_PEERS_MAX: usize = 64;
 
@@ -98,8 +111,10 @@ pub const UNLISTED_PEERS_MAX: usize = 64;
 #[derive(Debug)]
 pub struct Transport {
     outbox: Arc<Mutex<Vec<Message>>>,
-    /// A replacement peer list, taken by the transport thread.
-    new_peers: Arc<Mutex<Option<BTreeMap<NodeId, SocketAddr>>>>,
+    /// A replacement peer list and records, taken by the transport thread.
+    new_peers: Arc<Mutex<Option<PeerList>>>,
+    /// The incarnation each linked peer showed.
+    seen: Arc<Mutex<Incarnations>>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -121,6 +136,7 @@ impl Transport {
         let new_peers = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(TransportStats::default());
+        let seen = Arc::new(Mutex::new(Incarnations::new()));
         let outbox_max = config.outbox_messages_max;
         let mut lp = Loop {
             links: config
@@ -130,6 +146,7 @@ impl Transport {
                 .map(|(&id, &addr)| (id, Link::new(Some(addr), config.reconnect_min)))
                 .collect(),
             new_peers: Arc::clone(&new_peers),
+            seen: Arc::clone(&seen),
             conns: Vec::new(),
             poll,
             listener,
@@ -146,6 +163,7 @@ impl Transport {
         Ok(Transport {
             outbox,
             new_peers,
+            seen,
             waker,
             stop,
             thread: Some(thread),
@@ -171,12 +189,20 @@ impl Transport {
         let _ = self.waker.wake();
     }
 
-    /// Replaces the peer list (this node's own entry is ignored). Links
-    /// to peers no longer listed close; new peers are dialed (by the lower
-    /// id of each pair); a changed address is used from the next dial.
-    pub fn set_peers(&self, peers: BTreeMap<NodeId, SocketAddr>) {
-        *self.new_peers.lock().unwrap_or_else(|p| p.into_inner()) = Some(peers);
+    /// Replaces the peer list (this node's own entry is ignored) and the
+    /// recorded incarnations. Links to peers no longer listed close; new
+    /// peers are dialed (by the lower id of each pair); a changed address
+    /// is used from the next dial; a link whose peer showed an incarnation
+    /// other than the one now recorded closes.
+    pub fn set_peers(&self, peers: BTreeMap<NodeId, SocketAddr>, recorded: Incarnations) {
+        *self.new_peers.lock().unwrap_or_else(|p| p.into_inner()) = Some((peers, recorded));
         let _ = self.waker.wake();
+    }
+
+    /// The incarnation each peer showed when its current or last link was
+    /// checked (peers no longer listed are forgotten).
+    pub fn incarnations_seen(&self) -> Incarnations {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The bound peer address.
@@ -255,24 +281,41 @@ struct Conn {
     framer: Framer<Box<[u8]>>,
     /// Dialed and not yet known to be connected.
     connecting: bool,
-    /// Bytes to send before the link's frames (the opening ping).
+    /// Bytes to send before the link's frames (the opening ping and the
+    /// checked pings).
     preamble: Vec<u8>,
     /// When an accepted connection opened: it must identify itself within
     /// [`OPENING_DEADLINE`].
     opened: Instant,
     /// This node dialed it (rather than accepted it).
     dialed: bool,
-    /// The peer's replicated-state settings matched this node's: until
-    /// then no Raft frame is taken from it, and an accepted connection
-    /// carries none to it.
-    checked: bool,
+    /// Which of the peer's checked pings is due next. Until all passed no
+    /// Raft frame is taken from it, and an accepted connection carries
+    /// none to it.
+    hello: Hello,
+    /// The incarnation the peer showed (0 until then).
+    incarnation: u64,
+}
+
+/// The pings each side checks after the opening one, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hello {
+    /// The replicated-state settings fingerprint.
+    Settings,
+    /// The sender's data-directory incarnation.
+    Incarnation,
+    /// The incarnation the sender's group recorded for the receiver (0:
+    /// none).
+    Record,
+    /// Every check passed.
+    Done,
 }
 
 impl Conn {
-    /// An accepted connection whose opening ping or settings ping is still
-    /// due: it is bounded in number and in time.
+    /// An accepted connection whose opening ping or checks are still due:
+    /// it is bounded in number and in time.
     fn awaits_check(&self) -> bool {
-        !self.dialed && !self.checked
+        !self.dialed && self.hello != Hello::Done
     }
 }
 
@@ -282,7 +325,8 @@ const OPENING_DEADLINE: Duration = Duration::from_secs(5);
 struct Loop {
     config: TransportConfig,
     links: BTreeMap<NodeId, Link>,
-    new_peers: Arc<Mutex<Option<BTreeMap<NodeId, SocketAddr>>>>,
+    new_peers: Arc<Mutex<Option<PeerList>>>,
+    seen: Arc<Mutex<Incarnations>>,
     conns: Vec<Option<Conn>>,
     poll: Poll,
     listener: TcpListener,
@@ -302,12 +346,22 @@ fn ping_frame(nonce: u64) -> Vec<u8> {
     out
 }
 
-/// The dialer's opening: a ping naming it, then one carrying its
-/// replicated-state settings fingerprint.
-fn hello_frame(node_id: NodeId, fingerprint: u64) -> Vec<u8> {
-    let mut out = ping_frame(node_id);
-    out.extend_from_slice(&ping_frame(fingerprint));
+/// The checked pings: the replicated-state settings fingerprint, this
+/// node's incarnation, and the incarnation recorded for the receiver.
+fn checks_frame(fingerprint: u64, incarnation: u64, recorded_for_peer: u64) -> Vec<u8> {
+    let mut out = ping_frame(fingerprint);
+    out.extend_from_slice(&ping_frame(incarnation));
+    out.extend_from_slice(&ping_frame(recorded_for_peer));
     out
+}
+
+/// This node's checked pings for `peer`.
+fn own_checks(config: &TransportConfig, peer: NodeId) -> Vec<u8> {
+    checks_frame(
+        config.state_fingerprint,
+        config.incarnation,
+        config.recorded.get(&peer).copied().unwrap_or(0),
+    )
 }
 
 impl Loop {
@@ -345,8 +399,10 @@ impl Loop {
             // Taken after the outbox: a peer list set before a message was
             // sent is in place before that message is queued.
             let replaced = self.new_peers.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(peers) = replaced {
+            if let Some((peers, recorded)) = replaced {
+                self.config.recorded = recorded;
                 self.replace_peers(peers);
+                self.close_replaced_members();
                 self.dial_due();
             }
             for m in batch.drain(..) {
@@ -373,6 +429,7 @@ impl Loop {
             .map(|(&id, _)| id)
             .collect();
         for id in gone {
+            self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             if let Some(link) = self.links.remove(&id) {
                 if let Some(idx) = link.conn {
                     self.close_conn_only(idx);
@@ -386,6 +443,26 @@ impl Loop {
             let min = self.config.reconnect_min;
             let link = self.links.entry(id).or_insert_with(|| Link::new(None, min));
             link.addr = Some(addr);
+        }
+    }
+
+    /// Closes links whose peer showed an incarnation other than the one
+    /// now recorded for it.
+    fn close_replaced_members(&mut self) {
+        let replaced: Vec<(usize, NodeId, u64, u64)> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let c = c.as_ref()?;
+                let peer = c.peer?;
+                let recorded = *self.config.recorded.get(&peer)?;
+                (c.incarnation != 0 && c.incarnation != recorded).then_some((i, peer, c.incarnation, recorded))
+            })
+            .collect();
+        for (idx, peer, theirs, recorded) in replaced {
+            log_replaced_peer(peer, theirs, recorded);
+            self.reject(idx, "peer's data directory is not the one the group recorded");
         }
     }
 
@@ -456,7 +533,8 @@ impl Loop {
             preamble: Vec::new(),
             opened: Instant::now(),
             dialed: connecting,
-            checked: false,
+            hello: Hello::Settings,
+            incarnation: 0,
         }
     }
 
@@ -473,7 +551,8 @@ impl Loop {
             match TcpStream::connect(addr) {
                 Ok(stream) => {
                     let mut conn = self.new_conn(stream, Some(peer), true);
-                    conn.preamble = hello_frame(self.config.node_id, self.config.state_fingerprint);
+                    conn.preamble = ping_frame(self.config.node_id);
+                    conn.preamble.extend_from_slice(&own_checks(&self.config, peer));
                     match self.add_conn(conn) {
                         Ok(idx) => {
                             let link = self.links.get_mut(&peer).expect("listed");
@@ -595,6 +674,11 @@ impl Loop {
                 Err(_) => return self.close(idx, true),
             }
         }
+        if conn.hello != Hello::Done {
+            // No Raft frame before the peer's checks passed: a refused
+            // peer reads nothing it would discard unread.
+            return;
+        }
         let mut written = 0;
         let result = loop {
             if written == link.pending.len() {
@@ -660,7 +744,7 @@ impl Loop {
                 Ok(None) => return true,
                 Err(_) => return self.reject(idx, "malformed frame"),
             };
-            let checked = conn.checked;
+            let checked = conn.hello == Hello::Done;
             match (peer, frame.opcode()) {
                 (None, Opcode::ClusterPing) => {
                     let Ok(Payload::ClusterPing(ping)) = frame.decode(&limits) else {
@@ -675,37 +759,78 @@ impl Loop {
                 }
                 (Some(peer), Opcode::ClusterPing) if !checked => {
                     let Ok(Payload::ClusterPing(ping)) = frame.decode(&limits) else {
-                        return self.reject(idx, "malformed settings ping");
+                        return self.reject(idx, "malformed check ping");
                     };
-                    let mine = self.config.state_fingerprint;
                     let dialed = conn.dialed;
-                    if ping.nonce != mine {
-                        if !dialed {
-                            // Tell the dialer why, as far as one write goes.
-                            let _ = conn.stream.write(&ping_frame(mine));
+                    match conn.hello {
+                        Hello::Settings => {
+                            let mine = self.config.state_fingerprint;
+                            if ping.nonce != mine {
+                                self.tell_why(idx, peer);
+                                tracing::error!(
+                                    peer,
+                                    theirs = format_args!("{:016x}", ping.nonce),
+                                    ours = format_args!("{mine:016x}"),
+                                    "peer's replicated-state settings differ from this node's (data memory limit, \
+                                     queue capacity, reclaim rate, deduplication, field limits, or the build's \
+                                     apply-rules version): they must be equal on every member, or replicas could \
+                                     apply the same entry differently"
+                                );
+                                return self.reject(idx, "replicated-state settings differ");
+                            }
+                            conn.hello = Hello::Incarnation;
+                            continue;
                         }
-                        tracing::error!(
-                            peer,
-                            theirs = format_args!("{:016x}", ping.nonce),
-                            ours = format_args!("{mine:016x}"),
-                            "peer's replicated-state settings differ from this node's (data memory limit, \
-                             queue capacity, reclaim rate, deduplication, field limits, or the build's \
-                             apply-rules version): they must be equal on every member, or replicas could \
-                             apply the same entry differently"
-                        );
-                        return self.reject(idx, "replicated-state settings differ");
+                        Hello::Incarnation => {
+                            let theirs = ping.nonce;
+                            if let Some(&recorded) = self.config.recorded.get(&peer) {
+                                if theirs != recorded {
+                                    self.tell_why(idx, peer);
+                                    log_replaced_peer(peer, theirs, recorded);
+                                    return self.reject(idx, "peer's data directory is not the one the group recorded");
+                                }
+                            }
+                            conn.incarnation = theirs;
+                            conn.hello = Hello::Record;
+                            continue;
+                        }
+                        Hello::Record | Hello::Done => {
+                            let mine = self.config.incarnation;
+                            if ping.nonce != 0 && ping.nonce != mine {
+                                self.tell_why(idx, peer);
+                                tracing::error!(
+                                    peer,
+                                    recorded = format_args!("{:016x}", ping.nonce),
+                                    ours = format_args!("{mine:016x}"),
+                                    "the group recorded another data directory for this member: this one was wiped \
+                                     or replaced, so it no longer holds the votes and entries the member acknowledged, \
+                                     and its peers refuse it. Rebuild it from its peers: start it with --join (same \
+                                     --node-id, --listen and --members), then run `loomctl --addr <a healthy member> \
+                                     cluster rebuild <id> <client> <peer>`"
+                                );
+                                return self.reject(idx, "the group recorded another data directory for this member");
+                            }
+                            conn.hello = Hello::Done;
+                        }
                     }
-                    conn.checked = true;
+                    let theirs = conn.incarnation;
+                    if theirs != 0 {
+                        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, theirs);
+                    }
                     if dialed {
                         self.stats.connections_established.fetch_add(1, Ordering::Relaxed);
                         let min = self.config.reconnect_min;
                         if let Some(link) = self.links.get_mut(&peer) {
                             link.backoff = min;
                         }
+                        self.flush(peer);
+                        if self.conns[idx].is_none() {
+                            return false;
+                        }
                         continue;
                     }
                     let from = peer;
-                    conn.preamble = ping_frame(mine);
+                    conn.preamble = own_checks(&self.config, from);
                     if !self.links.contains_key(&from) {
                         let unlisted = self.links.values().filter(|l| l.addr.is_none()).count();
                         if unlisted >= UNLISTED_PEERS_MAX {
@@ -744,6 +869,17 @@ impl Loop {
         }
     }
 
+    /// On an accepted connection about to be refused, writes this node's
+    /// checked pings, as far as one write goes, so the dialer can log why.
+    fn tell_why(&mut self, idx: usize, peer: NodeId) {
+        let checks = own_checks(&self.config, peer);
+        if let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) {
+            if !conn.dialed {
+                let _ = conn.stream.write(&checks);
+            }
+        }
+    }
+
     fn reject(&mut self, idx: usize, why: &str) -> bool {
         self.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(reason = why, "closing peer connection");
@@ -774,6 +910,7 @@ impl Loop {
         if link.addr.is_none() {
             // Known only from its ping: it redials if it still cares.
             self.links.remove(&peer);
+            self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
             return;
         }
         if redial && me < peer {
@@ -781,6 +918,17 @@ impl Loop {
             self.dial_failed(peer, &e);
         }
     }
+}
+
+fn log_replaced_peer(peer: NodeId, theirs: u64, recorded: u64) {
+    tracing::error!(
+        peer,
+        theirs = format_args!("{theirs:016x}"),
+        recorded = format_args!("{recorded:016x}"),
+        "peer's data directory is not the one the group recorded for it: it was wiped or replaced and no longer \
+         holds the votes and entries it acknowledged, so it is refused until it is rebuilt (`loomctl cluster \
+         rebuild`)"
+    );
 }
 
 #[cfg(test)]
@@ -813,9 +961,21 @@ mod tests {
         addrs: &BTreeMap<NodeId, SocketAddr>,
         fingerprint: u64,
     ) -> (Transport, mpsc::Receiver<Message>) {
+        start_as(id, addrs, fingerprint, (id, Incarnations::new()))
+    }
+
+    /// A transport showing `incarnation` with `recorded` incarnations.
+    fn start_as(
+        id: NodeId,
+        addrs: &BTreeMap<NodeId, SocketAddr>,
+        fingerprint: u64,
+        (incarnation, recorded): (u64, Incarnations),
+    ) -> (Transport, mpsc::Receiver<Message>) {
         let (tx, rx) = mpsc::channel();
         let mut cfg = TransportConfig::new(id, addrs[&id], addrs.clone());
         cfg.state_fingerprint = fingerprint;
+        cfg.incarnation = incarnation;
+        cfg.recorded = recorded;
         cfg.limits.payload_max_bytes = 1 << 20;
         cfg.reconnect_min = Duration::from_millis(10);
         cfg.reconnect_max = Duration::from_millis(100);
@@ -859,6 +1019,17 @@ mod tests {
         let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (2, free_addr())].into();
         let (t1, rx1) = start_with(1, &addrs, 0xaaaa);
         let (t2, rx2) = start_with(2, &addrs, 0xbbbb);
+        assert_refused_both_ways(&t1, &rx1, &t2, &rx2);
+    }
+
+    /// Sends heartbeats both ways until both sides refused a connection
+    /// at least twice; nothing may pass meanwhile.
+    fn assert_refused_both_ways(
+        t1: &Transport,
+        rx1: &mpsc::Receiver<Message>,
+        t2: &Transport,
+        rx2: &mpsc::Receiver<Message>,
+    ) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while t1.stats().connections_rejected.load(Ordering::Relaxed) < 2
             || t2.stats().connections_rejected.load(Ordering::Relaxed) < 2
@@ -873,6 +1044,66 @@ mod tests {
         assert_eq!(t2.stats().connections_established.load(Ordering::Relaxed), 0);
     }
 
+    /// A member whose directory was wiped shows a new incarnation: the
+    /// peer that recorded the old one refuses it, and the wiped member,
+    /// told what was recorded for it, refuses too, whichever side dials.
+    #[test]
+    fn a_member_showing_another_incarnation_than_recorded_exchanges_no_message() {
+        for wiped in [1, 2] {
+            let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (2, free_addr())].into();
+            let healthy = 3 - wiped;
+            let side = |id: NodeId| {
+                if id == wiped {
+                    (0x5151, Incarnations::new())
+                } else {
+                    (id * 11, Incarnations::from([(wiped, wiped * 11)]))
+                }
+            };
+            let (t1, rx1) = start_as(1, &addrs, 0, side(1));
+            let (t2, rx2) = start_as(2, &addrs, 0, side(2));
+            assert_refused_both_ways(&t1, &rx1, &t2, &rx2);
+            let (th, tw) = if healthy == 1 { (&t1, &t2) } else { (&t2, &t1) };
+            assert!(th.incarnations_seen().is_empty() && tw.incarnations_seen().is_empty());
+        }
+    }
+
+    /// Incarnations are learned on each connection and checked again when
+    /// the records change: a link whose peer no longer matches is closed,
+    /// and one that matches again comes back.
+    #[test]
+    fn links_follow_the_recorded_incarnations() {
+        let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (2, free_addr())].into();
+        let (t1, _rx1) = start_as(1, &addrs, 0, (11, Incarnations::new()));
+        let (t2, rx2) = start_as(2, &addrs, 0, (22, Incarnations::new()));
+        t1.send([hb(1, 2, 1)]);
+        assert_eq!(recv_contexts(&rx2, 1), [1]);
+        assert_eq!(t1.incarnations_seen(), Incarnations::from([(2, 22)]));
+        assert_eq!(t2.incarnations_seen(), Incarnations::from([(1, 11)]));
+
+        t1.set_peers(addrs.clone(), Incarnations::from([(2, 23)]));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while t1.stats().connections_rejected.load(Ordering::Relaxed) < 2 {
+            assert!(Instant::now() < deadline, "the link was not closed and refused");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        while rx2.try_recv().is_ok() {}
+        t1.send((0..10).map(|i| hb(1, 2, i)));
+        assert!(
+            rx2.recv_timeout(Duration::from_millis(300)).is_err(),
+            "nothing reaches a peer that no longer matches its record"
+        );
+
+        t1.set_peers(addrs.clone(), Incarnations::from([(2, 22)]));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            t1.send([hb(1, 2, 7)]);
+            if rx2.recv_timeout(Duration::from_millis(50)).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the matching peer was never linked again");
+        }
+    }
+
     /// A joining node lists only itself; the lower-numbered member that
     /// learns of it dials it, and it answers over that connection before
     /// knowing the member's address. A peer dropped from the list is cut.
@@ -881,7 +1112,7 @@ mod tests {
         let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (5, free_addr())].into();
         let (t1, rx1) = start(1, &[(1, addrs[&1])].into());
         let (t5, rx5) = start(5, &[(5, addrs[&5])].into());
-        t1.set_peers(addrs.clone());
+        t1.set_peers(addrs.clone(), Incarnations::new());
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             t1.send([hb(1, 5, 3)]);
@@ -893,7 +1124,7 @@ mod tests {
         t5.send([hb(5, 1, 9)]);
         assert_eq!(recv_contexts(&rx1, 1), [9], "answered over the accepted connection");
 
-        t1.set_peers([(1, addrs[&1])].into());
+        t1.set_peers([(1, addrs[&1])].into(), Incarnations::new());
         std::thread::sleep(Duration::from_millis(100));
         while rx5.try_recv().is_ok() {}
         t1.send((0..10).map(|i| hb(1, 5, i)));
@@ -940,7 +1171,7 @@ mod tests {
         assert_eq!(raw.read(&mut buf).unwrap_or(0), 0, "closed");
         // A ping claiming an id that does not dial node 2.
         let mut raw = std::net::TcpStream::connect(addrs[&2]).unwrap();
-        raw.write_all(&hello_frame(3, 0)).unwrap();
+        raw.write_all(&[ping_frame(3), checks_frame(0, 3, 0)].concat()).unwrap();
         raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(raw.read(&mut buf).unwrap_or(0), 0, "closed");
         assert_eq!(t2.stats().connections_rejected.load(Ordering::Relaxed), 2);

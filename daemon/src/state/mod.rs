@@ -98,13 +98,15 @@ impl StateConfig {
     }
 }
 
-/// The version of the rules by which an entry applies: which opcodes a
-/// write may carry and what each does to the state and answers. Raised
+/// The version of the rules by which an entry applies: which opcodes an
+/// entry may carry (the writes, and `CLUSTER_RECORD_MEMBER`, which the
+/// cluster applies to its address book) and what each does to the state
+/// and answers. Raised
 /// with every change to them (a new write opcode, another answer, other
 /// accounting), since a member that applies a committed entry by other
 /// rules diverges from the rest; it is part of
 /// [`StateConfig::fingerprint`], so such members do not link.
-pub const APPLY_RULES_VERSION: u64 = 1;
+pub const APPLY_RULES_VERSION: u64 = 2;
 
 /// Fixed per-entry overhead counted against the memory limit, so that the
 /// accounting does not depend on allocator behaviour.

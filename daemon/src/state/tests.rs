@@ -1243,25 +1243,28 @@ fn other_apply_rules_change_the_fingerprint() {
 fn the_default_fingerprint_is_pinned() {
     assert_eq!(
         StateConfig::default().fingerprint(),
-        0xb4fe_1205,
+        0xe6f6_4244,
         "the default state fingerprint changed: members of this build and the last will not link"
     );
 }
 
-/// A write opcode added, removed or renumbered changes how committed
-/// entries apply, so it must come with a new `APPLY_RULES_VERSION` (and a
-/// new digest here).
+/// An entry opcode (a write, or the cluster's member record) added,
+/// removed or renumbered changes how committed entries apply, so it must
+/// come with a new `APPLY_RULES_VERSION` (and a new digest here).
 #[test]
 fn the_write_opcodes_belong_to_this_apply_rules_version() {
     use loomcache_wire::{OpClass, Opcode};
     let mut h = crc32fast::Hasher::new();
-    for op in Opcode::ALL.iter().filter(|op| op.class() == OpClass::Write) {
+    for op in Opcode::ALL
+        .iter()
+        .filter(|&&op| op.class() == OpClass::Write || op == Opcode::ClusterRecordMember)
+    {
         h.update(&op.code().to_le_bytes());
         h.update(op.wire_name().as_bytes());
     }
     assert_eq!(
         (super::APPLY_RULES_VERSION, h.finalize()),
-        (1, 0xcc06_cdaf),
+        (2, 0x779c_f6b7),
         "the write opcodes changed: raise APPLY_RULES_VERSION and pin the new digest"
     );
 }

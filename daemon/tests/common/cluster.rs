@@ -103,12 +103,13 @@ pub fn start(m: &Member, members: &str, dir: &Path) -> Proc {
 }
 
 /// Spawns a `loomd` command and waits for its first line.
-pub fn spawn(mut cmd: Command) -> Proc {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn loomd");
+pub fn spawn(cmd: Command) -> Proc {
+    spawn_logging(cmd, Stdio::null())
+}
+
+/// [`spawn`], with the node's log going to `stderr`.
+pub fn spawn_logging(mut cmd: Command, stderr: impl Into<Stdio>) -> Proc {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().expect("spawn loomd");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)

@@ -286,6 +286,10 @@ pub fn payloads() -> Vec<Payload<'static>> {
         }),
         Payload::ClusterLeave(Leave { node_id: 4 }),
         Payload::ClusterTransferLeader(TransferLeader { node_id: 2 }),
+        Payload::ClusterRecordMember(RecordMember {
+            node_id: 3,
+            incarnation: 0x0123_4567_89AB_CDEF,
+        }),
         Payload::ClusterPing(Ping { nonce: 0xDEAD_BEEF }),
         Payload::PartitionTableRequest(PartitionTableRequest { known_revision: 3 }),
         Payload::PartitionTableResponse(PartitionTable {
