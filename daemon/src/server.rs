@@ -660,9 +660,9 @@ impl EventLoop {
         }
     }
 
-    /// On the leader, proposes recording the incarnation of each member
-    /// the group has none for: its own, and each peer's as its link showed
-    /// it. Members are recorded once; a member that comes back with
+    /// On the leader, proposes recording the incarnation of each member of
+    /// the configuration the group has none for: its own, and each peer's
+    /// as its live link shows it. Members are recorded once; a member that comes back with
     /// another incarnation is then refused by its peers (12.19).
     fn record_incarnations(&mut self) {
         let me = self.config.node_id;
@@ -677,8 +677,15 @@ impl EventLoop {
             .recording
             .retain(|id, at| !recorded.contains_key(id) && now.duration_since(*at) < RECORD_RETRY);
         let seen = front.transport.incarnations_seen();
-        for member in front.book.members() {
-            let id = member.id;
+        let conf = front.driver.membership().conf;
+        let members = conf
+            .voters
+            .iter()
+            .chain(&conf.learners)
+            .chain(&conf.voters_outgoing)
+            .copied()
+            .collect::<std::collections::BTreeSet<u64>>();
+        for id in members {
             if recorded.contains_key(&id) || front.recording.contains_key(&id) {
                 continue;
             }
@@ -1989,6 +1996,22 @@ impl Replicated for ClusterMachine {
         }
     }
 
+    fn conf_entry(&mut self, change: &ConfChange) {
+        use loomcache_consensus::ConfChangeItem;
+        for item in &change.items {
+            if let ConfChangeItem::AddLearner(id) | ConfChangeItem::Remove(id) = *item {
+                self.book.forget_record(id);
+            }
+        }
+    }
+
+    /// The records are known once the log applied again: the transport
+    /// starts linking peers, checked against them.
+    fn replayed(&mut self) {
+        self.transport.set_peers(self.book.peers(), self.book.incarnations());
+        self.transport.records_known();
+    }
+
     fn conf_changed(&mut self, change: &ConfChange, conf: &ConfState) {
         if let Some(joining) = members::member_from_context(&change.context) {
             self.book.insert(joining);
@@ -2118,6 +2141,9 @@ fn start_cluster(
     }
     .fingerprint();
     transport_config.incarnation = incarnation;
+    // No peer is linked before the records in the snapshot and the log are
+    // applied again (`ClusterMachine::replayed`).
+    transport_config.records_known = false;
     let deliver = handle.clone();
     let transport = Arc::new(Transport::start(transport_config, move |m| deliver.deliver(m))?);
     let machine = ClusterMachine {

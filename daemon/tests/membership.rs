@@ -368,4 +368,34 @@ fn a_member_restarted_with_a_wiped_directory_is_refused_until_rebuilt() {
         || at_victim.map("m").get(b"k199").ok().flatten() == Some(b"v199".to_vec()),
     );
     assert_eq!(at_victim.map("m").get(b"k0").unwrap(), Some(b"v0".to_vec()));
+
+    // Every member holds the same records, the rebuilt directory's among
+    // them, and a member restarted applies them again.
+    let same_records = || {
+        let all: Vec<String> = members.iter().map(|o| field(&info(o), "members_recorded")).collect();
+        all.iter().all(|r| r == &all[0]) && all[0].split(',').count() == 3
+    };
+    wait_until(
+        "every member to hold the same records",
+        Duration::from_secs(30),
+        same_records,
+    );
+    let rebuilt = format!("{}={}", m.id, field(&info(&m), "incarnation"));
+    let records = field(&info(&members[0]), "members_recorded");
+    assert!(records.split(',').any(|r| r == rebuilt), "{records} lacks {rebuilt}");
+    let l = wait_for_leader(&members, Duration::from_secs(5)).unwrap();
+    let other = (0..3).find(|&i| i != l && i != victim).unwrap();
+    drop(procs[other].take());
+    procs[other] = Some(start(&members[other], &arg, tmp.path()));
+    wait_until(
+        "the restarted member to hold the same records",
+        Duration::from_secs(30),
+        same_records,
+    );
+    put_until_ok(&c, b"after", b"restart");
+    let at_other = stale_client(&members[other]);
+    wait_until("both followers to hold a later write", Duration::from_secs(30), || {
+        at_other.map("m").get(b"after").ok().flatten().is_some()
+            && at_victim.map("m").get(b"after").ok().flatten().is_some()
+    });
 }

@@ -54,6 +54,16 @@ pub trait Replicated: Send + 'static {
     fn conf_changed(&mut self, change: &ConfChange, conf: &ConfState) {
         let _ = (change, conf);
     }
+    /// A committed membership change, in log order among the `apply` calls
+    /// of the entries around it (so independent of how entries are
+    /// batched), before [`Replicated::conf_changed`] reports it in effect.
+    fn conf_entry(&mut self, change: &ConfChange) {
+        let _ = change;
+    }
+    /// Everything this member knew committed when it started has been
+    /// applied again (at once when there was nothing to apply). Called
+    /// once, from the driver's thread.
+    fn replayed(&mut self) {}
 }
 
 /// Finishes a snapshot frozen by [`Replicated::freeze`]: its bytes.
@@ -411,8 +421,10 @@ impl Driver {
         machine.restore(&snapshot.data);
         let snapshot_index = snapshot.meta.index;
         let raft = Raft::new(config.raft.clone(), storage)?;
+        let replay_to = Some(raft.committed());
         let run = Run {
             raft,
+            replay_to,
             inbox: rx,
             transport,
             writes: BTreeMap::new(),
@@ -488,6 +500,9 @@ impl std::fmt::Debug for Input {
 struct Run {
     config: DriverConfig,
     raft: Raft<LogStorage>,
+    /// The commit index known at start, until everything up to it has
+    /// been applied again ([`Replicated::replayed`]).
+    replay_to: Option<Index>,
     inbox: Receiver<Input>,
     transport: Option<Arc<Transport>>,
     /// Proposals by index: the term they were proposed in, and who waits.
@@ -698,6 +713,10 @@ impl Run {
                 tracing::error!(error = %e, "the Raft driver stops: storage failed");
                 break;
             }
+            if self.replay_to.is_some_and(|to| self.raft.applied() >= to) {
+                self.replay_to = None;
+                machine.replayed();
+            }
         }
         self.lease.publish(None);
         if let Err(e) = self.finish_snapshot_job(true) {
@@ -885,6 +904,7 @@ impl Run {
                     EntryKind::Normal => Some(machine.apply(entry)),
                     EntryKind::ConfChange => {
                         if let Ok(change) = ConfChange::decode(&entry.data) {
+                            machine.conf_entry(&change);
                             conf_changes.push(change);
                         }
                         self.conf_index = entry.index;
@@ -1185,6 +1205,73 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A journal that reports what it held when the driver said the
+    /// entries known committed at start were applied again.
+    struct ReplayJournal {
+        journal: Journal,
+        replayed: std::sync::mpsc::Sender<Vec<String>>,
+    }
+
+    impl Replicated for ReplayJournal {
+        fn apply(&mut self, entry: &Entry) -> Vec<u8> {
+            self.journal.apply(entry)
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            self.journal.snapshot()
+        }
+        fn restore(&mut self, data: &[u8]) {
+            self.journal.restore(data);
+        }
+        fn replayed(&mut self) {
+            let _ = self.replayed.send(self.journal.0.clone());
+        }
+    }
+
+    #[test]
+    fn replayed_comes_once_when_what_was_committed_has_applied_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = DriverConfig::new(1, 0, tmp.path().to_path_buf(), vec![1]);
+        // One entry per Ready: the replay takes several.
+        config.raft.max_committed_bytes_per_ready = 1;
+        let (tx, rx) = channel();
+        let machine = ReplayJournal {
+            journal: Journal::default(),
+            replayed: tx.clone(),
+        };
+        let driver = Driver::start(config.clone(), machine, None).unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+            Vec::<String>::new(),
+            "nothing to apply again: at once"
+        );
+        let h = driver.handle().clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for data in ["a", "b", "c"] {
+            loop {
+                match ask(|r| h.propose(Arc::from(data.as_bytes()), r)) {
+                    Outcome::NotLeader(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    other => {
+                        assert!(matches!(other, Outcome::Applied(_)), "{other:?}");
+                        break;
+                    }
+                }
+            }
+        }
+        driver.stop();
+        assert!(rx.try_recv().is_err(), "once per start");
+        let machine = ReplayJournal {
+            journal: Journal::default(),
+            replayed: tx,
+        };
+        let _driver = Driver::start(config, machine, None).unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+            ["a", "b", "c"],
+            "after the restart, once every entry applied again"
+        );
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "once per start");
     }
 
     #[test]

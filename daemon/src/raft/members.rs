@@ -138,8 +138,8 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, &[u8]), EnvelopeError>
             let (id, incarnation) = pair.split_at(8);
             let id = u64::from_le_bytes(id.try_into().expect("8 bytes"));
             let incarnation = u64::from_le_bytes(incarnation.try_into().expect("8 bytes"));
-            if id == 0 || incarnation == 0 || !members.iter().any(|m| m.id == id) {
-                return Err(bad("a record for no member, or a zero incarnation"));
+            if id == 0 || incarnation == 0 {
+                return Err(bad("a record of node 0 or of incarnation 0"));
             }
             if incarnations.insert(id, incarnation).is_some() {
                 return Err(bad("a member recorded twice"));
@@ -213,20 +213,14 @@ impl AddressBook {
         render(self.members())
     }
 
-    /// Replaces the book with a snapshot's (this node's own entry stays,
-    /// with the snapshot's record for it if any).
+    /// Replaces the book with a snapshot's: its members (this node's own
+    /// entry stays) and all its records.
     pub fn replace(&self, envelope: &Envelope) {
         let mut map: BTreeMap<NodeId, Member> = envelope.members.iter().map(|m| (m.id, *m)).collect();
         map.entry(self.me.id).or_insert(self.me);
-        let incarnations = envelope
-            .incarnations
-            .iter()
-            .filter(|(id, _)| map.contains_key(id))
-            .map(|(&id, &i)| (id, i))
-            .collect();
         *self.write() = Entries {
             members: map,
-            incarnations,
+            incarnations: envelope.incarnations.clone(),
         };
     }
 
@@ -237,31 +231,40 @@ impl AddressBook {
     }
 
     /// Applies a committed record: the first incarnation recorded for a
-    /// member stays until the member leaves. False if nothing changed (no
-    /// such member, or one already recorded).
+    /// node stays until a membership change names the node again
+    /// ([`AddressBook::forget_record`]). False if nothing changed (node 0,
+    /// incarnation 0, or one already recorded).
+    ///
+    /// Records depend only on the committed entries, in log order, never
+    /// on the addresses a member was started with, so every member holds
+    /// the same records at the same applied index.
     pub fn record(&self, id: NodeId, incarnation: u64) -> bool {
         let mut entries = self.write();
-        if incarnation == 0 || !entries.members.contains_key(&id) || entries.incarnations.contains_key(&id) {
+        if id == 0 || incarnation == 0 || entries.incarnations.contains_key(&id) {
             return false;
         }
         entries.incarnations.insert(id, incarnation);
         true
     }
 
-    /// Drops members `conf` no longer names (never this node), and their
-    /// records.
+    /// Drops a node's record: a committed change adds it as a learner or
+    /// removes it, so the directory it shows next is recorded anew.
+    pub fn forget_record(&self, id: NodeId) {
+        self.write().incarnations.remove(&id);
+    }
+
+    /// Drops the addresses of members `conf` no longer names (never this
+    /// node's). Records stay: they follow the changes in log order
+    /// ([`AddressBook::forget_record`]).
     pub fn retain_members_of(&self, conf: &ConfState) {
         let me = self.me.id;
-        let keep = |id: &NodeId| {
+        self.write().members.retain(|id, _| {
             *id == me
                 || conf.voters.contains(id)
                 || conf.learners.contains(id)
                 || conf.voters_outgoing.contains(id)
                 || conf.learners_next.contains(id)
-        };
-        let mut entries = self.write();
-        entries.members.retain(|id, _| keep(id));
-        entries.incarnations.retain(|id, _| keep(id));
+        });
     }
 }
 
@@ -317,7 +320,7 @@ mod tests {
             &bytes[..header + 4 + 8],
             &bad_count[..],
             &encode_envelope("1=nonsense", &Incarnations::new(), b"")[..],
-            &encode_envelope(&text, &Incarnations::from([(3, 1)]), b"")[..],
+            &encode_envelope(&text, &Incarnations::from([(0, 1)]), b"")[..],
             &encode_envelope(&text, &Incarnations::from([(1, 0)]), b"")[..],
             &[b'L', b'C', b'M', b'2', 0xFF, 0xFF, 0xFF, 0xFF][..],
         ] {
@@ -349,17 +352,32 @@ mod tests {
     }
 
     #[test]
-    fn a_members_first_recorded_incarnation_stays_until_it_leaves() {
+    fn a_nodes_first_recorded_incarnation_stays_until_a_change_names_it() {
         let book = AddressBook::new(member(1), &[member(1), member(2), member(3)]);
         assert!(book.record(2, 7));
         assert!(!book.record(2, 8), "the first record stays");
-        assert!(!book.record(9, 1), "no such member");
+        assert!(book.record(9, 1), "records do not depend on the addresses held");
         assert!(!book.record(3, 0), "zero is no incarnation");
-        assert_eq!(book.incarnations(), Incarnations::from([(2, 7)]));
+        assert!(!book.record(0, 3), "node 0 is no node");
+        assert_eq!(book.incarnations(), Incarnations::from([(2, 7), (9, 1)]));
         book.retain_members_of(&ConfState::with_voters([1, 3]));
-        assert!(book.incarnations().is_empty(), "a member that leaves loses its record");
-        book.insert(member(2));
-        assert!(book.record(2, 8), "added back, it is recorded anew");
-        assert_eq!(book.incarnations(), Incarnations::from([(2, 8)]));
+        assert_eq!(
+            book.incarnations(),
+            Incarnations::from([(2, 7), (9, 1)]),
+            "records do not follow the configuration a batch ends with"
+        );
+        book.forget_record(2);
+        assert!(book.record(2, 8), "named by a change, it is recorded anew");
+        assert_eq!(book.incarnations(), Incarnations::from([(2, 8), (9, 1)]));
+        book.forget_record(1);
+        book.replace(&Envelope {
+            members: vec![member(2)],
+            incarnations: Incarnations::from([(1, 4), (7, 5)]),
+        });
+        assert_eq!(
+            book.incarnations(),
+            Incarnations::from([(1, 4), (7, 5)]),
+            "a snapshot's records are taken whole, this node's and non-members' included"
+        );
     }
 }

@@ -64,6 +64,9 @@ pub struct TransportConfig {
     /// The incarnations the group recorded for members: a peer showing
     /// another one is refused.
     pub recorded: Incarnations,
+    /// Whether `recorded` is known at start. If not, the transport dials
+    /// no peer and reads no connection until [`Transport::records_known`].
+    pub records_known: bool,
 }
 
 impl TransportConfig {
@@ -82,6 +85,7 @@ impl TransportConfig {
             state_fingerprint: 0,
             incarnation: 0,
             recorded: Incarnations::new(),
+            records_known: true,
         }
     }
 }
@@ -115,6 +119,8 @@ pub struct Transport {
     new_peers: Arc<Mutex<Option<PeerList>>>,
     /// The incarnation each linked peer showed.
     seen: Arc<Mutex<Incarnations>>,
+    /// Set by [`Transport::records_known`].
+    records_known: Arc<AtomicBool>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -137,6 +143,7 @@ impl Transport {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(TransportStats::default());
         let seen = Arc::new(Mutex::new(Incarnations::new()));
+        let records_known = Arc::new(AtomicBool::new(config.records_known));
         let outbox_max = config.outbox_messages_max;
         let mut lp = Loop {
             links: config
@@ -147,6 +154,7 @@ impl Transport {
                 .collect(),
             new_peers: Arc::clone(&new_peers),
             seen: Arc::clone(&seen),
+            records_known: Arc::clone(&records_known),
             conns: Vec::new(),
             poll,
             listener,
@@ -164,6 +172,7 @@ impl Transport {
             outbox,
             new_peers,
             seen,
+            records_known,
             waker,
             stop,
             thread: Some(thread),
@@ -199,8 +208,14 @@ impl Transport {
         let _ = self.waker.wake();
     }
 
-    /// The incarnation each peer showed when its current or last link was
-    /// checked (peers no longer listed are forgotten).
+    /// Starts linking peers, on a transport whose records were not known
+    /// at start: the last [`Transport::set_peers`] holds them.
+    pub fn records_known(&self) {
+        self.records_known.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+    }
+
+    /// The incarnation each linked peer showed when its link was checked.
     pub fn incarnations_seen(&self) -> Incarnations {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -327,6 +342,7 @@ struct Loop {
     links: BTreeMap<NodeId, Link>,
     new_peers: Arc<Mutex<Option<PeerList>>>,
     seen: Arc<Mutex<Incarnations>>,
+    records_known: Arc<AtomicBool>,
     conns: Vec<Option<Conn>>,
     poll: Poll,
     listener: TcpListener,
@@ -370,8 +386,13 @@ impl Loop {
         let mut batch = Vec::new();
         let mut peers: Vec<NodeId> = Vec::with_capacity(self.links.len());
         while !self.stop.load(Ordering::Acquire) {
-            self.dial_due();
-            self.expire_unidentified();
+            // Records first: no frame is read under records older than
+            // those already handed over.
+            self.take_new_peers();
+            if self.config.records_known {
+                self.dial_due();
+                self.expire_unchecked();
+            }
             let timeout = self.next_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -398,13 +419,7 @@ impl Loop {
             std::mem::swap(&mut batch, &mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()));
             // Taken after the outbox: a peer list set before a message was
             // sent is in place before that message is queued.
-            let replaced = self.new_peers.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some((peers, recorded)) = replaced {
-                self.config.recorded = recorded;
-                self.replace_peers(peers);
-                self.close_replaced_members();
-                self.dial_due();
-            }
+            self.take_new_peers();
             for m in batch.drain(..) {
                 self.enqueue(&m);
             }
@@ -416,6 +431,32 @@ impl Loop {
         }
         for idx in 0..self.conns.len() {
             self.close(idx, false);
+        }
+    }
+
+    /// Applies a peer list and records handed over by `set_peers`, if
+    /// any, then starts linking once the records are known.
+    fn take_new_peers(&mut self) {
+        // The flag before the list: a list set before the flag is then
+        // taken here at the latest.
+        let arm = !self.config.records_known && self.records_known.load(Ordering::Acquire);
+        let replaced = self.new_peers.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((peers, recorded)) = replaced {
+            self.config.recorded = recorded;
+            self.replace_peers(peers);
+            self.close_replaced_members();
+        }
+        if arm {
+            self.config.records_known = true;
+            // Edge-triggered: read what arrived while waiting.
+            for idx in 0..self.conns.len() {
+                if self.conns[idx].is_some() {
+                    self.on_readable(idx);
+                }
+            }
+        }
+        if self.config.records_known {
+            self.dial_due();
         }
     }
 
@@ -466,30 +507,26 @@ impl Loop {
         }
     }
 
-    /// Closes accepted connections that did not identify themselves in
-    /// time.
-    fn expire_unidentified(&mut self) {
+    /// Closes connections whose checks did not pass in time, accepted
+    /// or dialed (a dialed one is redialed).
+    fn expire_unchecked(&mut self) {
         let late: Vec<usize> = self
             .conns
             .iter()
             .enumerate()
             .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
-            .filter(|(_, c)| c.awaits_check() && c.opened.elapsed() > OPENING_DEADLINE)
+            .filter(|(_, c)| c.hello != Hello::Done && c.opened.elapsed() > OPENING_DEADLINE)
             .map(|(i, _)| i)
             .collect();
         for idx in late {
-            self.reject(idx, "no opening ping in time");
+            self.reject(idx, "peer checks not passed in time");
         }
     }
 
     fn next_timeout(&self) -> Option<Duration> {
-        // Wake at least every second while a connection must still
-        // identify itself, to enforce the opening deadline.
-        let opening = self
-            .conns
-            .iter()
-            .flatten()
-            .any(Conn::awaits_check)
+        // Wake at least every second while a connection must still pass
+        // its checks, to enforce the opening deadline.
+        let opening = (self.config.records_known && self.conns.iter().flatten().any(|c| c.hello != Hello::Done))
             .then_some(Duration::from_secs(1));
         let now = Instant::now();
         let dial = self
@@ -712,6 +749,9 @@ impl Loop {
     }
 
     fn on_readable(&mut self, idx: usize) {
+        if !self.config.records_known {
+            return;
+        }
         loop {
             let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
                 return;
@@ -814,10 +854,8 @@ impl Loop {
                         }
                     }
                     let theirs = conn.incarnation;
-                    if theirs != 0 {
-                        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, theirs);
-                    }
                     if dialed {
+                        self.note_seen(peer, theirs);
                         self.stats.connections_established.fetch_add(1, Ordering::Relaxed);
                         let min = self.config.reconnect_min;
                         if let Some(link) = self.links.get_mut(&peer) {
@@ -840,6 +878,7 @@ impl Loop {
                         self.links.insert(from, Link::new(None, min));
                     }
                     tracing::debug!(peer = from, "peer identified");
+                    self.note_seen(from, theirs);
                     self.stats.connections_established.fetch_add(1, Ordering::Relaxed);
                     let link = self.links.get_mut(&from).expect("checked");
                     if let Some(old) = link.conn.replace(idx) {
@@ -866,6 +905,16 @@ impl Loop {
                 },
                 _ => return self.reject(idx, "unexpected frame on a peer connection"),
             }
+        }
+    }
+
+    /// Keeps the incarnation a newly linked peer showed.
+    fn note_seen(&self, peer: NodeId, incarnation: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if incarnation == 0 {
+            seen.remove(&peer);
+        } else {
+            seen.insert(peer, incarnation);
         }
     }
 
@@ -907,10 +956,10 @@ impl Loop {
         }
         link.conn = None;
         link.drop_partial_head();
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
         if link.addr.is_none() {
             // Known only from its ping: it redials if it still cares.
             self.links.remove(&peer);
-            self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
             return;
         }
         if redial && me < peer {
@@ -984,6 +1033,19 @@ mod tests {
         })
         .unwrap();
         (t, rx)
+    }
+
+    /// Sends `m` again and again (frames sent before a link is up may be
+    /// dropped) until a message arrives on `rx`, which it returns.
+    fn send_until_received(t: &Transport, rx: &mpsc::Receiver<Message>, m: Message, what: &str) -> Message {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            t.send([m.clone()]);
+            if let Ok(got) = rx.recv_timeout(Duration::from_millis(50)) {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "{what}");
+        }
     }
 
     fn recv_contexts(rx: &mpsc::Receiver<Message>, n: usize) -> Vec<u64> {
@@ -1094,14 +1156,106 @@ mod tests {
         );
 
         t1.set_peers(addrs.clone(), Incarnations::from([(2, 22)]));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            t1.send([hb(1, 2, 7)]);
-            if rx2.recv_timeout(Duration::from_millis(50)).is_ok() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the matching peer was never linked again");
+        send_until_received(&t1, &rx2, hb(1, 2, 7), "the matching peer was never linked again");
+    }
+
+    /// A transport started without its records links no peer until it is
+    /// told they are known, and then checks against the records it holds
+    /// by then.
+    #[test]
+    fn a_transport_waiting_for_its_records_links_nothing_before_them() {
+        let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (2, free_addr())].into();
+        let (tx, rx2) = mpsc::channel();
+        let mut cfg = TransportConfig::new(2, addrs[&2], addrs.clone());
+        cfg.incarnation = 22;
+        cfg.records_known = false;
+        cfg.reconnect_min = Duration::from_millis(10);
+        cfg.reconnect_max = Duration::from_millis(100);
+        let t2 = Transport::start(cfg, move |m| {
+            let _ = tx.send(m);
+        })
+        .unwrap();
+        let (t1, _rx1) = start_as(1, &addrs, 0, (11, Incarnations::new()));
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            t1.send([hb(1, 2, 1)]);
+            assert!(
+                rx2.recv_timeout(Duration::from_millis(20)).is_err(),
+                "linked before its records"
+            );
         }
+        assert_eq!(t2.stats().connections_established.load(Ordering::Relaxed), 0);
+        t2.set_peers(addrs.clone(), Incarnations::from([(1, 99)]));
+        t2.records_known();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while t2.stats().connections_rejected.load(Ordering::Relaxed) < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the peer was not checked against the records"
+            );
+            t1.send([hb(1, 2, 2)]);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(rx2.try_recv().is_err(), "a refused peer's message passed");
+        t2.set_peers(addrs.clone(), Incarnations::from([(1, 11)]));
+        send_until_received(&t1, &rx2, hb(1, 2, 3), "never linked once the records matched");
+    }
+
+    /// Unlisted peers beyond the bound leave no trace in what was seen, and
+    /// an unlisted peer that goes is forgotten.
+    #[test]
+    fn incarnations_seen_are_bounded_and_forgotten_with_their_links() {
+        let me = UNLISTED_PEERS_MAX as NodeId + 10;
+        let addrs: BTreeMap<NodeId, SocketAddr> = [(me, free_addr())].into();
+        let (t, _rx) = start_as(me, &addrs, 0, (7, Incarnations::new()));
+        let handled = || {
+            t.stats().connections_established.load(Ordering::Relaxed)
+                + t.stats().connections_rejected.load(Ordering::Relaxed)
+        };
+        let mut raw = Vec::new();
+        for id in 1..=(UNLISTED_PEERS_MAX as NodeId + 5) {
+            // One at a time: connections not yet checked are bounded too.
+            let before = handled();
+            let mut c = std::net::TcpStream::connect(addrs[&me]).unwrap();
+            c.write_all(&[ping_frame(id), checks_frame(0, 1000 + id, 0)].concat())
+                .unwrap();
+            raw.push(c);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while handled() == before {
+                assert!(Instant::now() < deadline, "peer {id} was not handled");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        assert_eq!(
+            t.stats().connections_established.load(Ordering::Relaxed),
+            UNLISTED_PEERS_MAX as u64
+        );
+        assert_eq!(t.stats().connections_rejected.load(Ordering::Relaxed), 5);
+        assert_eq!(t.incarnations_seen().len(), UNLISTED_PEERS_MAX);
+        drop(raw);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !t.incarnations_seen().is_empty() {
+            assert!(Instant::now() < deadline, "closed links were not forgotten");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A dialed peer that accepts and never answers its checks is given up
+    /// after the opening deadline and dialed again.
+    #[test]
+    fn a_dialed_peer_that_never_answers_is_redialed() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (2, silent.local_addr().unwrap())].into();
+        let (t1, _rx1) = start(1, &addrs);
+        let (first, _) = silent.accept().unwrap();
+        let deadline = Instant::now() + OPENING_DEADLINE + Duration::from_secs(5);
+        while t1.stats().connections_rejected.load(Ordering::Relaxed) < 1 {
+            assert!(Instant::now() < deadline, "a silent peer held the link");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        silent.set_nonblocking(false).unwrap();
+        let (_second, _) = silent.accept().expect("dialed again");
+        drop(first);
     }
 
     /// A joining node lists only itself; the lower-numbered member that
@@ -1113,14 +1267,7 @@ mod tests {
         let (t1, rx1) = start(1, &[(1, addrs[&1])].into());
         let (t5, rx5) = start(5, &[(5, addrs[&5])].into());
         t1.set_peers(addrs.clone(), Incarnations::new());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            t1.send([hb(1, 5, 3)]);
-            if rx5.recv_timeout(Duration::from_millis(50)).is_ok() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the joiner was never dialed");
-        }
+        send_until_received(&t1, &rx5, hb(1, 5, 3), "the joiner was never dialed");
         t5.send([hb(5, 1, 9)]);
         assert_eq!(recv_contexts(&rx1, 1), [9], "answered over the accepted connection");
 
@@ -1147,15 +1294,8 @@ mod tests {
         let (_t2, rx2) = start(2, &addrs);
         // Messages sent while the peer was down or reconnecting may be
         // lost; keep sending until one arrives.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            t1.send([hb(1, 2, 7)]);
-            if let Ok(m) = rx2.recv_timeout(Duration::from_millis(50)) {
-                assert_eq!(m.from, 1);
-                break;
-            }
-            assert!(Instant::now() < deadline, "never reconnected");
-        }
+        let m = send_until_received(&t1, &rx2, hb(1, 2, 7), "never reconnected");
+        assert_eq!(m.from, 1);
     }
 
     #[test]
