@@ -671,7 +671,7 @@ impl EventLoop {
             front.recording.clear();
             return;
         }
-        let recorded = front.book.incarnations();
+        let recorded = front.book.records();
         let now = Instant::now();
         front
             .recording
@@ -1749,9 +1749,9 @@ fn node_info(
                 "members_recorded",
                 front
                     .book
-                    .incarnations()
+                    .records()
                     .iter()
-                    .map(|(id, i)| format!("{id}={i:016x}"))
+                    .map(|(id, r)| format!("{id}={:016x}", r.incarnation))
                     .collect::<Vec<_>>()
                     .join(","),
             ),
@@ -1907,14 +1907,18 @@ struct ClusterMachine {
     shared: Arc<Shared>,
     book: Arc<AddressBook>,
     transport: Arc<Transport>,
+    /// The configuration in force at the point of the log applied last.
+    conf: ConfState,
 }
 
 impl ClusterMachine {
     /// A committed `CLUSTER_RECORD_MEMBER`: the book keeps the first
-    /// incarnation recorded for a member, and the transport checks peers
-    /// against it from now on. `None` for any other entry.
-    fn apply_record(&self, data: &[u8]) -> Option<Vec<u8>> {
+    /// incarnation recorded for a member of the configuration in force,
+    /// and the transport checks peers against it from now on. `None` for
+    /// any other entry.
+    fn apply_record(&self, entry: &Entry) -> Option<Vec<u8>> {
         let limits = &self.shared.limits;
+        let data = &entry.data;
         match loomcache_wire::FrameHeader::validate(data, limits) {
             Ok((_, Opcode::ClusterRecordMember)) => {}
             _ => return None,
@@ -1926,13 +1930,17 @@ impl ClusterMachine {
             },
             _ => return Some(error_frame(0, ErrorCode::Malformed, "bad member record")),
         };
-        if self.book.record(record.node_id, record.incarnation) {
+        if self
+            .book
+            .record(record.node_id, record.incarnation, entry.index, &self.conf)
+        {
             tracing::info!(
                 node = record.node_id,
                 incarnation = format_args!("{:016x}", record.incarnation),
+                index = entry.index,
                 "member's data directory recorded"
             );
-            self.transport.set_peers(self.book.peers(), self.book.incarnations());
+            self.transport.set_peers(self.book.peers(), self.book.records());
         }
         Some(response_frame(0, 0, &Response::Ok(OkBody::Empty)))
     }
@@ -1940,7 +1948,7 @@ impl ClusterMachine {
 
 impl Replicated for ClusterMachine {
     fn apply(&mut self, entry: &Entry) -> Vec<u8> {
-        if let Some(answer) = self.apply_record(&entry.data) {
+        if let Some(answer) = self.apply_record(entry) {
             return answer;
         }
         let executed = execute_at(&self.shared, &entry.data, Vec::new(), entry.timestamp_ms, false);
@@ -1971,14 +1979,14 @@ impl Replicated for ClusterMachine {
     /// finished, off the driver's thread.
     fn freeze(&self) -> SnapshotFinish {
         let members = self.book.render();
-        let incarnations = self.book.incarnations();
+        let records = self.book.records();
         let view = self
             .shared
             .state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .snapshot_view();
-        Box::new(move || members::encode_envelope_with(&members, &incarnations, |out| view.finish_into(out)))
+        Box::new(move || members::encode_envelope_with(&members, &records, |out| view.finish_into(out)))
     }
 
     fn restore(&mut self, data: &[u8]) {
@@ -1988,7 +1996,7 @@ impl Replicated for ClusterMachine {
             members::decode_envelope(data).unwrap_or_else(|e| panic!("cannot load the snapshot: {e}"));
         if !book.members.is_empty() {
             self.book.replace(&book);
-            self.transport.set_peers(self.book.peers(), self.book.incarnations());
+            self.transport.set_peers(self.book.peers(), self.book.records());
         }
         let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = state.restore(state_bytes) {
@@ -1996,19 +2004,24 @@ impl Replicated for ClusterMachine {
         }
     }
 
-    fn conf_entry(&mut self, change: &ConfChange) {
-        use loomcache_consensus::ConfChangeItem;
-        for item in &change.items {
-            if let ConfChangeItem::AddLearner(id) | ConfChangeItem::Remove(id) = *item {
-                self.book.forget_record(id);
-            }
-        }
+    fn conf_reset(&mut self, conf: &ConfState) {
+        self.conf = conf.clone();
+    }
+
+    fn conf_entry(&mut self, _change: &ConfChange, conf: &ConfState) {
+        self.book.follow_change(&self.conf, conf);
+        self.conf = conf.clone();
+    }
+
+    /// A learner becomes a voter only once its directory is recorded.
+    fn promotable(&self, id: u64) -> bool {
+        self.book.is_recorded(id)
     }
 
     /// The records are known once the log applied again: the transport
     /// starts linking peers, checked against them.
     fn replayed(&mut self) {
-        self.transport.set_peers(self.book.peers(), self.book.incarnations());
+        self.transport.set_peers(self.book.peers(), self.book.records());
         self.transport.records_known();
     }
 
@@ -2017,7 +2030,7 @@ impl Replicated for ClusterMachine {
             self.book.insert(joining);
         }
         self.book.retain_members_of(conf);
-        self.transport.set_peers(self.book.peers(), self.book.incarnations());
+        self.transport.set_peers(self.book.peers(), self.book.records());
         tracing::info!(voters = ?conf.voters, learners = ?conf.learners, outgoing = ?conf.voters_outgoing, "membership changed");
     }
 }
@@ -2150,6 +2163,7 @@ fn start_cluster(
         shared: Arc::clone(shared),
         book: Arc::clone(&book),
         transport: Arc::clone(&transport),
+        conf: ConfState::default(),
     };
     let dir = cluster.dir_for(config.node_id);
     let driver =

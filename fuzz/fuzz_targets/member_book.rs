@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(&incarnation::encode(value)[..], data);
     }
     if let Ok((book, state)) = decode_envelope(data) {
-        let again = encode_envelope_with(&render(book.members.iter().copied()), &book.incarnations, |mut out| {
+        let again = encode_envelope_with(&render(book.members.iter().copied()), &book.records, |mut out| {
             out.extend_from_slice(state);
             out
         });

@@ -54,11 +54,25 @@ pub trait Replicated: Send + 'static {
     fn conf_changed(&mut self, change: &ConfChange, conf: &ConfState) {
         let _ = (change, conf);
     }
-    /// A committed membership change, in log order among the `apply` calls
-    /// of the entries around it (so independent of how entries are
-    /// batched), before [`Replicated::conf_changed`] reports it in effect.
-    fn conf_entry(&mut self, change: &ConfChange) {
-        let _ = change;
+    /// The configuration in force where the state now stands: at start
+    /// (the snapshot's, or the starting one) and after a snapshot is
+    /// installed, before any entry after it applies.
+    fn conf_reset(&mut self, conf: &ConfState) {
+        let _ = conf;
+    }
+    /// A committed membership change and the configuration it yields
+    /// (the same as before if the change does not apply), in log order
+    /// among the `apply` calls of the entries around it, so independent of
+    /// how entries are batched; [`Replicated::conf_changed`] reports it in
+    /// effect later.
+    fn conf_entry(&mut self, change: &ConfChange, conf: &ConfState) {
+        let _ = (change, conf);
+    }
+    /// Whether the leader may make learner `id` a voter now (it must also
+    /// have caught up).
+    fn promotable(&self, id: NodeId) -> bool {
+        let _ = id;
+        true
     }
     /// Everything this member knew committed when it started has been
     /// applied again (at once when there was nothing to apply). Called
@@ -421,6 +435,7 @@ impl Driver {
         machine.restore(&snapshot.data);
         let snapshot_index = snapshot.meta.index;
         let raft = Raft::new(config.raft.clone(), storage)?;
+        machine.conf_reset(raft.conf_state());
         let replay_to = Some(raft.committed());
         let run = Run {
             raft,
@@ -687,7 +702,7 @@ impl Run {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            self.catch_up_ticks();
+            self.catch_up_ticks(&machine);
             if let Some(input) = first {
                 if !self.handle(input) {
                     break;
@@ -697,7 +712,7 @@ impl Run {
                         Ok(input) => {
                             // The clock again before each input: the
                             // thread may have been paused mid-batch.
-                            self.catch_up_ticks();
+                            self.catch_up_ticks(&machine);
                             if !self.handle(input) {
                                 break 'outer;
                             }
@@ -739,7 +754,7 @@ impl Run {
     /// stall (a long fsync, a paused process). Replays the ticks that fell
     /// due, up to a few election timeouts: beyond that every lease has
     /// expired anyway, and the schedule restarts from now.
-    fn catch_up_ticks(&mut self) {
+    fn catch_up_ticks<M: Replicated>(&mut self, machine: &M) {
         let now = Instant::now();
         let mut replayed = 0;
         while self.tick_at + self.config.tick <= now {
@@ -751,7 +766,7 @@ impl Run {
             }
         }
         if replayed > 0 {
-            self.promote_caught_up_learners();
+            self.promote_caught_up_learners(machine);
             self.publish_membership();
         }
     }
@@ -800,7 +815,7 @@ impl Run {
     /// everything committed. Learners exist only as joining members here,
     /// so every learner is promoted when it has caught up (thesis §4.2.1);
     /// one change at a time, never while a joint configuration is active.
-    fn promote_caught_up_learners(&mut self) {
+    fn promote_caught_up_learners<M: Replicated>(&mut self, machine: &M) {
         if self.raft.role() != Role::Leader || self.raft.conf_state().learners.is_empty() {
             return;
         }
@@ -810,11 +825,9 @@ impl Run {
         }
         let committed = self.raft.committed();
         let status = self.raft.status();
-        let Some(ready) = status
-            .peers
-            .iter()
-            .find(|p| p.is_learner && p.matched >= committed && conf.learners.contains(&p.id))
-        else {
+        let Some(ready) = status.peers.iter().find(|p| {
+            p.is_learner && p.matched >= committed && conf.learners.contains(&p.id) && machine.promotable(p.id)
+        }) else {
             return;
         };
         let change = ConfChange {
@@ -868,6 +881,7 @@ impl Run {
             if let Some(snapshot) = &ready.snapshot {
                 storage.apply_snapshot(snapshot.clone())?;
                 machine.restore(&snapshot.data);
+                machine.conf_reset(&snapshot.meta.conf);
                 self.conf_index = self.conf_index.max(snapshot.meta.index);
                 self.applied_since_snapshot = 0;
                 self.applied_bytes_since_snapshot = 0;
@@ -899,12 +913,21 @@ impl Run {
             }
             let mut conf_changes = Vec::new();
             let mut conf_replies = Vec::new();
+            // The configuration entry by entry, as the core will apply it
+            // at `advance` (a change that does not apply is skipped).
+            let mut conf = ready
+                .snapshot
+                .as_ref()
+                .map_or_else(|| self.raft.conf_state().clone(), |s| s.meta.conf.clone());
             for entry in &ready.committed_entries {
                 let answer = match entry.kind {
                     EntryKind::Normal => Some(machine.apply(entry)),
                     EntryKind::ConfChange => {
                         if let Ok(change) = ConfChange::decode(&entry.data) {
-                            machine.conf_entry(&change);
+                            if let Ok(next) = loomcache_consensus::confchange::apply(&conf, &change) {
+                                conf = next;
+                            }
+                            machine.conf_entry(&change, &conf);
                             conf_changes.push(change);
                         }
                         self.conf_index = entry.index;

@@ -34,8 +34,22 @@ const ENVELOPE_MAGIC: &[u8; 4] = b"LCM2";
 /// Most incarnation records an envelope may carry.
 pub const RECORDS_MAX: usize = 4096;
 
-/// The recorded incarnation of each member's data directory.
+/// Incarnations by node id (what peers showed, for example).
 pub type Incarnations = BTreeMap<NodeId, u64>;
+
+/// A member's recorded incarnation and the log index of the entry that
+/// recorded it: of two records of one member, the later index is the
+/// newer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    /// The incarnation (nonzero).
+    pub incarnation: u64,
+    /// The recording entry's index (nonzero).
+    pub index: u64,
+}
+
+/// The recorded incarnation of each member's data directory.
+pub type Records = BTreeMap<NodeId, Record>;
 
 /// Largest encoded book accepted from a snapshot or a change.
 pub const BOOK_BYTES_MAX: usize = 64 << 10;
@@ -51,8 +65,8 @@ pub struct AddressBook {
 #[derive(Debug, Default)]
 struct Entries {
     members: BTreeMap<NodeId, Member>,
-    /// Members whose incarnation the group recorded (never zero).
-    incarnations: Incarnations,
+    /// Members whose incarnation the group recorded.
+    records: Records,
 }
 
 /// Renders members as `id=client/peer` items separated by commas (the
@@ -72,23 +86,20 @@ pub struct EnvelopeError(String);
 
 /// Prefixes state-machine snapshot bytes with the book: `LCM2`, a `u32`
 /// LE length, the members as [`render`] writes them, a `u32` LE count of
-/// incarnation records and that many `(node id u64 LE, incarnation u64
-/// LE)` pairs, then the state, written straight after the book by
-/// `write_state` (which appends to the buffer it is given and returns it),
-/// so the state is copied once.
-pub fn encode_envelope_with(
-    members: &str,
-    incarnations: &Incarnations,
-    write_state: impl FnOnce(Vec<u8>) -> Vec<u8>,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + members.len() + 16 * incarnations.len());
+/// records and that many `(node id, incarnation, index)` triples of `u64`
+/// LE, then the state, written straight after the book by `write_state`
+/// (which appends to the buffer it is given and returns it), so the state
+/// is copied once.
+pub fn encode_envelope_with(members: &str, records: &Records, write_state: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + members.len() + 24 * records.len());
     out.extend_from_slice(ENVELOPE_MAGIC);
     out.extend_from_slice(&(members.len() as u32).to_le_bytes());
     out.extend_from_slice(members.as_bytes());
-    out.extend_from_slice(&(incarnations.len() as u32).to_le_bytes());
-    for (&id, &incarnation) in incarnations {
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for (&id, r) in records {
         out.extend_from_slice(&id.to_le_bytes());
-        out.extend_from_slice(&incarnation.to_le_bytes());
+        out.extend_from_slice(&r.incarnation.to_le_bytes());
+        out.extend_from_slice(&r.index.to_le_bytes());
     }
     write_state(out)
 }
@@ -99,11 +110,11 @@ pub struct Envelope {
     /// The members (none: a bare state snapshot).
     pub members: Vec<Member>,
     /// The recorded incarnations.
-    pub incarnations: Incarnations,
+    pub records: Records,
 }
 
 /// Splits [`encode_envelope_with`]'s output into the book and the state.
-/// An `LCMB` envelope holds members without incarnations. Bytes without a
+/// An `LCMB` envelope holds members without records. Bytes without a
 /// marker are a bare state snapshot (empty: none yet), as written before
 /// snapshots carried the book; they name no members, and the state machine
 /// checks them as its own.
@@ -124,30 +135,29 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, &[u8]), EnvelopeError>
     let (text, mut rest) = rest.split_at(len);
     let text = std::str::from_utf8(text).map_err(|_| bad("not UTF-8"))?;
     let members = ClusterConfig::parse_members(text).map_err(EnvelopeError)?;
-    let mut incarnations = Incarnations::new();
+    let mut records = Records::new();
     if with_records {
         let (count, tail) = rest
             .split_first_chunk::<4>()
             .ok_or_else(|| bad("truncated record count"))?;
         let count = u32::from_le_bytes(*count) as usize;
-        if count > RECORDS_MAX || count * 16 > tail.len() {
+        if count > RECORDS_MAX || count * 24 > tail.len() {
             return Err(bad("record count out of range"));
         }
-        let (records, tail) = tail.split_at(count * 16);
-        for pair in records.chunks_exact(16) {
-            let (id, incarnation) = pair.split_at(8);
-            let id = u64::from_le_bytes(id.try_into().expect("8 bytes"));
-            let incarnation = u64::from_le_bytes(incarnation.try_into().expect("8 bytes"));
-            if id == 0 || incarnation == 0 {
-                return Err(bad("a record of node 0 or of incarnation 0"));
+        let (bytes, tail) = tail.split_at(count * 24);
+        for triple in bytes.chunks_exact(24) {
+            let word = |i: usize| u64::from_le_bytes(triple[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+            let (id, incarnation, index) = (word(0), word(1), word(2));
+            if id == 0 || incarnation == 0 || index == 0 {
+                return Err(bad("a record of node 0, incarnation 0 or index 0"));
             }
-            if incarnations.insert(id, incarnation).is_some() {
+            if records.insert(id, Record { incarnation, index }).is_some() {
                 return Err(bad("a member recorded twice"));
             }
         }
         rest = tail;
     }
-    Ok((Envelope { members, incarnations }, rest))
+    Ok((Envelope { members, records }, rest))
 }
 
 /// Parses a membership change's context: the joining member's entry.
@@ -169,7 +179,7 @@ impl AddressBook {
             me,
             members: RwLock::new(Entries {
                 members: map,
-                incarnations: Incarnations::new(),
+                records: Records::new(),
             }),
         }
     }
@@ -204,8 +214,13 @@ impl AddressBook {
 
     /// The recorded incarnations (this node's own among them once
     /// recorded).
-    pub fn incarnations(&self) -> Incarnations {
-        self.read().incarnations.clone()
+    pub fn records(&self) -> Records {
+        self.read().records.clone()
+    }
+
+    /// Whether `id`'s incarnation is recorded.
+    pub fn is_recorded(&self, id: NodeId) -> bool {
+        self.read().records.contains_key(&id)
     }
 
     /// The book as [`render`] writes it.
@@ -220,52 +235,64 @@ impl AddressBook {
         map.entry(self.me.id).or_insert(self.me);
         *self.write() = Entries {
             members: map,
-            incarnations: envelope.incarnations.clone(),
+            records: envelope.records.clone(),
         };
     }
 
-    /// Records a joining member's addresses. A node not in the book starts
-    /// with no incarnation recorded.
+    /// Records a joining member's addresses.
     pub fn insert(&self, member: Member) {
         self.write().members.insert(member.id, member);
     }
 
-    /// Applies a committed record: the first incarnation recorded for a
-    /// node stays until a membership change names the node again
-    /// ([`AddressBook::forget_record`]). False if nothing changed (node 0,
-    /// incarnation 0, or one already recorded).
+    /// Applies a committed record at log index `index`, `conf` being the
+    /// configuration in force there: kept if the node is a member of it
+    /// and has no record yet (the first record stays until the node leaves
+    /// or enters the configuration, [`AddressBook::follow_change`]). False
+    /// if nothing changed.
     ///
-    /// Records depend only on the committed entries, in log order, never
-    /// on the addresses a member was started with, so every member holds
-    /// the same records at the same applied index.
-    pub fn record(&self, id: NodeId, incarnation: u64) -> bool {
+    /// Records depend only on the committed entries in log order, never on
+    /// how they were batched or on the addresses a member was started
+    /// with, so every member holds the same records at the same applied
+    /// index.
+    pub fn record(&self, id: NodeId, incarnation: u64, index: u64, conf: &ConfState) -> bool {
         let mut entries = self.write();
-        if id == 0 || incarnation == 0 || entries.incarnations.contains_key(&id) {
+        if incarnation == 0
+            || index == 0
+            || !names(conf, id)
+            || entries.records.contains_key(&id)
+            || entries.records.len() >= RECORDS_MAX
+        {
             return false;
         }
-        entries.incarnations.insert(id, incarnation);
+        entries.records.insert(id, Record { incarnation, index });
         true
     }
 
-    /// Drops a node's record: a committed change adds it as a learner or
-    /// removes it, so the directory it shows next is recorded anew.
-    pub fn forget_record(&self, id: NodeId) {
-        self.write().incarnations.remove(&id);
+    /// Follows a committed membership change from `before` to `after`:
+    /// a node that leaves the configuration, or enters it, loses its
+    /// record, so the directory it shows next is recorded anew. A node in
+    /// both (promoted, demoted, or an outgoing voter while joint) keeps it.
+    pub fn follow_change(&self, before: &ConfState, after: &ConfState) {
+        self.write()
+            .records
+            .retain(|&id, _| names(before, id) && names(after, id));
     }
 
     /// Drops the addresses of members `conf` no longer names (never this
-    /// node's). Records stay: they follow the changes in log order
-    /// ([`AddressBook::forget_record`]).
+    /// node's). Records follow the changes in log order instead
+    /// ([`AddressBook::follow_change`]).
     pub fn retain_members_of(&self, conf: &ConfState) {
         let me = self.me.id;
-        self.write().members.retain(|id, _| {
-            *id == me
-                || conf.voters.contains(id)
-                || conf.learners.contains(id)
-                || conf.voters_outgoing.contains(id)
-                || conf.learners_next.contains(id)
-        });
+        self.write().members.retain(|&id, _| id == me || names(conf, id));
     }
+}
+
+/// Whether any of `conf`'s lists names `id`.
+fn names(conf: &ConfState, id: NodeId) -> bool {
+    conf.voters.contains(&id)
+        || conf.learners.contains(&id)
+        || conf.voters_outgoing.contains(&id)
+        || conf.learners_next.contains(&id)
 }
 
 #[cfg(test)]
@@ -273,8 +300,8 @@ mod tests {
     use super::*;
 
     /// The envelope around given state bytes.
-    fn encode_envelope(members: &str, incarnations: &Incarnations, state: &[u8]) -> Vec<u8> {
-        encode_envelope_with(members, incarnations, |mut out| {
+    fn encode_envelope(members: &str, records: &Records, state: &[u8]) -> Vec<u8> {
+        encode_envelope_with(members, records, |mut out| {
             out.extend_from_slice(state);
             out
         })
@@ -291,11 +318,11 @@ mod tests {
     #[test]
     fn envelope_round_trips_and_rejects_damage() {
         let text = render([member(1), member(2)]);
-        let records = Incarnations::from([(2, 0xABCD)]);
+        let records = Records::from([(2, rec(0xABCD, 9)), (5, rec(1, 1))]);
         let bytes = encode_envelope(&text, &records, b"state");
         let (envelope, state) = decode_envelope(&bytes).unwrap();
         assert_eq!(envelope.members, vec![member(1), member(2)]);
-        assert_eq!(envelope.incarnations, records);
+        assert_eq!(envelope.records, records, "records of nodes not listed too");
         assert_eq!(state, b"state");
         assert_eq!(decode_envelope(&[]).unwrap().0, Envelope::default());
         assert_eq!(
@@ -309,7 +336,7 @@ mod tests {
         v1.extend_from_slice(b"state");
         let (envelope, state) = decode_envelope(&v1).unwrap();
         assert_eq!(envelope.members, vec![member(1), member(2)]);
-        assert!(envelope.incarnations.is_empty());
+        assert!(envelope.records.is_empty());
         assert_eq!(state, b"state");
         let header = 8 + text.len();
         let mut bad_count = bytes.clone();
@@ -317,11 +344,12 @@ mod tests {
         for bad in [
             &bytes[..6],
             &bytes[..header + 2],
-            &bytes[..header + 4 + 8],
+            &bytes[..header + 4 + 16],
             &bad_count[..],
-            &encode_envelope("1=nonsense", &Incarnations::new(), b"")[..],
-            &encode_envelope(&text, &Incarnations::from([(0, 1)]), b"")[..],
-            &encode_envelope(&text, &Incarnations::from([(1, 0)]), b"")[..],
+            &encode_envelope("1=nonsense", &Records::new(), b"")[..],
+            &encode_envelope(&text, &Records::from([(0, rec(1, 1))]), b"")[..],
+            &encode_envelope(&text, &Records::from([(1, rec(0, 1))]), b"")[..],
+            &encode_envelope(&text, &Records::from([(1, rec(1, 0))]), b"")[..],
             &[b'L', b'C', b'M', b'2', 0xFF, 0xFF, 0xFF, 0xFF][..],
         ] {
             assert!(decode_envelope(bad).is_err(), "{bad:?}");
@@ -339,45 +367,68 @@ mod tests {
         assert_eq!(book.peers().keys().copied().collect::<Vec<_>>(), vec![3, 4]);
         book.replace(&Envelope {
             members: vec![member(2)],
-            incarnations: Incarnations::from([(2, 5)]),
+            records: Records::from([(2, rec(5, 3))]),
         });
         assert_eq!(
             book.members().iter().map(|m| m.id).collect::<Vec<_>>(),
             vec![1, 2],
             "a snapshot's book keeps this node"
         );
-        assert_eq!(book.incarnations(), Incarnations::from([(2, 5)]));
+        assert_eq!(book.records(), Records::from([(2, rec(5, 3))]));
         assert!(member_from_context(b"").is_none());
         assert!(member_from_context(render([member(4), member(5)]).as_bytes()).is_none());
     }
 
     #[test]
-    fn a_nodes_first_recorded_incarnation_stays_until_a_change_names_it() {
+    fn a_record_holds_while_its_node_stays_in_the_configuration() {
         let book = AddressBook::new(member(1), &[member(1), member(2), member(3)]);
-        assert!(book.record(2, 7));
-        assert!(!book.record(2, 8), "the first record stays");
-        assert!(book.record(9, 1), "records do not depend on the addresses held");
-        assert!(!book.record(3, 0), "zero is no incarnation");
-        assert!(!book.record(0, 3), "node 0 is no node");
-        assert_eq!(book.incarnations(), Incarnations::from([(2, 7), (9, 1)]));
+        let three = ConfState::with_voters([1, 2, 3]);
+        assert!(book.record(2, 7, 10, &three));
+        assert!(!book.record(2, 8, 11, &three), "the first record stays");
+        assert!(!book.record(9, 1, 12, &three), "not a member at that point of the log");
+        assert!(!book.record(3, 0, 13, &three), "zero is no incarnation");
+        assert!(book.record(3, 4, 14, &three));
+        assert_eq!(book.records(), Records::from([(2, rec(7, 10)), (3, rec(4, 14))]));
         book.retain_members_of(&ConfState::with_voters([1, 3]));
-        assert_eq!(
-            book.incarnations(),
-            Incarnations::from([(2, 7), (9, 1)]),
-            "records do not follow the configuration a batch ends with"
-        );
-        book.forget_record(2);
-        assert!(book.record(2, 8), "named by a change, it is recorded anew");
-        assert_eq!(book.incarnations(), Incarnations::from([(2, 8), (9, 1)]));
-        book.forget_record(1);
+        assert_eq!(book.records().len(), 2, "addresses do not decide records");
+
+        // Node 2 removed: joint first (an outgoing voter keeps its
+        // record), then out.
+        let joint = ConfState {
+            voters: vec![1, 3],
+            voters_outgoing: vec![1, 2, 3],
+            ..ConfState::default()
+        };
+        book.follow_change(&three, &joint);
+        assert!(book.is_recorded(2), "still votes while joint");
+        let two = ConfState::with_voters([1, 3]);
+        book.follow_change(&joint, &two);
+        assert!(!book.is_recorded(2), "left the configuration");
+        assert!(book.is_recorded(3));
+        // Added back as a learner, it is recorded anew; promoted, it keeps
+        // that record.
+        let with_learner = ConfState {
+            voters: vec![1, 3],
+            learners: vec![2],
+            ..ConfState::default()
+        };
+        book.follow_change(&two, &with_learner);
+        assert!(book.record(2, 8, 20, &with_learner));
+        book.follow_change(&with_learner, &three);
+        assert_eq!(book.records()[&2], rec(8, 20));
+
         book.replace(&Envelope {
             members: vec![member(2)],
-            incarnations: Incarnations::from([(1, 4), (7, 5)]),
+            records: Records::from([(1, rec(4, 2)), (7, rec(5, 3))]),
         });
         assert_eq!(
-            book.incarnations(),
-            Incarnations::from([(1, 4), (7, 5)]),
-            "a snapshot's records are taken whole, this node's and non-members' included"
+            book.records(),
+            Records::from([(1, rec(4, 2)), (7, rec(5, 3))]),
+            "a snapshot's records are taken whole"
         );
+    }
+
+    fn rec(incarnation: u64, index: u64) -> Record {
+        Record { incarnation, index }
     }
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use loomcache_consensus::{codec, Message, NodeId};
 
-use super::members::Incarnations;
+use super::members::{Incarnations, Record, Records};
 use loomcache_wire::{encode_frame, frame_len, Framer, HeaderFields, Limits, OpClass, Opcode, Payload, Ping};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -62,8 +62,8 @@ pub struct TransportConfig {
     /// shown to every peer; 0 shows none.
     pub incarnation: u64,
     /// The incarnations the group recorded for members: a peer showing
-    /// another one is refused.
-    pub recorded: Incarnations,
+    /// another one is refused, unless its own record is newer.
+    pub recorded: Records,
     /// Whether `recorded` is known at start. If not, the transport dials
     /// no peer and reads no connection until [`Transport::records_known`].
     pub records_known: bool,
@@ -84,7 +84,7 @@ impl TransportConfig {
             reconnect_max: Duration::from_secs(2),
             state_fingerprint: 0,
             incarnation: 0,
-            recorded: Incarnations::new(),
+            recorded: Records::new(),
             records_known: true,
         }
     }
@@ -106,7 +106,7 @@ pub struct TransportStats {
 }
 
 /// Peer addresses and the incarnations recorded for them.
-type PeerList = (BTreeMap<NodeId, SocketAddr>, Incarnations);
+type PeerList = (BTreeMap<NodeId, SocketAddr>, Records);
 
 /// Most peers known only from their opening ping at once.
 pub const UNLISTED_PEERS_MAX: usize = 64;
@@ -203,7 +203,7 @@ impl Transport {
     /// peers are dialed (by the lower id of each pair); a changed address
     /// is used from the next dial; a link whose peer showed an incarnation
     /// other than the one now recorded closes.
-    pub fn set_peers(&self, peers: BTreeMap<NodeId, SocketAddr>, recorded: Incarnations) {
+    pub fn set_peers(&self, peers: BTreeMap<NodeId, SocketAddr>, recorded: Records) {
         *self.new_peers.lock().unwrap_or_else(|p| p.into_inner()) = Some((peers, recorded));
         let _ = self.waker.wake();
     }
@@ -308,8 +308,21 @@ struct Conn {
     /// Raft frame is taken from it, and an accepted connection carries
     /// none to it.
     hello: Hello,
-    /// The incarnation the peer showed (0 until then).
+    /// What the peer showed in its checked pings so far (0 until then).
+    shown: Shown,
+}
+
+/// The values of a peer's incarnation pings.
+#[derive(Debug, Clone, Copy, Default)]
+struct Shown {
+    /// Its incarnation.
     incarnation: u64,
+    /// The index of its own record of that incarnation (0: none).
+    own_index: u64,
+    /// The incarnation it records for this node (0: none)…
+    for_us: u64,
+    /// …recorded at this index.
+    for_us_index: u64,
 }
 
 /// The pings each side checks after the opening one, in order.
@@ -319,9 +332,12 @@ enum Hello {
     Settings,
     /// The sender's data-directory incarnation.
     Incarnation,
-    /// The incarnation the sender's group recorded for the receiver (0:
-    /// none).
+    /// The index of the sender's record of its own incarnation (0: none).
+    OwnIndex,
+    /// The incarnation the sender records for the receiver (0: none).
     Record,
+    /// The index of that record (0: none).
+    RecordIndex,
     /// Every check passed.
     Done,
 }
@@ -362,22 +378,46 @@ fn ping_frame(nonce: u64) -> Vec<u8> {
     out
 }
 
-/// The checked pings: the replicated-state settings fingerprint, this
-/// node's incarnation, and the incarnation recorded for the receiver.
-fn checks_frame(fingerprint: u64, incarnation: u64, recorded_for_peer: u64) -> Vec<u8> {
-    let mut out = ping_frame(fingerprint);
-    out.extend_from_slice(&ping_frame(incarnation));
-    out.extend_from_slice(&ping_frame(recorded_for_peer));
-    out
+/// The checked pings: the replicated-state settings fingerprint, then
+/// what `shown` holds, in its field order.
+fn checks_frame(fingerprint: u64, shown: &Shown) -> Vec<u8> {
+    [
+        fingerprint,
+        shown.incarnation,
+        shown.own_index,
+        shown.for_us,
+        shown.for_us_index,
+    ]
+    .into_iter()
+    .flat_map(ping_frame)
+    .collect()
 }
 
 /// This node's checked pings for `peer`.
 fn own_checks(config: &TransportConfig, peer: NodeId) -> Vec<u8> {
+    let own_index = match config.recorded.get(&config.node_id) {
+        Some(r) if r.incarnation == config.incarnation => r.index,
+        _ => 0,
+    };
+    let (for_us, for_us_index) = config.recorded.get(&peer).map_or((0, 0), |r| (r.incarnation, r.index));
     checks_frame(
         config.state_fingerprint,
-        config.incarnation,
-        config.recorded.get(&peer).copied().unwrap_or(0),
+        &Shown {
+            incarnation: config.incarnation,
+            own_index,
+            for_us,
+            for_us_index,
+        },
     )
+}
+
+/// Whether a peer that showed `shown` is another directory than the one
+/// `recorded` for it: a different incarnation, unless the peer's own
+/// record of its incarnation is newer than this one (this node has not
+/// applied that record yet).
+fn replaced(recorded: Option<&Record>, shown: &Shown) -> Option<Record> {
+    let r = recorded?;
+    (shown.incarnation != r.incarnation && shown.own_index <= r.index).then_some(*r)
 }
 
 impl Loop {
@@ -490,19 +530,19 @@ impl Loop {
     /// Closes links whose peer showed an incarnation other than the one
     /// now recorded for it.
     fn close_replaced_members(&mut self) {
-        let replaced: Vec<(usize, NodeId, u64, u64)> = self
+        let gone: Vec<(usize, NodeId, u64, Record)> = self
             .conns
             .iter()
             .enumerate()
             .filter_map(|(i, c)| {
-                let c = c.as_ref()?;
+                let c = c.as_ref().filter(|c| c.hello == Hello::Done)?;
                 let peer = c.peer?;
-                let recorded = *self.config.recorded.get(&peer)?;
-                (c.incarnation != 0 && c.incarnation != recorded).then_some((i, peer, c.incarnation, recorded))
+                let r = replaced(self.config.recorded.get(&peer), &c.shown)?;
+                Some((i, peer, c.shown.incarnation, r))
             })
             .collect();
-        for (idx, peer, theirs, recorded) in replaced {
-            log_replaced_peer(peer, theirs, recorded);
+        for (idx, peer, theirs, recorded) in gone {
+            log_replaced_peer(peer, theirs, recorded.incarnation);
             self.reject(idx, "peer's data directory is not the one the group recorded");
         }
     }
@@ -532,6 +572,7 @@ impl Loop {
         let dial = self
             .links
             .iter()
+            .filter(|_| self.config.records_known)
             .filter(|(&id, l)| l.conn.is_none() && l.addr.is_some() && self.config.node_id < id)
             .map(|(_, l)| l.next_dial.saturating_duration_since(now))
             .min()
@@ -571,7 +612,7 @@ impl Loop {
             opened: Instant::now(),
             dialed: connecting,
             hello: Hello::Settings,
-            incarnation: 0,
+            shown: Shown::default(),
         }
     }
 
@@ -822,38 +863,49 @@ impl Loop {
                             continue;
                         }
                         Hello::Incarnation => {
-                            let theirs = ping.nonce;
-                            if let Some(&recorded) = self.config.recorded.get(&peer) {
-                                if theirs != recorded {
-                                    self.tell_why(idx, peer);
-                                    log_replaced_peer(peer, theirs, recorded);
-                                    return self.reject(idx, "peer's data directory is not the one the group recorded");
-                                }
-                            }
-                            conn.incarnation = theirs;
+                            conn.shown.incarnation = ping.nonce;
+                            conn.hello = Hello::OwnIndex;
+                            continue;
+                        }
+                        Hello::OwnIndex => {
+                            conn.shown.own_index = ping.nonce;
                             conn.hello = Hello::Record;
                             continue;
                         }
-                        Hello::Record | Hello::Done => {
+                        Hello::Record => {
+                            conn.shown.for_us = ping.nonce;
+                            conn.hello = Hello::RecordIndex;
+                            continue;
+                        }
+                        Hello::RecordIndex | Hello::Done => {
+                            conn.shown.for_us_index = ping.nonce;
+                            let shown = conn.shown;
+                            if let Some(recorded) = replaced(self.config.recorded.get(&peer), &shown) {
+                                self.tell_why(idx, peer);
+                                log_replaced_peer(peer, shown.incarnation, recorded.incarnation);
+                                return self.reject(idx, "peer's data directory is not the one the group recorded");
+                            }
                             let mine = self.config.incarnation;
-                            if ping.nonce != 0 && ping.nonce != mine {
+                            let ours = self.config.recorded.get(&me);
+                            let own_index = ours.filter(|r| r.incarnation == mine).map_or(0, |r| r.index);
+                            if shown.for_us != 0 && shown.for_us != mine && own_index <= shown.for_us_index {
                                 self.tell_why(idx, peer);
                                 tracing::error!(
                                     peer,
-                                    recorded = format_args!("{:016x}", ping.nonce),
+                                    recorded = format_args!("{:016x}", shown.for_us),
                                     ours = format_args!("{mine:016x}"),
                                     "the group recorded another data directory for this member: this one was wiped \
                                      or replaced, so it no longer holds the votes and entries the member acknowledged, \
-                                     and its peers refuse it. Rebuild it from its peers: start it with --join (same \
-                                     --node-id, --listen and --members), then run `loomctl --addr <a healthy member> \
-                                     cluster rebuild <id> <client> <peer>`"
+                                     and its peers refuse it. Stop it, start it with --join (same --node-id, --listen \
+                                     and --members), then run `loomctl --addr <a healthy member> cluster rebuild <id> \
+                                     <client> <peer>`"
                                 );
                                 return self.reject(idx, "the group recorded another data directory for this member");
                             }
                             conn.hello = Hello::Done;
                         }
                     }
-                    let theirs = conn.incarnation;
+                    let theirs = conn.shown.incarnation;
                     if dialed {
                         self.note_seen(peer, theirs);
                         self.stats.connections_established.fetch_add(1, Ordering::Relaxed);
@@ -876,6 +928,18 @@ impl Loop {
                         }
                         let min = self.config.reconnect_min;
                         self.links.insert(from, Link::new(None, min));
+                    }
+                    // A connection accepted before the linked one is a
+                    // redial its peer has given up on (it waited for this
+                    // node's records): the newer one stays.
+                    let opened = self.conns[idx].as_ref().expect("open").opened;
+                    let older = self.links[&from]
+                        .conn
+                        .filter(|&old| old != idx)
+                        .and_then(|old| self.conns.get(old)?.as_ref())
+                        .is_some_and(|old| !old.dialed && old.opened > opened);
+                    if older {
+                        return self.reject(idx, "an older connection than the peer's linked one");
                     }
                     tracing::debug!(peer = from, "peer identified");
                     self.note_seen(from, theirs);
@@ -1001,6 +1065,14 @@ mod tests {
         }
     }
 
+    /// Records of `(node, incarnation, index)`.
+    fn recs(records: &[(NodeId, u64, u64)]) -> Records {
+        records
+            .iter()
+            .map(|&(id, incarnation, index)| (id, Record { incarnation, index }))
+            .collect()
+    }
+
     fn start(id: NodeId, addrs: &BTreeMap<NodeId, SocketAddr>) -> (Transport, mpsc::Receiver<Message>) {
         start_with(id, addrs, 0)
     }
@@ -1010,7 +1082,7 @@ mod tests {
         addrs: &BTreeMap<NodeId, SocketAddr>,
         fingerprint: u64,
     ) -> (Transport, mpsc::Receiver<Message>) {
-        start_as(id, addrs, fingerprint, (id, Incarnations::new()))
+        start_as(id, addrs, fingerprint, (id, Records::new()))
     }
 
     /// A transport showing `incarnation` with `recorded` incarnations.
@@ -1018,7 +1090,7 @@ mod tests {
         id: NodeId,
         addrs: &BTreeMap<NodeId, SocketAddr>,
         fingerprint: u64,
-        (incarnation, recorded): (u64, Incarnations),
+        (incarnation, recorded): (u64, Records),
     ) -> (Transport, mpsc::Receiver<Message>) {
         let (tx, rx) = mpsc::channel();
         let mut cfg = TransportConfig::new(id, addrs[&id], addrs.clone());
@@ -1116,9 +1188,9 @@ mod tests {
             let healthy = 3 - wiped;
             let side = |id: NodeId| {
                 if id == wiped {
-                    (0x5151, Incarnations::new())
+                    (0x5151, Records::new())
                 } else {
-                    (id * 11, Incarnations::from([(wiped, wiped * 11)]))
+                    (id * 11, recs(&[(wiped, wiped * 11, 5)]))
                 }
             };
             let (t1, rx1) = start_as(1, &addrs, 0, side(1));
@@ -1129,20 +1201,53 @@ mod tests {
         }
     }
 
+    /// A member that has not applied a peer's newer record (it was away
+    /// while the peer was rebuilt) holds the old one: the peer's own,
+    /// newer record of its incarnation wins, whichever side dials, while a
+    /// peer whose own record is not newer is still refused.
+    #[test]
+    fn a_stale_record_yields_to_the_peers_newer_own_record() {
+        for rebuilt in [1, 2] {
+            let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (2, free_addr())].into();
+            let lagging = 3 - rebuilt;
+            let side = |id: NodeId, own_index: u64| {
+                if id == rebuilt {
+                    // Its new directory, recorded at index 9 (after the old
+                    // one, recorded at 5).
+                    (77, recs(&[(rebuilt, 77, own_index), (lagging, lagging * 11, 3)]))
+                } else {
+                    (id * 11, recs(&[(rebuilt, rebuilt * 11, 5), (lagging, lagging * 11, 3)]))
+                }
+            };
+            let (t1, rx1) = start_as(1, &addrs, 0, side(1, 9));
+            let (t2, rx2) = start_as(2, &addrs, 0, side(2, 9));
+            send_until_received(&t1, &rx2, hb(1, 2, 1), "the newer own record was not taken");
+            send_until_received(&t2, &rx1, hb(2, 1, 2), "the newer own record was not taken");
+            drop((t1, t2));
+
+            // The same, but the peer's own record is no newer than the one
+            // held for it: refused.
+            let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (2, free_addr())].into();
+            let (t1, rx1) = start_as(1, &addrs, 0, side(1, 5));
+            let (t2, rx2) = start_as(2, &addrs, 0, side(2, 5));
+            assert_refused_both_ways(&t1, &rx1, &t2, &rx2);
+        }
+    }
+
     /// Incarnations are learned on each connection and checked again when
     /// the records change: a link whose peer no longer matches is closed,
     /// and one that matches again comes back.
     #[test]
     fn links_follow_the_recorded_incarnations() {
         let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (2, free_addr())].into();
-        let (t1, _rx1) = start_as(1, &addrs, 0, (11, Incarnations::new()));
-        let (t2, rx2) = start_as(2, &addrs, 0, (22, Incarnations::new()));
+        let (t1, _rx1) = start_as(1, &addrs, 0, (11, Records::new()));
+        let (t2, rx2) = start_as(2, &addrs, 0, (22, Records::new()));
         t1.send([hb(1, 2, 1)]);
         assert_eq!(recv_contexts(&rx2, 1), [1]);
         assert_eq!(t1.incarnations_seen(), Incarnations::from([(2, 22)]));
         assert_eq!(t2.incarnations_seen(), Incarnations::from([(1, 11)]));
 
-        t1.set_peers(addrs.clone(), Incarnations::from([(2, 23)]));
+        t1.set_peers(addrs.clone(), recs(&[(2, 23, 5)]));
         let deadline = Instant::now() + Duration::from_secs(10);
         while t1.stats().connections_rejected.load(Ordering::Relaxed) < 2 {
             assert!(Instant::now() < deadline, "the link was not closed and refused");
@@ -1155,7 +1260,7 @@ mod tests {
             "nothing reaches a peer that no longer matches its record"
         );
 
-        t1.set_peers(addrs.clone(), Incarnations::from([(2, 22)]));
+        t1.set_peers(addrs.clone(), recs(&[(2, 22, 5)]));
         send_until_received(&t1, &rx2, hb(1, 2, 7), "the matching peer was never linked again");
     }
 
@@ -1175,7 +1280,7 @@ mod tests {
             let _ = tx.send(m);
         })
         .unwrap();
-        let (t1, _rx1) = start_as(1, &addrs, 0, (11, Incarnations::new()));
+        let (t1, _rx1) = start_as(1, &addrs, 0, (11, Records::new()));
         let until = Instant::now() + Duration::from_millis(500);
         while Instant::now() < until {
             t1.send([hb(1, 2, 1)]);
@@ -1185,7 +1290,7 @@ mod tests {
             );
         }
         assert_eq!(t2.stats().connections_established.load(Ordering::Relaxed), 0);
-        t2.set_peers(addrs.clone(), Incarnations::from([(1, 99)]));
+        t2.set_peers(addrs.clone(), recs(&[(1, 99, 5)]));
         t2.records_known();
         let deadline = Instant::now() + Duration::from_secs(10);
         while t2.stats().connections_rejected.load(Ordering::Relaxed) < 1 {
@@ -1197,7 +1302,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(rx2.try_recv().is_err(), "a refused peer's message passed");
-        t2.set_peers(addrs.clone(), Incarnations::from([(1, 11)]));
+        t2.set_peers(addrs.clone(), recs(&[(1, 11, 5)]));
         send_until_received(&t1, &rx2, hb(1, 2, 3), "never linked once the records matched");
     }
 
@@ -1207,7 +1312,7 @@ mod tests {
     fn incarnations_seen_are_bounded_and_forgotten_with_their_links() {
         let me = UNLISTED_PEERS_MAX as NodeId + 10;
         let addrs: BTreeMap<NodeId, SocketAddr> = [(me, free_addr())].into();
-        let (t, _rx) = start_as(me, &addrs, 0, (7, Incarnations::new()));
+        let (t, _rx) = start_as(me, &addrs, 0, (7, Records::new()));
         let handled = || {
             t.stats().connections_established.load(Ordering::Relaxed)
                 + t.stats().connections_rejected.load(Ordering::Relaxed)
@@ -1217,8 +1322,20 @@ mod tests {
             // One at a time: connections not yet checked are bounded too.
             let before = handled();
             let mut c = std::net::TcpStream::connect(addrs[&me]).unwrap();
-            c.write_all(&[ping_frame(id), checks_frame(0, 1000 + id, 0)].concat())
-                .unwrap();
+            c.write_all(
+                &[
+                    ping_frame(id),
+                    checks_frame(
+                        0,
+                        &Shown {
+                            incarnation: 1000 + id,
+                            ..Shown::default()
+                        },
+                    ),
+                ]
+                .concat(),
+            )
+            .unwrap();
             raw.push(c);
             let deadline = Instant::now() + Duration::from_secs(10);
             while handled() == before {
@@ -1266,12 +1383,12 @@ mod tests {
         let addrs: BTreeMap<NodeId, SocketAddr> = [(1, free_addr()), (5, free_addr())].into();
         let (t1, rx1) = start(1, &[(1, addrs[&1])].into());
         let (t5, rx5) = start(5, &[(5, addrs[&5])].into());
-        t1.set_peers(addrs.clone(), Incarnations::new());
+        t1.set_peers(addrs.clone(), Records::new());
         send_until_received(&t1, &rx5, hb(1, 5, 3), "the joiner was never dialed");
         t5.send([hb(5, 1, 9)]);
         assert_eq!(recv_contexts(&rx1, 1), [9], "answered over the accepted connection");
 
-        t1.set_peers([(1, addrs[&1])].into(), Incarnations::new());
+        t1.set_peers([(1, addrs[&1])].into(), Records::new());
         std::thread::sleep(Duration::from_millis(100));
         while rx5.try_recv().is_ok() {}
         t1.send((0..10).map(|i| hb(1, 5, i)));
@@ -1311,7 +1428,20 @@ mod tests {
         assert_eq!(raw.read(&mut buf).unwrap_or(0), 0, "closed");
         // A ping claiming an id that does not dial node 2.
         let mut raw = std::net::TcpStream::connect(addrs[&2]).unwrap();
-        raw.write_all(&[ping_frame(3), checks_frame(0, 3, 0)].concat()).unwrap();
+        raw.write_all(
+            &[
+                ping_frame(3),
+                checks_frame(
+                    0,
+                    &Shown {
+                        incarnation: 3,
+                        ..Shown::default()
+                    },
+                ),
+            ]
+            .concat(),
+        )
+        .unwrap();
         raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(raw.read(&mut buf).unwrap_or(0), 0, "closed");
         assert_eq!(t2.stats().connections_rejected.load(Ordering::Relaxed), 2);
