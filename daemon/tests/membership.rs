@@ -96,9 +96,14 @@ fn rebuild(c: &Client, members: &[Member], victim: usize, dir: &std::path::Path)
         .expect("join accepted");
     wait_until("the rebuilt member to vote again", Duration::from_secs(30), || {
         let l = wait_for_leader(members, Duration::from_secs(5)).expect("a leader");
-        field(&info(&members[l]), "raft_voters")
+        let view = info(&members[l]);
+        let votes = field(&view, "raft_voters").split(',').any(|v| v == m.id.to_string());
+        // A learner is promoted only once its directory is recorded.
+        let recorded = field(&view, "members_recorded")
             .split(',')
-            .any(|v| v == m.id.to_string())
+            .any(|r| r.starts_with(&format!("{}=", m.id)));
+        assert!(!votes || recorded, "a voter without a record: {view:?}");
+        votes
     });
     proc
 }
