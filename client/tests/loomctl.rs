@@ -350,3 +350,124 @@ fn a_write_refused_after_an_unanswered_attempt_is_refused_not_unknown() {
     }
     server.shutdown();
 }
+
+/// Member `i` of `members` in process, its directory under `dir`; with
+/// `join`, started empty to be added to the group.
+fn cluster_member(members: &[loomcache_daemon::config::Member], i: usize, dir: &std::path::Path, join: bool) -> Server {
+    use loomcache_daemon::config::ClusterConfig;
+    let me = members[i];
+    let mut cluster = ClusterConfig::new(members.to_vec());
+    cluster.data_dir = Some(dir.join(format!("node-{}", me.id)));
+    cluster.join = join;
+    Server::start(Config {
+        node_id: me.id,
+        listen_addr: me.client_addr,
+        workers: 1,
+        cluster: Some(cluster),
+        ..Config::default()
+    })
+    .unwrap()
+}
+
+/// Runs loomctl until it exits 0 or `within` passes; the last output.
+fn loomctl_until_ok(args: &[&str], within: std::time::Duration) -> std::process::Output {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let out = loomctl(args);
+        if out.status.success() || std::time::Instant::now() >= deadline {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `cluster status` against three members lists them as recorded voters;
+/// one whose directory is lost, started empty with `--join`, is brought
+/// back by `cluster rebuild` and holds what was written before.
+#[test]
+fn cluster_status_and_rebuild_against_three_members() {
+    use loomcache_daemon::config::Member;
+    use std::time::Duration;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let members: Vec<Member> = (1..=3)
+        .map(|id| Member {
+            id,
+            client_addr: free(),
+            peer_addr: free(),
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers: Vec<Option<Server>> = (0..3)
+        .map(|i| Some(cluster_member(&members, i, dir.path(), false)))
+        .collect();
+    let first = members[0].client_addr.to_string();
+    let put = loomctl_until_ok(
+        &["--addr", &first, "map", "put", "m", "k", "v"],
+        Duration::from_secs(20),
+    );
+    assert!(put.status.success(), "{put:?}");
+
+    // Until `cluster status --json` shows the three as recorded voters.
+    let wait_for_recorded_voters = || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = loomctl(&["--addr", &first, "--json", "cluster", "status"]);
+            let text = String::from_utf8_lossy(&status.stdout);
+            let voters = members.iter().all(|m| {
+                text.contains(&format!(
+                    "\"id\":{},\"addrs\":\"{}/{}\",\"membership\":\"voter\"",
+                    m.id, m.client_addr, m.peer_addr
+                ))
+            });
+            if status.status.success() && voters && text.matches("\"recorded\":true").count() == 3 {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{status:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for_recorded_voters();
+    let text = loomctl(&["--addr", &first, "cluster", "status"]);
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines().nth(1).is_some_and(|l| l.trim_end().ends_with("recorded")),
+        "{text}"
+    );
+
+    // Member 3 loses its directory and comes back empty to join.
+    servers[2].take().unwrap().shutdown();
+    std::fs::remove_dir_all(dir.path().join("node-3")).unwrap();
+    servers[2] = Some(cluster_member(&members, 2, dir.path(), true));
+    let (client, peer) = (members[2].client_addr.to_string(), members[2].peer_addr.to_string());
+    let rebuild = loomctl(&[
+        "--addr",
+        &first,
+        "cluster",
+        "rebuild",
+        "3",
+        &client,
+        &peer,
+        "--wait-ms",
+        "60000",
+    ]);
+    assert!(rebuild.status.success(), "{rebuild:?}");
+    assert!(
+        String::from_utf8_lossy(&rebuild.stdout).contains("node 3 rebuilt from its peers"),
+        "{rebuild:?}"
+    );
+    let get = loomctl_until_ok(
+        &["--addr", &client, "--stale", "map", "get", "m", "k"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "v", "{get:?}");
+    wait_for_recorded_voters();
+    for s in servers.into_iter().flatten() {
+        s.shutdown();
+    }
+}

@@ -697,6 +697,11 @@ fn cluster_status(cli: &Cli, leader: &Info) -> Out {
             Some((id.parse().ok()?, addrs.to_string()))
         })
         .collect();
+    // Members whose data directory the group has recorded ("id=hex" items).
+    let recorded: Vec<u64> = get("members_recorded")
+        .split(',')
+        .filter_map(|item| item.split_once('=')?.0.parse().ok())
+        .collect();
     let probe = Duration::from_millis(cli.timeout_ms.min(1000));
     let mut rows = Vec::new();
     for (id, addrs) in &members {
@@ -723,21 +728,23 @@ fn cluster_status(cli: &Cli, leader: &Info) -> Out {
         };
         let matched = leader.get(&format!("peer_{id}_matched")).cloned().unwrap_or("-".into());
         let lag = leader.get(&format!("peer_{id}_lag")).cloned().unwrap_or("-".into());
-        rows.push((*id, addrs.clone(), kind, role, applied, matched, lag));
+        let rec = if recorded.contains(id) { "yes" } else { "no" };
+        rows.push((*id, addrs.clone(), kind, role, applied, matched, lag, rec));
     }
     if cli.json {
         let members: Vec<String> = rows
             .iter()
-            .map(|(id, addrs, kind, role, applied, matched, lag)| {
+            .map(|(id, addrs, kind, role, applied, matched, lag, rec)| {
                 format!(
                     "{{\"id\":{id},\"addrs\":{},\"membership\":{},\"role\":{},\
-                     \"applied\":{},\"matched\":{},\"lag\":{}}}",
+                     \"applied\":{},\"matched\":{},\"lag\":{},\"recorded\":{}}}",
                     json_str(addrs),
                     json_str(kind),
                     json_str(role),
                     number(applied),
                     number(matched),
-                    number(lag)
+                    number(lag),
+                    *rec == "yes"
                 )
             })
             .collect();
@@ -781,13 +788,13 @@ fn cluster_status(cli: &Cli, leader: &Info) -> Out {
             )
         },
         format!(
-            "{:<4} {:<44} {:<12} {:<12} {:>10} {:>10} {:>8}",
-            "id", "client/peer", "membership", "role", "applied", "matched", "lag"
+            "{:<4} {:<44} {:<12} {:<12} {:>10} {:>10} {:>8} {:>8}",
+            "id", "client/peer", "membership", "role", "applied", "matched", "lag", "recorded"
         ),
     ];
-    for (id, addrs, kind, role, applied, matched, lag) in rows {
+    for (id, addrs, kind, role, applied, matched, lag, rec) in rows {
         lines.push(format!(
-            "{id:<4} {addrs:<44} {kind:<12} {role:<12} {applied:>10} {matched:>10} {lag:>8}"
+            "{id:<4} {addrs:<44} {kind:<12} {role:<12} {applied:>10} {matched:>10} {lag:>8} {rec:>8}"
         ));
     }
     Out::List(lines)
