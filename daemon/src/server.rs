@@ -1765,6 +1765,7 @@ fn node_info(
             ("peer_messages_received", count(&stats.messages_received)),
             ("peer_connections_established", count(&stats.connections_established)),
             ("peer_connections_rejected", count(&stats.connections_rejected)),
+            ("peer_incarnation_refusals", count(&stats.incarnation_refusals)),
         ]);
         // On the leader: how far each member has replicated.
         for p in &view.peers {

@@ -357,8 +357,15 @@ fn a_member_restarted_with_a_wiped_directory_is_refused_until_rebuilt() {
     assert_eq!(field(&wiped, "raft_commit"), "0", "{wiped:?}");
     assert_eq!(field(&wiped, "raft_leader"), "0", "{wiped:?}");
     let others: Vec<Member> = members.iter().copied().filter(|o| o.id != m.id).collect();
+    assert_ne!(field(&wiped, "peer_incarnation_refusals"), "0", "{wiped:?}");
     let l = wait_for_leader(&others, Duration::from_secs(5)).expect("the others keep a leader");
     let view = info(&others[l]);
+    assert!(
+        others
+            .iter()
+            .any(|o| field(&info(o), "peer_incarnation_refusals").parse::<u64>().unwrap_or(0) > 0),
+        "no member counted the refusal"
+    );
     assert!(
         field(&view, "raft_voters").split(',').any(|v| v == m.id.to_string()),
         "still a voter until removed: {view:?}"

@@ -101,6 +101,9 @@ pub struct TransportStats {
     pub messages_received: AtomicU64,
     /// Connections closed for a protocol violation.
     pub connections_rejected: AtomicU64,
+    /// Of those, connections refused because a data directory is not the
+    /// one recorded (the peer's, or this node's as the peer records it).
+    pub incarnation_refusals: AtomicU64,
     /// Connections established (dialed or accepted).
     pub connections_established: AtomicU64,
 }
@@ -542,6 +545,7 @@ impl Loop {
             })
             .collect();
         for (idx, peer, theirs, recorded) in gone {
+            self.stats.incarnation_refusals.fetch_add(1, Ordering::Relaxed);
             log_replaced_peer(peer, theirs, recorded.incarnation);
             self.reject(idx, "peer's data directory is not the one the group recorded");
         }
@@ -882,6 +886,7 @@ impl Loop {
                             let shown = conn.shown;
                             if let Some(recorded) = replaced(self.config.recorded.get(&peer), &shown) {
                                 self.tell_why(idx, peer);
+                                self.stats.incarnation_refusals.fetch_add(1, Ordering::Relaxed);
                                 log_replaced_peer(peer, shown.incarnation, recorded.incarnation);
                                 return self.reject(idx, "peer's data directory is not the one the group recorded");
                             }
@@ -900,6 +905,7 @@ impl Loop {
                                      and --members), then run `loomctl --addr <a healthy member> cluster rebuild <id> \
                                      <client> <peer>`"
                                 );
+                                self.stats.incarnation_refusals.fetch_add(1, Ordering::Relaxed);
                                 return self.reject(idx, "the group recorded another data directory for this member");
                             }
                             conn.hello = Hello::Done;
@@ -1198,6 +1204,9 @@ mod tests {
             assert_refused_both_ways(&t1, &rx1, &t2, &rx2);
             let (th, tw) = if healthy == 1 { (&t1, &t2) } else { (&t2, &t1) };
             assert!(th.incarnations_seen().is_empty() && tw.incarnations_seen().is_empty());
+            for t in [th, tw] {
+                assert!(t.stats().incarnation_refusals.load(Ordering::Relaxed) >= 1);
+            }
         }
     }
 
