@@ -1913,17 +1913,25 @@ struct ClusterMachine {
 }
 
 impl ClusterMachine {
+    /// Hands the transport the book's peers and records.
+    fn publish_peers(&self) {
+        self.transport.set_peers(self.book.peers(), self.book.records());
+    }
+
     /// A committed `CLUSTER_RECORD_MEMBER`: the book keeps the first
     /// incarnation recorded for a member of the configuration in force,
     /// and the transport checks peers against it from now on. `None` for
     /// any other entry.
     fn apply_record(&self, entry: &Entry) -> Option<Vec<u8>> {
-        let limits = &self.shared.limits;
+        use zerocopy::FromBytes;
         let data = &entry.data;
-        match loomcache_wire::FrameHeader::validate(data, limits) {
-            Ok((_, Opcode::ClusterRecordMember)) => {}
-            _ => return None,
+        // Every committed write passes here: a look at the opcode field
+        // only; the state machine validates the frames it takes.
+        let (header, _) = loomcache_wire::FrameHeader::ref_from_prefix(data).ok()?;
+        if header.opcode_raw() != Opcode::ClusterRecordMember.code() {
+            return None;
         }
+        let limits = &self.shared.limits;
         let record = match parse_frame(data, limits) {
             Ok(Parsed::Frame(frame)) => match frame.decode(limits) {
                 Ok(Payload::ClusterRecordMember(r)) => r,
@@ -1941,7 +1949,7 @@ impl ClusterMachine {
                 index = entry.index,
                 "member's data directory recorded"
             );
-            self.transport.set_peers(self.book.peers(), self.book.records());
+            self.publish_peers();
         }
         Some(response_frame(0, 0, &Response::Ok(OkBody::Empty)))
     }
@@ -1997,7 +2005,7 @@ impl Replicated for ClusterMachine {
             members::decode_envelope(data).unwrap_or_else(|e| panic!("cannot load the snapshot: {e}"));
         if !book.members.is_empty() {
             self.book.replace(&book);
-            self.transport.set_peers(self.book.peers(), self.book.records());
+            self.publish_peers();
         }
         let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = state.restore(state_bytes) {
@@ -2022,7 +2030,7 @@ impl Replicated for ClusterMachine {
     /// The records are known once the log applied again: the transport
     /// starts linking peers, checked against them.
     fn replayed(&mut self) {
-        self.transport.set_peers(self.book.peers(), self.book.records());
+        self.publish_peers();
         self.transport.records_known();
     }
 
@@ -2031,7 +2039,7 @@ impl Replicated for ClusterMachine {
             self.book.insert(joining);
         }
         self.book.retain_members_of(conf);
-        self.transport.set_peers(self.book.peers(), self.book.records());
+        self.publish_peers();
         tracing::info!(voters = ?conf.voters, learners = ?conf.learners, outgoing = ?conf.voters_outgoing, "membership changed");
     }
 }

@@ -328,6 +328,27 @@ struct Shown {
     for_us_index: u64,
 }
 
+impl Shown {
+    /// Keeps the value of the ping due at `stage` (one of the first three
+    /// incarnation pings) and answers the stage that follows.
+    fn take(&mut self, stage: Hello, value: u64) -> Hello {
+        match stage {
+            Hello::Incarnation => {
+                self.incarnation = value;
+                Hello::OwnIndex
+            }
+            Hello::OwnIndex => {
+                self.own_index = value;
+                Hello::Record
+            }
+            _ => {
+                self.for_us = value;
+                Hello::RecordIndex
+            }
+        }
+    }
+}
+
 /// The pings each side checks after the opening one, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hello {
@@ -396,12 +417,18 @@ fn checks_frame(fingerprint: u64, shown: &Shown) -> Vec<u8> {
     .collect()
 }
 
-/// This node's checked pings for `peer`.
-fn own_checks(config: &TransportConfig, peer: NodeId) -> Vec<u8> {
-    let own_index = match config.recorded.get(&config.node_id) {
+/// The index of this node's record of its own incarnation; 0 when it
+/// holds none, or one of another incarnation.
+fn own_record_index(config: &TransportConfig) -> u64 {
+    match config.recorded.get(&config.node_id) {
         Some(r) if r.incarnation == config.incarnation => r.index,
         _ => 0,
-    };
+    }
+}
+
+/// This node's checked pings for `peer`.
+fn own_checks(config: &TransportConfig, peer: NodeId) -> Vec<u8> {
+    let own_index = own_record_index(config);
     let (for_us, for_us_index) = config.recorded.get(&peer).map_or((0, 0), |r| (r.incarnation, r.index));
     checks_frame(
         config.state_fingerprint,
@@ -866,19 +893,8 @@ impl Loop {
                             conn.hello = Hello::Incarnation;
                             continue;
                         }
-                        Hello::Incarnation => {
-                            conn.shown.incarnation = ping.nonce;
-                            conn.hello = Hello::OwnIndex;
-                            continue;
-                        }
-                        Hello::OwnIndex => {
-                            conn.shown.own_index = ping.nonce;
-                            conn.hello = Hello::Record;
-                            continue;
-                        }
-                        Hello::Record => {
-                            conn.shown.for_us = ping.nonce;
-                            conn.hello = Hello::RecordIndex;
+                        Hello::Incarnation | Hello::OwnIndex | Hello::Record => {
+                            conn.hello = conn.shown.take(conn.hello, ping.nonce);
                             continue;
                         }
                         Hello::RecordIndex | Hello::Done => {
@@ -891,9 +907,10 @@ impl Loop {
                                 return self.reject(idx, "peer's data directory is not the one the group recorded");
                             }
                             let mine = self.config.incarnation;
-                            let ours = self.config.recorded.get(&me);
-                            let own_index = ours.filter(|r| r.incarnation == mine).map_or(0, |r| r.index);
-                            if shown.for_us != 0 && shown.for_us != mine && own_index <= shown.for_us_index {
+                            if shown.for_us != 0
+                                && shown.for_us != mine
+                                && own_record_index(&self.config) <= shown.for_us_index
+                            {
                                 self.tell_why(idx, peer);
                                 tracing::error!(
                                     peer,
