@@ -13,7 +13,11 @@
 # rounds after the matrix, each round the two single nodes and then the
 # cluster's reads back to back (the cluster idles meanwhile), so that the
 # VM's drift between the runs of a round stays small. Last, the published
-# SLO's load: 1,000 writes/s, open loop.
+# SLO's load: 1,000 writes/s, open loop. And, when the matrix has the
+# 1000x1 point, the machine's ceiling there: the same 1000x1 writes
+# against a single memory-only loomd (no replication, no disk), the most
+# any server answers through this generator on these cores, set beside
+# etcd's 1000x1 writes of the same run.
 #
 # Usage: scripts/cluster-side-by-side.sh
 #
@@ -177,8 +181,10 @@ preload() { # backend addr
 
 # --- single-node baseline ------------------------------------------------------
 mkdir -p "$RUN/single"
-# single_node NAME [loomd flags]: GET at 50x16 on a fresh memory-only node,
-# into $single_result.
+# single_node NAME [loomd flags]: the load `single_load` (connections,
+# pipeline, read ratio; GET at 50x16 unless set) on a fresh memory-only
+# node, into $single_result.
+single_load=(50 16 1)
 single_node() {
     local name="$1"
     shift
@@ -196,7 +202,7 @@ single_node() {
     # round is then left out), not as the end of the script.
     if "$BENCH" --backend native --addr "127.0.0.1:$SINGLE_PORT" --connections 1 --value-size "$VALUE_SIZE" \
         --keys "$KEYS" --preload --duration 0 --warmup 0 >/dev/null 2>>"$OUT/bench.log"; then
-        single_result="$(bench native "127.0.0.1:$SINGLE_PORT" 50 16 1)"
+        single_result="$(bench native "127.0.0.1:$SINGLE_PORT" "${single_load[@]}")"
     else
         echo "preloading the single node ($name) failed; see $OUT/bench.log" >&2
     fi
@@ -303,6 +309,7 @@ for conns in $CONNECTIONS; do
             row=$((row + 1))
             echo "$l" >>"$OUT/raw.jsonl"
             echo "$e" >>"$OUT/raw.jsonl"
+            if [ "$kind $conns $pipe" = "write 1000 1" ]; then etcd_writes_1000="$e"; fi
             printf '| %s %sx%s | %s | %s | %s |\n' "$kind" "$conns" "$pipe" "$(cells "$l")" "$(cells "$e")" \
                 "$(ratio "$l" "$e")" | tee -a "$table"
         done
@@ -349,6 +356,20 @@ for round in $(seq "$READ_ROUNDS"); do
     fi
 done
 
+# --- the ceiling at 1000 clients -------------------------------------------------
+ceiling=""
+if [ -n "${etcd_writes_1000:-}" ]; then
+    single_load=(1000 1 0)
+    single_node ceiling-pool
+    ceiling_pool="$single_result"
+    single_node ceiling-inline --workers 0
+    ceiling="$single_result"
+    if awk -v a="$(field "$ceiling_pool" ops_per_sec)" -v b="$(field "$ceiling" ops_per_sec)" \
+        'BEGIN { exit !(a + 0 > b + 0) }'; then
+        ceiling="$ceiling_pool"
+    fi
+fi
+
 # --- the published SLO ----------------------------------------------------------
 # Writes at 1,000 per second, open loop (latency counted from when each
 # request was due) over SLO_CONNECTIONS connections; the SLO is p99 <= 100 ms.
@@ -363,6 +384,11 @@ echo "$slo" >>"$OUT/raw.jsonl"
             "the SLO (p99 <= 100 ms) over the p99: $(awk -v p="$(field "$slo" p99_us)" 'BEGIN { printf "%.0fx", 100000 / p }')"
     else
         echo "LoomCache writes at 1000/s: failed (see $OUT/bench.log)"
+    fi
+    if [ -n "$ceiling" ]; then
+        echo
+        echo "Ceiling at write 1000x1: a single memory-only loomd (faster of the pool and --workers 0): $(cells "$ceiling");" \
+            "over etcd's write 1000x1 above: $(ratio "$ceiling" "$etcd_writes_1000") (the cluster's target is 25x)"
     fi
     cat "$rounds"
     echo

@@ -3,6 +3,10 @@
 # same load from the same generator, each server pinned to core 0 and the
 # generator to core 1. Prints a ratio table; also checks the generator
 # against redis-benchmark so it is known not to be the bottleneck.
+# Beside each run it prints the server's CPU per request, user and system
+# (kernel) apart, from /proc/<pid>/stat over the measured seconds: at
+# pipeline depth 1 both servers make the same system calls per request
+# (one read, one write), so the kernel's share bounds the ratio.
 #
 # Usage: scripts/side-by-side.sh [seconds per run, default 10]
 # Loopback only; every server it starts is stopped (by pid) on exit.
@@ -32,11 +36,13 @@ trap cleanup EXIT
 
 taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
     --daemonize no --loglevel warning >"$OUT/redis.log" 2>&1 &
-PIDS+=($!)
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
 # One core for each server: Redis is single-threaded, and loomd applies
 # requests on its event-loop thread (--workers 0: no worker hand-off).
 taskset -c 0 ./target/release/loomd --listen "127.0.0.1:$LOOMD_PORT" --memory-only --workers 0 >"$OUT/loomd.log" 2>&1 &
-PIDS+=($!)
+LOOMD_PID=$!
+PIDS+=("$LOOMD_PID")
 for _ in $(seq 50); do
     redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && grep -q listening "$OUT/loomd.log" && break
     sleep 0.1
@@ -50,6 +56,32 @@ bench() { # backend port pipeline read_ratio preload
         --duration "$SECONDS_PER_RUN" --warmup "$WARMUP" "${extra[@]}" --json
 }
 field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
+# CPU clock ticks (user, system) the process has used so far.
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+TICKS_PER_SEC=$(getconf CLK_TCK)
+# measured PID backend port pipeline read_ratio preload: `bench` into
+# $OUT/run.json (a preload, if asked, done first on its own), and `cpu`
+# set to "user+system", PID's CPU microseconds per request over the
+# measured seconds (sampled after the warm-up and at the end).
+measured() {
+    local pid="$1" u0 s0 u1 s1 t0 t1 gen
+    shift
+    if [ "$5" = yes ]; then
+        taskset -c 1 ./target/release/loomcache-bench --backend "$1" --addr "127.0.0.1:$2" --connections 1 \
+            --value-size 256 --keys 100000 --preload --duration 0 --warmup 0 >/dev/null
+    fi
+    bench "$1" "$2" "$3" "$4" no >"$OUT/run.json" &
+    gen=$!
+    sleep "$WARMUP"
+    read -r u0 s0 < <(ticks "$pid")
+    t0=$(date +%s.%N)
+    wait "$gen"
+    read -r u1 s1 < <(ticks "$pid")
+    t1=$(date +%s.%N)
+    cpu=$(awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$TICKS_PER_SEC" -v t0="$t0" -v t1="$t1" \
+        -v ops="$(field "$(cat "$OUT/run.json")" ops_per_sec)" \
+        'BEGIN { n = ops * (t1 - t0); if (n > 0) printf "%.2f+%.2f", u / hz / n * 1e6, s / hz / n * 1e6; else print "-" }')
+}
 
 for p in 1 16; do
     echo "== generator check: loomcache-bench --backend resp vs redis-benchmark (SET, 50 conns, P$p, 256 B, 100k keys)"
@@ -59,17 +91,22 @@ for p in 1 16; do
     printf 'loomcache-bench %s ops/s, redis-benchmark %s ops/s\n' "$(field "$mine" ops_per_sec)" "$theirs"
 done
 
-printf '\n%-10s %-4s %12s %12s %8s %10s %10s\n' workload P loomd_ops/s redis_ops/s ratio loomd_p99 redis_p99
+printf '\n%-10s %-4s %12s %12s %8s %10s %10s %12s %12s\n' workload P loomd_ops/s redis_ops/s ratio loomd_p99 redis_p99 \
+    loomd_cpu redis_cpu
 {
 for p in 1 16; do
     for w in set:0:no get:1:yes mix90:0.9:yes; do
         IFS=: read -r name ratio pre <<<"$w"
-        l=$(bench native "$LOOMD_PORT" "$p" "$ratio" "$pre")
-        r=$(bench resp "$REDIS_PORT" "$p" "$ratio" "$pre")
+        measured "$LOOMD_PID" native "$LOOMD_PORT" "$p" "$ratio" "$pre"
+        l=$(cat "$OUT/run.json") lcpu="$cpu"
+        measured "$REDIS_PID" resp "$REDIS_PORT" "$p" "$ratio" "$pre"
+        r=$(cat "$OUT/run.json") rcpu="$cpu"
         lo=$(field "$l" ops_per_sec); ro=$(field "$r" ops_per_sec)
-        printf '%-10s %-4s %12.0f %12.0f %7.2fx %8sus %8sus\n' "$name" "$p" "$lo" "$ro" \
-            "$(awk -v a="$lo" -v b="$ro" 'BEGIN {print a / b}')" "$(field "$l" p99_us)" "$(field "$r" p99_us)"
+        printf '%-10s %-4s %12.0f %12.0f %7.2fx %8sus %8sus %12s %12s\n' "$name" "$p" "$lo" "$ro" \
+            "$(awk -v a="$lo" -v b="$ro" 'BEGIN {print a / b}')" "$(field "$l" p99_us)" "$(field "$r" p99_us)" \
+            "$lcpu" "$rcpu"
         echo "$l" >>"$OUT/raw.jsonl"; echo "$r" >>"$OUT/raw.jsonl"
     done
 done
 } | tee "$OUT/table.txt"
+echo "cpu: the server's user+system CPU microseconds per request over the measured seconds"
