@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use common::cluster::{
     client, loomd, members_arg, put_until_ok, spawn, spawn_logging, start, three_members, wait_for_leader, Member, Proc,
 };
-use loomcache_client::{Client, ClientConfig};
+use loomcache_client::{Client, ClientConfig, ClientError};
+use loomcache_wire::{ErrorCode, Payload, RecordMember};
 
 fn info(m: &Member) -> Vec<(String, String)> {
     Client::connect(ClientConfig {
@@ -324,6 +325,30 @@ fn a_member_restarted_with_a_wiped_directory_is_refused_until_rebuilt() {
     let leader = wait_for_leader(&members, Duration::from_secs(5)).unwrap();
     let victim = (leader + 1) % 3;
     let m = members[victim];
+    // Records come from the leader alone: a client that sends one, here
+    // naming another directory for the victim, is refused and changes
+    // nothing.
+    let before = field(&info(&members[leader]), "members_recorded");
+    let forged = Payload::ClusterRecordMember(RecordMember {
+        node_id: m.id,
+        incarnation: 0x5eed,
+    });
+    match c.call(&forged) {
+        Err(ClientError::Server { code, message }) => {
+            assert_eq!(code, ErrorCode::Malformed, "{message}");
+            assert!(message.contains("recorded by the leader"), "{message}");
+        }
+        other => panic!("a client's member record was not refused: {other:?}"),
+    }
+    put_until_ok(&c, b"after-forgery", b"x");
+    for o in &members {
+        assert_eq!(
+            field(&info(o), "members_recorded"),
+            before,
+            "records changed at {}",
+            o.id
+        );
+    }
     drop(procs[victim].take());
     std::fs::remove_dir_all(tmp.path().join(format!("node-{}", m.id))).unwrap();
     let log_path = tmp.path().join("wiped.log");
