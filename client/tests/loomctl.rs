@@ -467,6 +467,47 @@ fn cluster_status_and_rebuild_against_three_members() {
     );
     assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "v", "{get:?}");
     wait_for_recorded_voters();
+
+    // Leadership goes to a member that does not lead, and `cluster status`
+    // names it.
+    let leader_of = |status: &std::process::Output| {
+        let text = String::from_utf8_lossy(&status.stdout);
+        let rest = text.split("\"leader\":").nth(1).unwrap_or_default();
+        rest.split(',').next().unwrap_or_default().parse::<u64>().ok()
+    };
+    let status = loomctl_until_ok(
+        &["--addr", &first, "--json", "cluster", "status"],
+        Duration::from_secs(20),
+    );
+    let leader = leader_of(&status).expect("a leader in the status");
+    let next = members.iter().map(|m| m.id).find(|&id| id != leader).unwrap();
+    let next_s = next.to_string();
+    let moved = loomctl(&["--addr", &first, "cluster", "transfer-leader", &next_s]);
+    assert!(moved.status.success(), "{moved:?}");
+    assert!(
+        String::from_utf8_lossy(&moved.stdout).contains(&format!("node {next} leads")),
+        "{moved:?}"
+    );
+    let status = loomctl(&["--addr", &first, "--json", "cluster", "status"]);
+    assert_eq!(leader_of(&status), Some(next), "{status:?}");
+    // A node that is not a voter cannot take over: a clear error, exit 1.
+    let refused = loomctl(&["--addr", &first, "cluster", "transfer-leader", "9"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not a voter"),
+        "{refused:?}"
+    );
+
+    // Member 3 removed, restarted empty to join and added back: it votes
+    // again.
+    let removed = loomctl(&["--addr", &first, "cluster", "remove", "3"]);
+    assert!(removed.status.success(), "{removed:?}");
+    servers[2].take().unwrap().shutdown();
+    std::fs::remove_dir_all(dir.path().join("node-3")).unwrap();
+    servers[2] = Some(cluster_member(&members, 2, dir.path(), true));
+    let added = loomctl(&["--addr", &first, "cluster", "add", "3", &client, &peer]);
+    assert!(added.status.success(), "{added:?}");
+    wait_for_recorded_voters();
     for s in servers.into_iter().flatten() {
         s.shutdown();
     }
