@@ -12,12 +12,11 @@
 # the cluster at >= 0.8x the faster of the two. These run in READ_ROUNDS
 # rounds after the matrix, each round the two single nodes and then the
 # cluster's reads back to back (the cluster idles meanwhile), so that the
-# VM's drift between the runs of a round stays small. Last, the published
-# SLO's load: 1,000 writes/s, open loop. And, when the matrix has the
-# 1000x1 point, the machine's ceiling there: the same 1000x1 writes
-# against a single memory-only loomd (no replication, no disk), the most
-# any server answers through this generator on these cores, set beside
-# etcd's 1000x1 writes of the same run.
+# VM's drift between the runs of a round stays small. Then, when the
+# matrix has the 1000x1 point and etcd answered it, a ceiling there: the
+# same 1000x1 writes against a single memory-only loomd (no replication,
+# no disk), set beside etcd's 1000x1 writes of the same run. Last, the
+# published SLO's load: 1,000 writes/s, open loop.
 #
 # Usage: scripts/cluster-side-by-side.sh
 #

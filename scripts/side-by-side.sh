@@ -4,9 +4,9 @@
 # generator to core 1. Prints a ratio table; also checks the generator
 # against redis-benchmark so it is known not to be the bottleneck.
 # Beside each run it prints the server's CPU per request, user and system
-# (kernel) apart, from /proc/<pid>/stat over the measured seconds: at
-# pipeline depth 1 both servers make the same system calls per request
-# (one read, one write), so the kernel's share bounds the ratio.
+# (kernel) apart, from /proc/<pid>/stat over the measured seconds (at
+# pipeline depth 1 both servers make one read and one write per request,
+# and the kernel's part is most of the cost).
 #
 # Usage: scripts/side-by-side.sh [seconds per run, default 10]
 # Loopback only; every server it starts is stopped (by pid) on exit.
