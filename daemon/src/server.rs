@@ -1729,6 +1729,9 @@ fn node_info(
                     .map_or(0, |since| since.elapsed().as_millis() as u64)
                     .to_string(),
             ),
+            ("log_flushes", r.log_flush.rounds.to_string()),
+            ("log_flush_us_total", r.log_flush.micros.to_string()),
+            ("log_flush_us_max", r.log_flush.max_micros.to_string()),
         ]);
         let view = front.driver.membership();
         let ids = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");

@@ -63,6 +63,21 @@ fn three_processes_replicate_survive_kill_9_and_recover() {
             .set(format!("k{i}").as_bytes(), format!("v{i}").as_bytes())
             .unwrap();
     }
+    // Every member flushed its log for those writes, and says how long
+    // its flushes took.
+    for m in &members {
+        let at = only(m.client);
+        let flushes = info_count(&at, "log_flushes");
+        let (total, max) = (
+            info_count(&at, "log_flush_us_total"),
+            info_count(&at, "log_flush_us_max"),
+        );
+        assert!(
+            flushes >= 1 && max <= total,
+            "member {}: {flushes} flushes, {total} us, max {max} us",
+            m.id
+        );
+    }
     // Followers name the leader, and redirect linearizable reads. On a
     // loaded machine an election may move the leadership between asking
     // who leads and asking a follower: both are asked again until they

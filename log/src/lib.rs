@@ -37,7 +37,7 @@ pub use epoch::EpochCell;
 pub use error::{LogError, Result};
 pub use hardstate::{HardState, HardStateFile};
 pub use io::{LogIo, OsIo};
-pub use log::{Appended, Log, LogConfig, PersistMode};
+pub use log::{Appended, FlushStats, Log, LogConfig, PersistMode};
 pub use record::{decode_record, encode_record, Record, RecordError, RecordHeader, RecordKind, RECORD_HEADER_LEN};
 pub use segment::SEGMENT_HEADER_LEN;
 pub use snapshot::{SnapshotMeta, SnapshotReader, SnapshotWriter, Snapshots};

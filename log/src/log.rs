@@ -147,8 +147,23 @@ pub(crate) struct Shared {
     flush: Mutex<FlushState>,
     /// Completed flush rounds, for statistics.
     flush_rounds: AtomicU64,
+    /// Microseconds those rounds took, in total and the longest.
+    flush_micros: AtomicU64,
+    flush_micros_max: AtomicU64,
     /// The next segment file, made ready ahead of need (persist `Sync`).
     preparer: Preparer,
+}
+
+/// Flush statistics of a [`Log`] since it was opened ([`Log::flush_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushStats {
+    /// Flush rounds completed (each one write-back and one `fdatasync`
+    /// covering every record appended before it).
+    pub rounds: u64,
+    /// Microseconds those rounds took, in total.
+    pub micros: u64,
+    /// Microseconds the longest of them took.
+    pub max_micros: u64,
 }
 
 /// Keeps one zero-filled segment file ready, so that rotation neither
@@ -271,6 +286,8 @@ impl Log {
             last_index: AtomicU64::new(recovered.last_index),
             flush: Mutex::new(FlushState::default()),
             flush_rounds: AtomicU64::new(0),
+            flush_micros: AtomicU64::new(0),
+            flush_micros_max: AtomicU64::new(0),
             preparer: Preparer::default(),
             config,
         });
@@ -354,6 +371,17 @@ impl Log {
     /// this is the average group-commit batch.
     pub fn flush_rounds(&self) -> u64 {
         self.shared.flush_rounds.load(Ordering::Relaxed)
+    }
+
+    /// Flush rounds completed since the log was opened, and the time they
+    /// took: what every durable append waits for.
+    pub fn flush_stats(&self) -> FlushStats {
+        let s = &self.shared;
+        FlushStats {
+            rounds: s.flush_rounds.load(Ordering::Relaxed),
+            micros: s.flush_micros.load(Ordering::Relaxed),
+            max_micros: s.flush_micros_max.load(Ordering::Relaxed),
+        }
     }
 
     /// True once a flush failed; every later append fails.
@@ -836,7 +864,11 @@ impl Shared {
             }
             due
         };
+        let started = std::time::Instant::now();
         let ok = self.flush_round(refresh);
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.flush_micros.fetch_add(took, Ordering::Relaxed);
+        self.flush_micros_max.fetch_max(took, Ordering::Relaxed);
         self.flush_rounds.fetch_add(1, Ordering::Relaxed);
         ok
     }

@@ -242,6 +242,26 @@ fn concurrent_appenders_each_learn_durability() {
 }
 
 #[test]
+fn flush_statistics_count_each_round_and_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(1 << 16)).unwrap();
+    let before = log.flush_stats();
+    // Each append waits for its own round: the next starts after it.
+    for index in 1..=20 {
+        append_range(&log, index, index, 1);
+        log.wait_durable(index).unwrap();
+    }
+    let after = log.flush_stats();
+    assert!(after.rounds >= before.rounds + 20, "{before:?} then {after:?}");
+    assert!(
+        after.micros >= before.micros && after.micros >= after.max_micros,
+        "{after:?}"
+    );
+    assert!(after.max_micros >= before.max_micros, "{after:?}");
+    assert_eq!(after.rounds, log.flush_rounds());
+}
+
+#[test]
 fn persist_none_is_durable_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(
@@ -255,6 +275,11 @@ fn persist_none_is_durable_at_once() {
     append_range(&log, 1, 5, 1);
     assert_eq!(log.durable_index(), 5);
     log.wait_durable(5).unwrap();
+    assert_eq!(
+        log.flush_stats(),
+        loomcache_log::FlushStats::default(),
+        "nothing flushed"
+    );
 }
 
 #[test]

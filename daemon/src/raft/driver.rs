@@ -208,6 +208,8 @@ pub struct Summary {
     /// written, if one is: while it is, no later snapshot is taken and
     /// the log is not compacted.
     pub snapshot_writing_since: Option<Instant>,
+    /// The log's flush rounds and their time, since start.
+    pub log_flush: loomcache_log::FlushStats,
 }
 
 /// The group's membership and, on the leader, each member's progress, as
@@ -976,6 +978,7 @@ impl Run {
                 last_index: self.raft.last_index(),
                 snapshot_handovers: self.snapshot_handovers,
                 snapshot_writing_since: self.snapshot_job.as_ref().map(|j| j.started),
+                log_flush: self.raft.storage().log().flush_stats(),
             };
             *self.summary.lock().unwrap_or_else(|p| p.into_inner()) = summary;
             if self.confirmed.iter().any(|(index, _)| *index <= applied) {
