@@ -916,20 +916,24 @@ impl Run {
             let mut conf_changes = Vec::new();
             let mut conf_replies = Vec::new();
             // The configuration entry by entry, as the core will apply it
-            // at `advance` (a change that does not apply is skipped).
-            let mut conf = ready
-                .snapshot
-                .as_ref()
-                .map_or_else(|| self.raft.conf_state().clone(), |s| s.meta.conf.clone());
+            // at `advance` (a change that does not apply is skipped); taken
+            // only when a Ready holds a membership change.
+            let mut conf: Option<ConfState> = None;
             for entry in &ready.committed_entries {
                 let answer = match entry.kind {
                     EntryKind::Normal => Some(machine.apply(entry)),
                     EntryKind::ConfChange => {
                         if let Ok(change) = ConfChange::decode(&entry.data) {
-                            if let Ok(next) = loomcache_consensus::confchange::apply(&conf, &change) {
-                                conf = next;
+                            let now = conf.get_or_insert_with(|| {
+                                ready
+                                    .snapshot
+                                    .as_ref()
+                                    .map_or_else(|| self.raft.conf_state().clone(), |s| s.meta.conf.clone())
+                            });
+                            if let Ok(next) = loomcache_consensus::confchange::apply(now, &change) {
+                                *now = next;
                             }
-                            machine.conf_entry(&change, &conf);
+                            machine.conf_entry(&change, now);
                             conf_changes.push(change);
                         }
                         self.conf_index = entry.index;

@@ -572,9 +572,7 @@ impl Loop {
             })
             .collect();
         for (idx, peer, theirs, recorded) in gone {
-            self.stats.incarnation_refusals.fetch_add(1, Ordering::Relaxed);
-            log_replaced_peer(peer, theirs, recorded.incarnation);
-            self.reject(idx, "peer's data directory is not the one the group recorded");
+            self.refuse_replaced(idx, peer, theirs, recorded.incarnation);
         }
     }
 
@@ -902,9 +900,7 @@ impl Loop {
                             let shown = conn.shown;
                             if let Some(recorded) = replaced(self.config.recorded.get(&peer), &shown) {
                                 self.tell_why(idx, peer);
-                                self.stats.incarnation_refusals.fetch_add(1, Ordering::Relaxed);
-                                log_replaced_peer(peer, shown.incarnation, recorded.incarnation);
-                                return self.reject(idx, "peer's data directory is not the one the group recorded");
+                                return self.refuse_replaced(idx, peer, shown.incarnation, recorded.incarnation);
                             }
                             let mine = self.config.incarnation;
                             if shown.for_us != 0
@@ -1016,6 +1012,21 @@ impl Loop {
         }
     }
 
+    /// Closes connection `idx` to `peer`, whose data directory (showing
+    /// incarnation `theirs`) is not the one the group recorded.
+    fn refuse_replaced(&mut self, idx: usize, peer: NodeId, theirs: u64, recorded: u64) -> bool {
+        self.stats.incarnation_refusals.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            peer,
+            theirs = format_args!("{theirs:016x}"),
+            recorded = format_args!("{recorded:016x}"),
+            "peer's data directory is not the one the group recorded for it: it was wiped or replaced and no longer \
+             holds the votes and entries it acknowledged, so it is refused until it is rebuilt (`loomctl cluster \
+             rebuild`)"
+        );
+        self.reject(idx, "peer's data directory is not the one the group recorded")
+    }
+
     fn reject(&mut self, idx: usize, why: &str) -> bool {
         self.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(reason = why, "closing peer connection");
@@ -1054,17 +1065,6 @@ impl Loop {
             self.dial_failed(peer, &e);
         }
     }
-}
-
-fn log_replaced_peer(peer: NodeId, theirs: u64, recorded: u64) {
-    tracing::error!(
-        peer,
-        theirs = format_args!("{theirs:016x}"),
-        recorded = format_args!("{recorded:016x}"),
-        "peer's data directory is not the one the group recorded for it: it was wiped or replaced and no longer \
-         holds the votes and entries it acknowledged, so it is refused until it is rebuilt (`loomctl cluster \
-         rebuild`)"
-    );
 }
 
 #[cfg(test)]
@@ -1141,6 +1141,14 @@ mod tests {
             }
             assert!(Instant::now() < deadline, "{what}");
         }
+    }
+
+    /// Drops what `rx` holds, sends ten heartbeats from `from` to `to`, and
+    /// asserts that none arrives within 300 ms.
+    fn assert_nothing_reaches(t: &Transport, rx: &mpsc::Receiver<Message>, from: NodeId, to: NodeId, what: &str) {
+        while rx.try_recv().is_ok() {}
+        t.send((0..10).map(|i| hb(from, to, i)));
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "{what}");
     }
 
     fn recv_contexts(rx: &mpsc::Receiver<Message>, n: usize) -> Vec<u64> {
@@ -1279,11 +1287,12 @@ mod tests {
             assert!(Instant::now() < deadline, "the link was not closed and refused");
             std::thread::sleep(Duration::from_millis(10));
         }
-        while rx2.try_recv().is_ok() {}
-        t1.send((0..10).map(|i| hb(1, 2, i)));
-        assert!(
-            rx2.recv_timeout(Duration::from_millis(300)).is_err(),
-            "nothing reaches a peer that no longer matches its record"
+        assert_nothing_reaches(
+            &t1,
+            &rx2,
+            1,
+            2,
+            "nothing reaches a peer that no longer matches its record",
         );
 
         t1.set_peers(addrs.clone(), recs(&[(2, 22, 5)]));
@@ -1416,12 +1425,7 @@ mod tests {
 
         t1.set_peers([(1, addrs[&1])].into(), Records::new());
         std::thread::sleep(Duration::from_millis(100));
-        while rx5.try_recv().is_ok() {}
-        t1.send((0..10).map(|i| hb(1, 5, i)));
-        assert!(
-            rx5.recv_timeout(Duration::from_millis(300)).is_err(),
-            "nothing reaches a peer no longer listed"
-        );
+        assert_nothing_reaches(&t1, &rx5, 1, 5, "nothing reaches a peer no longer listed");
     }
 
     #[test]
